@@ -1,0 +1,64 @@
+//! edgevla's shipped configuration files, embedded at build time so the binary finds them from
+//! any working directory. The files themselves live beside this crate (`configs/rope/*.toml`,
+//! later `configs/model/`, `configs/rigs/`); edit them there. Parsing and validation belong to
+//! the crates that own each format (`runtime::rope` for RoPE specs).
+
+/// One embedded config file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Preset {
+    /// Name used on the command line (`--preset NAME`): the file stem.
+    pub name: &'static str,
+    /// Path relative to the repository root.
+    pub path: &'static str,
+    /// File contents.
+    pub text: &'static str,
+}
+
+macro_rules! presets {
+    ($dir:literal: $($name:literal),* $(,)?) => {
+        &[$(Preset {
+            name: $name,
+            path: concat!("configs/", $dir, "/", $name, ".toml"),
+            text: include_str!(concat!("../", $dir, "/", $name, ".toml")),
+        }),*]
+    };
+}
+
+/// RoPE presets (`configs/rope/`), each a spec for `edgevla rope` and the `rope` table of a model config.
+pub const ROPE_PRESETS: &[Preset] = presets!("rope":
+    "default",
+    "pi-4x",
+    "ntk-dynamic-4x",
+    "yarn-4x",
+    "yarn-8x",
+    "yarn-16x",
+    "llama3-8x",
+);
+
+/// Looks up a RoPE preset by name.
+pub fn rope_preset(name: &str) -> Option<&'static Preset> {
+    ROPE_PRESETS.iter().find(|p| p.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `configs/rope/*.toml` on disk is embedded (none forgotten in the list above).
+    #[test]
+    fn every_rope_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rope");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|entry| entry.ok())
+            .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+            .filter_map(|name| name.strip_suffix(".toml").map(str::to_owned))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = ROPE_PRESETS.iter().map(|p| p.name.to_owned()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+        assert!(rope_preset("yarn-8x").is_some_and(|p| p.text.contains("yarn")));
+        assert!(rope_preset("no-such").is_none());
+    }
+}

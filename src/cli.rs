@@ -1,0 +1,61 @@
+//! Command-line definitions (clap derive). Every subcommand's `--help` carries examples.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// edgevla: the on-robot runtime for vision-language-action policies that act on long
+/// multi-camera histories.
+#[derive(Debug, Parser)]
+#[command(name = "edgevla", version, about, long_about = None)]
+pub struct Cli {
+    /// Log filter (tracing EnvFilter syntax); `RUST_LOG` takes precedence.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log: String,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// edgevla's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print RoPE inverse frequencies and the attention factor for a scaling spec.
+    ///
+    /// Prints JSON `{"inv_freq": [...], "attention_factor": x}`, or a table with --table.
+    /// A spec is one entry of shared/golden/rope_hf.json (JSON or TOML): `head_dim`,
+    /// `rope_theta`, `max_position_embeddings`, `rope_parameters`, `seq_len`; other keys are
+    /// ignored.
+    #[command(after_help = "Examples:
+  edgevla rope --preset yarn-8x --table
+  edgevla rope --spec configs/rope/pi-4x.toml
+  edgevla rope --preset ntk-dynamic-4x --seq-len 8192
+  echo '{\"head_dim\":64,\"max_position_embeddings\":4096,\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":4}}' | edgevla rope --spec -
+  edgevla rope --list-presets")]
+    Rope(RopeArgs),
+}
+
+/// Arguments of `edgevla rope`.
+#[derive(Debug, Args)]
+pub struct RopeArgs {
+    /// Spec file, JSON or TOML; `-` reads standard input.
+    #[arg(long, value_name = "FILE", conflicts_with = "preset")]
+    pub spec: Option<PathBuf>,
+
+    /// A shipped preset from configs/rope/ (by file stem, e.g. yarn-8x).
+    #[arg(long, value_name = "NAME")]
+    pub preset: Option<String>,
+
+    /// Sequence length for dynamic NTK and LongRoPE (overrides the spec's `seq_len`).
+    #[arg(long, value_name = "TOKENS")]
+    pub seq_len: Option<usize>,
+
+    /// Print a human-readable table (pair, frequency, wavelength, interpolation weight).
+    #[arg(long)]
+    pub table: bool,
+
+    /// List the shipped presets and exit.
+    #[arg(long, conflicts_with_all = ["spec", "preset"])]
+    pub list_presets: bool,
+}

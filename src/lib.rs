@@ -1,0 +1,32 @@
+//! The `edgevla` binary's library half: command-line definitions ([`cli`]) and the commands
+//! they run. Each command module turns parsed arguments into calls into the workspace crates
+//! and prints the result; nothing here is numeric code of its own.
+
+pub mod cli;
+mod rope_cmd;
+
+use anyhow::Result;
+use tracing_subscriber::EnvFilter;
+
+/// Runs one parsed command line.
+///
+/// # Errors
+/// Whatever the command reports; `main` prints the chain and exits non-zero.
+pub fn run(cli: cli::Cli) -> Result<()> {
+    init_logging(&cli.log);
+    match cli.command {
+        cli::Command::Rope(args) => rope_cmd::run(&args, &mut std::io::stdout().lock()),
+    }
+}
+
+/// Logs go to stderr (stdout carries command output); `RUST_LOG` overrides `--log`.
+fn init_logging(default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(default_filter))
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    // A second init (tests calling `run` twice) is harmless; ignore it.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,190 @@
+//! End-to-end tests of the `edgevla` binary: run it as a user would and check what it prints.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+fn edgevla(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgevla"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn edgevla: {e}"));
+    if let Some(text) = stdin {
+        let mut pipe = child
+            .stdin
+            .take()
+            .unwrap_or_else(|| panic!("no stdin pipe"));
+        pipe.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("write stdin: {e}"));
+    }
+    drop(child.stdin.take());
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait edgevla: {e}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn golden_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/golden/rope_hf.json")
+}
+
+/// Every golden entry piped to `edgevla rope --spec -` reproduces HuggingFace's numbers
+/// (inv_freq relative error ≤ 1e-6, attention_factor absolute error ≤ 1e-9).
+#[test]
+fn rope_cli_reproduces_golden_entries_from_stdin() {
+    let path = golden_path();
+    if !path.exists() {
+        assert!(
+            std::env::var_os("EDGEVLA_REQUIRE_SHARED").is_none(),
+            "{} missing",
+            path.display()
+        );
+        eprintln!("skipped: {} not found", path.display());
+        return;
+    }
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let cases = doc["cases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cases"));
+    assert_eq!(cases.len(), 30);
+    for case in cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let out = edgevla(&["rope", "--spec", "-"], Some(&case.to_string()));
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{name}: output not JSON: {e}"));
+        let keys: Vec<&String> = got
+            .as_object()
+            .map(|o| o.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(
+            keys.len(),
+            2,
+            "{name}: exactly inv_freq and attention_factor, got {keys:?}"
+        );
+        let got_freq: Vec<f64> =
+            serde_json::from_value(got["inv_freq"].clone()).unwrap_or_else(|e| panic!("{e}"));
+        let want_freq: Vec<f64> =
+            serde_json::from_value(case["inv_freq"].clone()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got_freq.len(), want_freq.len(), "{name}");
+        for (g, w) in got_freq.iter().zip(&want_freq) {
+            assert!((g - w).abs() <= 1e-6 * w.abs(), "{name}: {g} vs {w}");
+        }
+        let (g, w) = (
+            got["attention_factor"].as_f64(),
+            case["attention_factor"].as_f64(),
+        );
+        assert!(
+            matches!((g, w), (Some(g), Some(w)) if (g - w).abs() <= 1e-9),
+            "{name}: {g:?} vs {w:?}"
+        );
+    }
+}
+
+/// Bad specs exit non-zero with an error naming the key, and never panic.
+#[test]
+fn rope_cli_rejects_bad_specs_with_the_key_named() {
+    let cases = [
+        (
+            r#"{"head_dim":64,"max_position_embeddings":4096,"rope_parameters":{"rope_type":"wat"}}"#,
+            "rope_parameters.rope_type",
+        ),
+        (
+            r#"{"head_dim":64,"max_position_embeddings":4096,"rope_parameters":{"rope_type":"linear","factor":0.25}}"#,
+            "rope_parameters.factor",
+        ),
+        (
+            r#"{"head_dim":64,"max_position_embeddings":8192,"rope_parameters":{"rope_type":"yarn","factor":2.0}}"#,
+            "original_max_position_embeddings",
+        ),
+        (
+            r#"{"head_dim":8,"max_position_embeddings":8192,"rope_parameters":{"rope_type":"longrope","short_factor":[1,1],"long_factor":[1,1,1,1],"original_max_position_embeddings":4096}}"#,
+            "rope_parameters.short_factor",
+        ),
+        (
+            r#"{"head_dim":64,"rope_theta":-1.0,"max_position_embeddings":4096}"#,
+            "rope_theta",
+        ),
+        (
+            "head_dim = \"sixty-four\"\nmax_position_embeddings = 4096\n",
+            "head_dim",
+        ),
+        ("this is not a spec", "neither JSON"),
+    ];
+    for (spec, key) in cases {
+        let out = edgevla(&["rope", "--spec", "-"], Some(spec));
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "accepted {spec}");
+        assert!(
+            stderr.contains(key),
+            "stderr for {spec} should name {key}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "panic for {spec}: {stderr}");
+    }
+    let missing = edgevla(&["rope", "--spec", "/nonexistent/spec.toml"], None);
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("/nonexistent/spec.toml"));
+    let unknown = edgevla(&["rope", "--preset", "yarn-1000x"], None);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown.stderr).contains("yarn-8x"),
+        "lists the shipped presets"
+    );
+}
+
+/// Every shipped preset loads and prints a table whose rows cover rotary_dim / 2 pairs.
+#[test]
+fn rope_cli_prints_tables_for_every_preset() {
+    let list = edgevla(&["rope", "--list-presets"], None);
+    assert!(list.status.success());
+    let names: Vec<String> = text(&list.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert!(names.len() >= 7, "presets: {names:?}");
+    for name in &names {
+        let out = edgevla(&["rope", "--preset", name, "--table"], None);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let stdout = text(&out.stdout);
+        // head_dim 32 → 16 pairs, numbered 0..15.
+        let rows = stdout
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|t| t.parse::<usize>().is_ok())
+            })
+            .count();
+        assert_eq!(rows, 16, "{name}:\n{stdout}");
+        // The same preset file read from disk gives the same JSON as the embedded copy.
+        let file =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("configs/rope/{name}.toml"));
+        let from_file = edgevla(&["rope", "--spec", &file.to_string_lossy()], None);
+        let from_preset = edgevla(&["rope", "--preset", name], None);
+        assert!(from_file.status.success());
+        assert_eq!(from_file.stdout, from_preset.stdout, "{name}");
+    }
+}
+
+/// `--seq-len` changes dynamic NTK past the training context and leaves it alone within it.
+#[test]
+fn rope_cli_seq_len_drives_dynamic_ntk() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["rope", "--preset", "ntk-dynamic-4x"];
+        args.extend_from_slice(extra);
+        let out = edgevla(&args, None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out.stdout
+    };
+    let at_init = run(&[]);
+    assert_eq!(run(&["--seq-len", "1024"]), at_init);
+    assert_ne!(run(&["--seq-len", "8192"]), at_init);
+}
