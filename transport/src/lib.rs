@@ -1,0 +1,32 @@
+//! edgevla transport: sensor streams in and actions out over zenoh, in the wire format of
+//! ROS 2, with MCAP recording and deterministic replay. No burn.
+//!
+//! Layout:
+//! - [`msg`]: ROS 2 `sensor_msgs/CompressedImage`, `sensor_msgs/Image`,
+//!   `sensor_msgs/JointState`, `std_msgs/String` and `edgevla_msgs/ActionChunk` as serde
+//!   structs in CDR (the byte layout is documented there);
+//! - [`keys`]: the key space `<prefix>/<id>/{cam/<name>,joints,action,status}`;
+//! - [`session`]: zenoh sessions (peer on loopback without multicast by default, or client
+//!   of a router) from a serde config;
+//! - [`pubsub`]: typed publishers with per-stream QoS, and subscribers that decode into a
+//!   ring of the newest N messages per topic and count what they drop or reject;
+//! - [`record`]: MCAP recording with ROS 2 schemas; [`recording`]: reading recordings back,
+//!   truncated ones included;
+//! - [`replay`]: stepped replay (a library API with no clock) and republishing at a rate,
+//!   as fast as possible, or one message per request;
+//! - [`clock`]: the injected clocks everything above takes.
+//!
+//! Every blocking call takes a timeout or a shutdown flag; nothing reads the wall clock but
+//! [`clock::SystemClock`].
+
+pub mod clock;
+pub mod error;
+pub mod keys;
+pub mod msg;
+pub mod pubsub;
+pub mod record;
+pub mod recording;
+pub mod replay;
+pub mod session;
+
+pub use error::{Result, TransportError};
