@@ -3,11 +3,13 @@
 //! Layout:
 //! - [`rope`]: rotary position embeddings with HuggingFace's scaling methods (default, linear,
 //!   dynamic NTK, YaRN, llama3, LongRoPE) and their application at arbitrary positions.
+//! - [`kv`]: the bounded, quantized KV cache and its byte arithmetic.
 //! - [`error`]: the crate's error type.
 //!
 //! No zenoh and no file or network IO here (checkpoint load/save excepted).
 
 pub mod error;
+pub mod kv;
 pub mod rope;
 
 pub use error::{Error, Result};
