@@ -453,6 +453,45 @@ mod tests {
         }
     }
 
+    /// Real frames (a G1 JPEG, a EuRoC gray PNG) against the f64 reference, same tolerance.
+    #[test]
+    fn real_frames_match_reference() {
+        let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+        if !data.exists() {
+            assert!(
+                std::env::var_os("EDGEVLA_REQUIRE_SHARED").is_none(),
+                "EDGEVLA_REQUIRE_SHARED is set but {} is missing",
+                data.display()
+            );
+            eprintln!("skipped: {} not found", data.display());
+            return;
+        }
+        let files = [
+            (crate::Encoding::Jpeg, "g1_pick_bottle/cam_high/000075.jpg"),
+            (
+                crate::Encoding::Png,
+                "euroc_stereo/cam0/data/1403715273262142976.png",
+            ),
+        ];
+        let imagenet = PreprocessConfig {
+            width: 96,
+            height: 96,
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+            ..PreprocessConfig::default()
+        };
+        for (encoding, file) in files {
+            let bytes = std::fs::read(data.join(file)).unwrap();
+            let img = crate::decode(
+                &crate::FrameRef::compressed(encoding, &bytes),
+                &crate::DecodeLimits::default(),
+            )
+            .unwrap();
+            check(&img, &PreprocessConfig::default());
+            check(&img, &imagenet);
+        }
+    }
+
     #[test]
     fn identity_size_returns_the_pixels_normalized() {
         // 16x16 → 16x16 with one patch: weights are exactly 1, so values are exact up to f32
