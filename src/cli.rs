@@ -34,6 +34,30 @@ pub enum Command {
   echo '{\"head_dim\":64,\"max_position_embeddings\":4096,\"rope_parameters\":{\"rope_type\":\"linear\",\"factor\":4}}' | edgevla rope --spec -
   edgevla rope --list-presets")]
     Rope(RopeArgs),
+
+    /// Record zenoh streams into an MCAP file.
+    ///
+    /// One channel per key with ROS 2 schemas (`ros2msg`, message encoding `cdr`), log time =
+    /// arrival, publish time = the message's stamp; zstd chunks finished every --flush-ms, so
+    /// a killed recorder leaves a file that still replays. Prints a JSON summary.
+    #[command(after_help = "Examples:
+  edgevla record --select 'robot/**' --out run.mcap
+  edgevla record --select 'robot/r1/cam/*' --out cams.mcap --duration 30
+  edgevla record --out run.mcap --listen tcp/127.0.0.1:7447
+  edgevla record --out run.mcap --mode client --connect tcp/127.0.0.1:7447")]
+    Record(crate::transport_cmd::RecordArgs),
+
+    /// Republish an MCAP recording over zenoh.
+    ///
+    /// At the original timing (--rate 1.0), scaled (--rate 2), as fast as possible
+    /// (--rate max), or stepped (--step: one message per query on the step key, for
+    /// deterministic runs). Keys can be remapped. Prints a JSON summary.
+    #[command(after_help = "Examples:
+  edgevla replay run.mcap
+  edgevla replay run.mcap --rate max --remap robot/a=robot/b
+  edgevla replay run.mcap --step --connect tcp/127.0.0.1:7447
+  z_get -s robot/replay/step      # (any zenoh client) asks for the next message")]
+    Replay(crate::transport_cmd::ReplayArgs),
 }
 
 /// Arguments of `edgevla rope`.

@@ -4,6 +4,7 @@
 
 pub mod cli;
 mod rope_cmd;
+pub mod transport_cmd;
 
 use anyhow::Result;
 use tracing_subscriber::EnvFilter;
@@ -16,6 +17,8 @@ pub fn run(cli: cli::Cli) -> Result<()> {
     init_logging(&cli.log);
     match cli.command {
         cli::Command::Rope(args) => rope_cmd::run(&args, &mut std::io::stdout().lock()),
+        cli::Command::Record(args) => transport_cmd::record(&args, &mut std::io::stdout().lock()),
+        cli::Command::Replay(args) => transport_cmd::replay(&args, &mut std::io::stdout().lock()),
     }
 }
 

@@ -15,6 +15,12 @@ use crate::msg::MessageKind;
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "robot";
 
+/// `<prefix>/replay/step`: where a stepped replay takes its "next" queries by default.
+#[must_use]
+pub fn replay_step_key(prefix: &str) -> String {
+    format!("{prefix}/replay/step")
+}
+
 /// Checks that `chunk` can stand as one key-expression chunk (no `/`, no wildcards).
 ///
 /// # Errors
@@ -159,12 +165,6 @@ impl KeySpace {
     #[must_use]
     pub fn all(&self) -> String {
         format!("{}/**", self.base())
-    }
-
-    /// `<prefix>/<id>/replay/step`: where a stepped replay takes its "next" queries.
-    #[must_use]
-    pub fn replay_step(&self) -> String {
-        format!("{}/replay/step", self.base())
     }
 
     /// Maps a key of any robot under this prefix to its [`Topic`].

@@ -380,6 +380,43 @@ impl<'s> Replayer<'s> {
     }
 }
 
+/// What a consumer of a stepped replay does: asks `step_key` for the next message and waits
+/// up to `timeout` for the answer (`<index> <key> <log_time_ns>` once the message is
+/// published, or `end`). Retries while no replay answers yet (a queryable just declared).
+///
+/// # Errors
+/// [`TransportError::Zenoh`] on a zenoh error or when no answer comes within `timeout`.
+pub fn request_step(session: &Session, step_key: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let replies = session
+            .get(step_key.to_owned())
+            .timeout(left)
+            .wait()
+            .map_err(|e| TransportError::zenoh("step query", &e))?;
+        if let Ok(Some(reply)) = replies.recv_timeout(left) {
+            let sample = reply.result().map_err(|e| TransportError::Zenoh {
+                context: "step reply",
+                message: format!("{e:?}"),
+            })?;
+            return String::from_utf8(sample.payload().to_bytes().into_owned()).map_err(|e| {
+                TransportError::Zenoh {
+                    context: "step reply",
+                    message: e.to_string(),
+                }
+            });
+        }
+        if Instant::now() >= deadline {
+            return Err(TransportError::Zenoh {
+                context: "step query",
+                message: format!("no answer on {step_key} within {timeout:?}"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

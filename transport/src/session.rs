@@ -5,7 +5,8 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use zenoh::{Session, Wait};
+pub use zenoh::Session;
+use zenoh::Wait;
 
 use crate::error::{Result, TransportError};
 

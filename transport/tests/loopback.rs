@@ -347,7 +347,7 @@ fn recorded_stream_replays_stepped_byte_identically_twice() -> Result<()> {
     assert!(lib1.iter().all(|(k, _)| k.starts_with("robot/r2/")));
 
     // Over zenoh: a consumer on `b` asks for each step; twice; byte-identical deliveries.
-    let step_key = KeySpace::new("robot", "r2")?.replay_step();
+    let step_key = transport::keys::replay_step_key("robot");
     let mut runs = Vec::new();
     for _ in 0..2 {
         let got: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
@@ -374,7 +374,7 @@ fn recorded_stream_replays_stepped_byte_identically_twice() -> Result<()> {
             });
             let mut answers = Vec::new();
             for step in 0..=18 {
-                let answer = ask_step(&b, &step_key)?;
+                let answer = transport::replay::request_step(&b, &step_key, TIMEOUT)?;
                 if step < 18 {
                     let deadline = Instant::now() + TIMEOUT;
                     while got.lock().map(|v| v.len()).unwrap_or(0) <= step {
@@ -400,28 +400,6 @@ fn recorded_stream_replays_stepped_byte_identically_twice() -> Result<()> {
     assert_eq!(runs[0], runs[1]);
     assert_eq!(runs[0], lib1);
     Ok(())
-}
-
-fn ask_step(session: &Session, step_key: &str) -> Result<String> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let replies = session
-            .get(step_key)
-            .timeout(TIMEOUT)
-            .wait()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        if let Ok(reply) = replies.recv_timeout(TIMEOUT) {
-            if let Some(reply) = reply {
-                let sample = reply.result().map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                return Ok(String::from_utf8(sample.payload().to_bytes().into_owned())?);
-            }
-        }
-        // The queryable may not be visible yet right after it is declared.
-        if Instant::now() > deadline {
-            bail!("no step reply");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
