@@ -697,3 +697,82 @@ fn edgevla_mcap_reads_back_equal_in_python_mcap_ros2() -> Result<()> {
     assert_eq!(stdout.trim(), "20 messages equal");
     Ok(())
 }
+
+// ---------------------------------------------------------------- through a zenohd router
+
+/// The `zenohd` to use: `$ZENOHD`, or `zenohd` on PATH. `None` (with a notice) when missing,
+/// unless `EDGEVLA_REQUIRE_ZENOHD=1` (CI sets it after `cargo install zenohd`).
+fn zenohd() -> Result<Option<PathBuf>> {
+    let path = std::env::var_os("ZENOHD").map_or_else(|| PathBuf::from("zenohd"), PathBuf::from);
+    let ok = Command::new(&path)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Ok(Some(path));
+    }
+    if std::env::var("EDGEVLA_REQUIRE_ZENOHD").is_ok_and(|v| v == "1") {
+        bail!("zenohd is required (EDGEVLA_REQUIRE_ZENOHD=1) but not found");
+    }
+    eprintln!("SKIP: zenohd not found (cargo install zenohd --version 1.10.2 --locked)");
+    Ok(None)
+}
+
+/// Kills the router when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn clients_talk_through_a_zenohd_router() -> Result<()> {
+    let Some(zenohd) = zenohd()? else {
+        return Ok(());
+    };
+    let port = free_local_port()?;
+    let endpoint = format!("tcp/127.0.0.1:{port}");
+    let _router = KillOnDrop(
+        Command::new(zenohd)
+            .args(["--listen", &endpoint, "--no-multicast-scouting"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    // Clients retry until the router listens.
+    let open_client = || -> Result<Session> {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            match open(&SessionConfig::client(&endpoint)) {
+                Ok(s) => return Ok(s),
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    };
+    let a = open_client()?;
+    let b = open_client()?;
+    let ks = KeySpace::new("robot", "r1")?;
+    let sub = Subscriber::declare(&b, &ks.all(), "robot", SubscriberConfig::default(), clock())?;
+    let cam = Publisher::<CompressedImage>::declare(&a, &ks.camera("front")?, StreamClass::Frames)?;
+    let act = Publisher::<ActionChunk>::declare(&a, &ks.action(), StreamClass::Actions)?;
+    cam.wait_for_subscriber(TIMEOUT)?;
+    act.wait_for_subscriber(TIMEOUT)?;
+    cam.publish(&frame(5, 100_000))?;
+    act.publish(&action(6))?;
+    let mut got = vec![recv(&sub)?.message, recv(&sub)?.message];
+    got.sort_by_key(AnyMessage::kind);
+    assert_eq!(
+        got,
+        vec![
+            AnyMessage::CompressedImage(frame(5, 100_000)),
+            AnyMessage::ActionChunk(action(6))
+        ]
+    );
+    Ok(())
+}
