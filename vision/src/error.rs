@@ -68,6 +68,9 @@ pub enum VisionError {
     /// The PNG decoder rejected the stream (truncated, corrupt, unsupported).
     #[error("PNG decode failed: {0}")]
     Png(String),
+    /// The resizer refused the image (not expected for images this crate decoded).
+    #[error("resize failed: {0}")]
+    Resize(String),
     /// A config value is invalid; `key` is its dotted path (`camera[1].intrinsics.fx`).
     #[error("config `{key}`: {message}")]
     Config {
