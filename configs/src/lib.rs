@@ -35,6 +35,14 @@ pub const ROPE_PRESETS: &[Preset] = presets!("rope":
     "llama3-8x",
 );
 
+/// Model configs (`configs/model/`), parsed by `runtime::model::VlaConfig`.
+pub const MODEL_PRESETS: &[Preset] = presets!("model": "edge");
+
+/// Looks up a model config by name.
+pub fn model_preset(name: &str) -> Option<&'static Preset> {
+    MODEL_PRESETS.iter().find(|p| p.name == name)
+}
+
 /// Looks up a RoPE preset by name.
 pub fn rope_preset(name: &str) -> Option<&'static Preset> {
     ROPE_PRESETS.iter().find(|p| p.name == name)
@@ -44,10 +52,24 @@ pub fn rope_preset(name: &str) -> Option<&'static Preset> {
 mod tests {
     use super::*;
 
-    /// Every `configs/rope/*.toml` on disk is embedded (none forgotten in the list above).
+    /// Every `configs/<dir>/*.toml` on disk is embedded (none forgotten in the lists above).
     #[test]
-    fn every_rope_file_is_embedded() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("rope");
+    fn every_config_file_is_embedded() {
+        assert_eq!(names_on_disk("rope"), names(ROPE_PRESETS));
+        assert_eq!(names_on_disk("model"), names(MODEL_PRESETS));
+        assert!(rope_preset("yarn-8x").is_some_and(|p| p.text.contains("yarn")));
+        assert!(rope_preset("no-such").is_none());
+        assert!(model_preset("edge").is_some());
+    }
+
+    fn names(presets: &[Preset]) -> Vec<String> {
+        let mut names: Vec<String> = presets.iter().map(|p| p.name.to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    fn names_on_disk(folder: &str) -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
         let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
             .filter_map(|entry| entry.ok())
@@ -55,10 +77,6 @@ mod tests {
             .filter_map(|name| name.strip_suffix(".toml").map(str::to_owned))
             .collect();
         on_disk.sort();
-        let mut embedded: Vec<String> = ROPE_PRESETS.iter().map(|p| p.name.to_owned()).collect();
-        embedded.sort();
-        assert_eq!(on_disk, embedded);
-        assert!(rope_preset("yarn-8x").is_some_and(|p| p.text.contains("yarn")));
-        assert!(rope_preset("no-such").is_none());
+        on_disk
     }
 }

@@ -20,9 +20,63 @@ pub enum Error {
         /// Expected versus received.
         reason: String,
     },
+    /// An input or output value is NaN or infinite.
+    #[error("non-finite value in {what}: {detail}")]
+    NonFinite {
+        /// Which input or output.
+        what: &'static str,
+        /// Where (index) and what value.
+        detail: String,
+    },
+    /// A checkpoint does not belong to this model or cannot be read/written.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// Checkpoint path.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// File IO failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 impl Error {
+    /// Shorthand for [`Error::Io`].
+    pub fn io(path: &std::path::Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Shorthand for [`Error::Checkpoint`].
+    pub fn checkpoint(path: &std::path::Path, reason: impl Into<String>) -> Self {
+        Self::Checkpoint {
+            path: path.display().to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Returns [`Error::NonFinite`] for the first NaN/infinite value of `values`.
+    ///
+    /// # Errors
+    /// As described.
+    pub fn check_finite(what: &'static str, values: &[f32]) -> Result<()> {
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(Self::NonFinite {
+                what,
+                detail: format!("index {i} is {}", values[i]),
+            }),
+        }
+    }
+
     /// Shorthand for [`Error::Config`].
     pub fn config(key: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Config {

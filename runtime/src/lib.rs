@@ -3,13 +3,16 @@
 //! Layout:
 //! - [`rope`]: rotary position embeddings with HuggingFace's scaling methods (default, linear,
 //!   dynamic NTK, YaRN, llama3, LongRoPE) and their application at arbitrary positions.
+//! - [`model`]: the streaming VLA model (tokenizer, Llama-style backbone, action head).
 //! - [`kv`]: the bounded, quantized KV cache and its byte arithmetic.
 //! - [`error`]: the crate's error type.
 //!
 //! No zenoh and no file or network IO here (checkpoint load/save excepted).
 
 pub mod error;
+pub mod host;
 pub mod kv;
+pub mod model;
 pub mod rope;
 
 pub use error::{Error, Result};

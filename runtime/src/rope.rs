@@ -19,11 +19,12 @@
 
 use std::f64::consts::PI;
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::host::float_tensor;
 
 /// HuggingFace's default for `beta_fast` (YaRN).
 pub const DEFAULT_BETA_FAST: f64 = 32.0;
@@ -947,12 +948,7 @@ impl RopeFrequencies {
             sin.extend_from_slice(&s);
         }
         let shape = [rows, 1, seq, rot];
-        let to_tensor = |values: Vec<f64>| {
-            Tensor::<B, 4>::from_data(
-                TensorData::new(values, shape).convert::<B::FloatElem>(),
-                device,
-            )
-        };
+        let to_tensor = |values: Vec<f64>| float_tensor::<B, f64, 4>(values, shape, device);
         Ok(RotaryTable {
             cos: to_tensor(cos),
             sin: to_tensor(sin),
@@ -967,6 +963,31 @@ impl<B: Backend> RotaryTable<B> {
     /// Number of tokens per row.
     pub fn seq_len(&self) -> usize {
         self.seq
+    }
+
+    /// The sub-table for tokens `start..start + len` (a view for contiguous positions, so a
+    /// table built once for `0..context` serves every step).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the range leaves the table or is empty.
+    pub fn narrow(&self, start: usize, len: usize) -> Result<Self> {
+        if len == 0 || start + len > self.seq {
+            return Err(Error::shape(
+                "rope narrow",
+                format!(
+                    "tokens {start}..{} of a {}-token table",
+                    start + len,
+                    self.seq
+                ),
+            ));
+        }
+        Ok(Self {
+            cos: self.cos.clone().narrow(2, start, len),
+            sin: self.sin.clone().narrow(2, start, len),
+            rows: self.rows,
+            seq: len,
+            head_dim: self.head_dim,
+        })
     }
 
     /// Rotates `x` in the HuggingFace `rotate_half` layout; channels past `rotary_dim` pass

@@ -107,10 +107,7 @@ fn values(seed: u64, n: usize) -> Vec<f64> {
 }
 
 fn tensor<B: Backend>(data: &[f64], shape: [usize; 4]) -> Tensor<B, 4> {
-    Tensor::from_data(
-        TensorData::new(data.to_vec(), shape).convert::<B::FloatElem>(),
-        &Default::default(),
-    )
+    float_tensor::<B, f64, 4>(data.to_vec(), shape, &Default::default())
 }
 
 fn to_vec<B: Backend>(t: Tensor<B, 4>) -> Vec<f64> {

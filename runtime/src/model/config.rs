@@ -1,0 +1,208 @@
+//! [`VlaConfig`]: the model's sizes, RoPE and default KV cache, loaded from `configs/model/*.toml`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::kv::{KvCacheConfig, KvLayout};
+use crate::rope::RopeConfig;
+
+/// Byte vocabulary for instruction text plus one beginning-of-instruction token.
+pub const INSTRUCTION_VOCAB: usize = 257;
+/// The beginning-of-instruction token id (always the first sink token).
+pub const BOS_TOKEN: usize = 256;
+
+fn default_rms_norm_eps() -> f64 {
+    1e-5
+}
+
+/// Sizes and settings of the streaming VLA model. Unknown keys are errors.
+///
+/// The context is: a beginning-of-instruction token and the instruction's bytes (the attention
+/// sinks), then per frame-step `n_cameras · patches_per_camera` patch tokens and one proprio
+/// token. `n_readout` readout tokens follow each step's tokens; they attend to everything
+/// before them and are never cached.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VlaConfig {
+    /// Residual stream width.
+    pub d_model: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention); divides `n_heads`.
+    pub n_kv_heads: usize,
+    /// SwiGLU hidden width.
+    pub ffn_dim: usize,
+    /// RMSNorm epsilon.
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    /// Cameras in the rig (each gets a learned embedding).
+    pub n_cameras: usize,
+    /// Patch tokens per camera per frame-step.
+    pub patches_per_camera: usize,
+    /// Values per flattened patch (patch_h · patch_w · channels).
+    pub patch_dim: usize,
+    /// Length of the joint-state vector.
+    pub proprio_dim: usize,
+    /// Longest instruction in bytes.
+    pub max_instruction_bytes: usize,
+    /// Readout tokens per step.
+    pub n_readout: usize,
+    /// Actions per chunk.
+    pub horizon: usize,
+    /// Values per action.
+    pub action_dim: usize,
+    /// Largest position span (query-key distance) the model is run at; defaults to
+    /// `rope.max_position_embeddings`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_length: Option<usize>,
+    /// Rotary embedding and its scaling (HuggingFace keys; `rope.head_dim` = d_model / n_heads).
+    pub rope: RopeConfig,
+    /// Default KV cache for this model.
+    pub kv_cache: KvCacheConfig,
+}
+
+impl VlaConfig {
+    /// Parses and validates a TOML config.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad or unknown key.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| Error::config("<toml>", e.message().to_string()))?;
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Error::config(path, inner.message().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads and validates a TOML config file.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read, [`Error::Config`] for bad contents.
+    pub fn from_file(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text)
+    }
+
+    /// Checks the sizes fit together.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first offending key.
+    pub fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("n_kv_heads", self.n_kv_heads),
+            ("ffn_dim", self.ffn_dim),
+            ("n_cameras", self.n_cameras),
+            ("patches_per_camera", self.patches_per_camera),
+            ("patch_dim", self.patch_dim),
+            ("proprio_dim", self.proprio_dim),
+            ("n_readout", self.n_readout),
+            ("horizon", self.horizon),
+            ("action_dim", self.action_dim),
+        ] {
+            if v == 0 {
+                return Err(Error::config(key, "must be ≥ 1"));
+            }
+        }
+        if !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(Error::config(
+                "n_heads",
+                format!("must divide d_model ({})", self.d_model),
+            ));
+        }
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(Error::config(
+                "n_kv_heads",
+                format!("must divide n_heads ({})", self.n_heads),
+            ));
+        }
+        if self.rope.head_dim != self.head_dim() {
+            return Err(Error::config(
+                "rope.head_dim",
+                format!(
+                    "must equal d_model / n_heads = {}, got {}",
+                    self.head_dim(),
+                    self.rope.head_dim
+                ),
+            ));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(Error::config(
+                "rms_norm_eps",
+                "must be a positive finite number",
+            ));
+        }
+        if self.context_length == Some(0) {
+            return Err(Error::config("context_length", "must be ≥ 1"));
+        }
+        self.kv_layout().validate().map_err(|e| match e {
+            Error::Config { key, reason } => Error::config(format!("kv_cache.{key}"), reason),
+            other => other,
+        })?;
+        let needed = self.max_sink_tokens() + self.tokens_per_step() + self.n_readout;
+        if needed > self.context_length() {
+            return Err(Error::config(
+                "context_length",
+                format!(
+                    "{} tokens cannot hold the instruction ({}), one frame-step ({}) and the readouts ({})",
+                    self.context_length(),
+                    self.max_sink_tokens(),
+                    self.tokens_per_step(),
+                    self.n_readout
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Dimension of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    /// Tokens one frame-step adds to the context (patches of every camera + one proprio token).
+    pub fn tokens_per_step(&self) -> usize {
+        self.n_cameras * self.patches_per_camera + 1
+    }
+
+    /// Most sink tokens: the beginning-of-instruction token plus the longest instruction.
+    pub fn max_sink_tokens(&self) -> usize {
+        1 + self.max_instruction_bytes
+    }
+
+    /// Largest position span.
+    pub fn context_length(&self) -> usize {
+        self.context_length
+            .unwrap_or(self.rope.max_position_embeddings)
+    }
+
+    /// Most tokens the KV cache may hold: the context less one step's readouts (queries sit
+    /// after the cached tokens, and their distance to the first sink must stay within the
+    /// context length).
+    pub fn max_cached_tokens(&self) -> usize {
+        self.context_length().saturating_sub(self.n_readout)
+    }
+
+    /// The KV layout of this model with the configured cache dtype.
+    pub fn kv_layout(&self) -> KvLayout {
+        KvLayout {
+            layers: self.n_layers,
+            kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim(),
+            dtype: self.kv_cache.dtype,
+        }
+    }
+
+    /// Values one action chunk holds.
+    pub fn action_values(&self) -> usize {
+        self.horizon * self.action_dim
+    }
+}

@@ -1,0 +1,730 @@
+//! The streaming VLA model: tokenizer, Llama-style backbone and action head.
+//!
+//! - [`config`]: [`VlaConfig`], the sizes (`configs/model/*.toml`).
+//! - [`Vla`]: the burn module. [`Vla::start_episode`] stores the instruction as attention
+//!   sinks in a [`Stream`]; [`Vla::forward_step`] appends one frame-step to the rolling context
+//!   and returns an action chunk; [`Vla::forward_full`] recomputes a whole context at once (the
+//!   reference incremental decoding must match, and the training path).
+//! - Backbone blocks: RMSNorm → grouped-query attention with RoPE (`crate::rope`, any
+//!   scaling; the attention factor folded into q and k through cos/sin, as HuggingFace does)
+//!   → RMSNorm → SwiGLU MLP, with residuals; a final RMSNorm. Names and shapes follow
+//!   HuggingFace `LlamaModel` so the backbone exports to it (`crate::checkpoint`).
+
+pub mod config;
+
+use burn::module::{Module, Param};
+use burn::nn::Initializer;
+use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+
+pub use config::{BOS_TOKEN, INSTRUCTION_VOCAB, VlaConfig};
+
+use crate::error::{Error, Result};
+use crate::host::float_tensor;
+use crate::kv::{KvCache, KvCacheConfig, KvLayout, Segment};
+use crate::rope::{RopeFrequencies, RotaryTable};
+
+const INIT_STD: f64 = 0.02;
+
+fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
+    LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal {
+            mean: 0.0,
+            std: INIT_STD,
+        })
+        .init(device)
+}
+
+fn param<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::random(
+        shape,
+        Distribution::Normal(0.0, INIT_STD),
+        device,
+    ))
+}
+
+/// Grouped-query self-attention (HuggingFace `LlamaAttention` without biases).
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    /// `[d_model, n_heads · head_dim]`
+    pub q_proj: Linear<B>,
+    /// `[d_model, n_kv_heads · head_dim]`
+    pub k_proj: Linear<B>,
+    /// `[d_model, n_kv_heads · head_dim]`
+    pub v_proj: Linear<B>,
+    /// `[n_heads · head_dim, d_model]`
+    pub o_proj: Linear<B>,
+    #[module(skip)]
+    n_heads: usize,
+    #[module(skip)]
+    n_kv_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+/// SwiGLU MLP: `down(silu(gate(x)) · up(x))`.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    /// `[d_model, ffn_dim]`
+    pub gate_proj: Linear<B>,
+    /// `[d_model, ffn_dim]`
+    pub up_proj: Linear<B>,
+    /// `[ffn_dim, d_model]`
+    pub down_proj: Linear<B>,
+}
+
+/// One pre-norm transformer block.
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm<B>,
+    /// Self-attention.
+    pub self_attn: Attention<B>,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm<B>,
+    /// Feed-forward.
+    pub mlp: Mlp<B>,
+}
+
+/// The streaming vision-language-action model.
+#[derive(Module, Debug)]
+pub struct Vla<B: Backend> {
+    /// Linear patch embedding `[patch_dim, d_model]`.
+    pub patch_embed: Linear<B>,
+    /// Learned camera embedding `[n_cameras, d_model]`.
+    pub camera_embed: Param<Tensor<B, 2>>,
+    /// Learned patch-index embedding within a camera `[patches_per_camera, d_model]`.
+    pub patch_pos_embed: Param<Tensor<B, 2>>,
+    /// Replaces a missing camera's patch content `[d_model]`.
+    pub missing_embed: Param<Tensor<B, 1>>,
+    /// Joint vector → one token `[proprio_dim, d_model]` (with bias).
+    pub proprio_embed: Linear<B>,
+    /// Byte-level instruction embedding `[257, d_model]` (HuggingFace `embed_tokens`).
+    pub instruction_embed: Param<Tensor<B, 2>>,
+    /// Learned readout tokens `[n_readout, d_model]`.
+    pub readout: Param<Tensor<B, 2>>,
+    /// Backbone blocks.
+    pub layers: Vec<Block<B>>,
+    /// Final norm (HuggingFace `model.norm`).
+    pub norm: RmsNorm<B>,
+    /// Readouts (flattened) → action chunk `[n_readout · d_model, horizon · action_dim]`.
+    pub action_head: Linear<B>,
+    #[module(skip)]
+    config: VlaConfig,
+}
+
+/// One frame-step of observations, host-side.
+#[derive(Clone, Copy, Debug)]
+pub struct StepInput<'a> {
+    /// `[n_cameras, patches_per_camera, patch_dim]`, row-major.
+    pub patches: &'a [f32],
+    /// `[n_cameras]`: false marks a camera missing at this step (its patches are ignored).
+    pub camera_present: &'a [bool],
+    /// `[proprio_dim]`.
+    pub proprio: &'a [f32],
+}
+
+/// An action chunk: `horizon` actions of `action_dim` values, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActionChunk {
+    /// Actions per chunk.
+    pub horizon: usize,
+    /// Values per action.
+    pub action_dim: usize,
+    /// `[horizon, action_dim]`.
+    pub values: Vec<f32>,
+}
+
+/// What one step returns.
+#[derive(Clone, Debug)]
+pub struct StepOutput<B: Backend> {
+    /// The action chunk.
+    pub action: ActionChunk,
+    /// Final-norm hidden states of the readout tokens `[1, n_readout, d_model]`.
+    pub readout: Tensor<B, 3>,
+}
+
+/// The rolling context of one episode: the KV cache plus the rotary table it is read with.
+#[derive(Debug)]
+pub struct Stream<B: Backend> {
+    cache: KvCache,
+    table: Option<(RopeFrequencies, RotaryTable<B>)>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    device: B::Device,
+}
+
+impl<B: Backend> Stream<B> {
+    /// A stream over `cache` (built for this model's layout, sinks and step size).
+    pub fn new(cache: KvCache, device: &B::Device) -> Self {
+        Self {
+            cache,
+            table: None,
+            keys: Vec::new(),
+            values: Vec::new(),
+            device: device.clone(),
+        }
+    }
+
+    /// The cache (bytes, frames, stats).
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+
+    /// Rotary table for positions `0..seq_len` with the frequencies `seq_len` calls for
+    /// (rebuilt only when they change: dynamic NTK past the original context, LongRoPE's switch).
+    fn table(&mut self, config: &VlaConfig, seq_len: usize) -> Result<RotaryTable<B>> {
+        let freqs = config.rope.frequencies(Some(seq_len));
+        let stale = self.table.as_ref().is_none_or(|(f, _)| *f != freqs);
+        if stale {
+            let span = config.context_length().max(seq_len);
+            let positions: Vec<i64> = (0..span as i64).collect();
+            let table = freqs.table::<B>(&positions, &self.device)?;
+            self.table = Some((freqs, table));
+        }
+        match &self.table {
+            Some((_, table)) => table.narrow(0, seq_len),
+            None => Err(Error::shape("rope table", "not built")),
+        }
+    }
+}
+
+/// Additive attention bias `[1, tq, past + tq]`: query `i` (at position `past + i`) sees keys
+/// `0..=past + i`.
+fn causal_bias<B: Backend>(past: usize, tq: usize, device: &B::Device) -> Tensor<B, 3> {
+    let tk = past + tq;
+    let mut bias = vec![0.0f32; tq * tk];
+    for i in 0..tq {
+        for b in &mut bias[i * tk + past + i + 1..(i + 1) * tk] {
+            *b = f32::NEG_INFINITY;
+        }
+    }
+    float_tensor(bias, [1, tq, tk], device)
+}
+
+impl<B: Backend> Attention<B> {
+    /// Projects `h` to queries and (pre-RoPE) keys and values.
+    ///
+    /// # Shapes
+    /// - `h`: `[batch, seq, d_model]`
+    /// - output: q `[batch, n_heads, seq, head_dim]`, k and v `[batch, n_kv_heads, seq, head_dim]`
+    fn project(&self, h: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, seq, _] = h.dims();
+        let split = |t: Tensor<B, 3>, heads: usize| {
+            t.reshape([batch, seq, heads, self.head_dim])
+                .swap_dims(1, 2)
+        };
+        (
+            split(self.q_proj.forward(h.clone()), self.n_heads),
+            split(self.k_proj.forward(h.clone()), self.n_kv_heads),
+            split(self.v_proj.forward(h), self.n_kv_heads),
+        )
+    }
+
+    /// Scaled dot-product attention with grouped K/V heads (no K/V copy: the query heads of
+    /// one K/V head are folded into its query rows), then the output projection.
+    ///
+    /// # Shapes
+    /// - `q`: `[batch, n_heads, tq, head_dim]` (rotated)
+    /// - `k`, `v`: `[batch, n_kv_heads, tk, head_dim]` (k rotated)
+    /// - `bias`: `[1 or batch, tq, tk]`, 0 or −∞
+    /// - output: `[batch, tq, d_model]`
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        bias: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let [batch, _, tq, hd] = q.dims();
+        let tk = k.dims()[2];
+        let (kv, rep) = (self.n_kv_heads, self.n_heads / self.n_kv_heads);
+        let bias_rows = bias.dims()[0];
+        let q = q.reshape([batch, kv, rep * tq, hd]);
+        let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (hd as f64).sqrt()); // [batch, kv, rep·tq, tk]
+        let scores =
+            scores.reshape([batch, kv, rep, tq, tk]) + bias.reshape([bias_rows, 1, 1, tq, tk]);
+        let probs = softmax(scores, 4).reshape([batch, kv, rep * tq, tk]);
+        let out = probs.matmul(v); // [batch, kv, rep·tq, hd]
+        let out = out
+            .reshape([batch, self.n_heads, tq, hd])
+            .swap_dims(1, 2)
+            .reshape([batch, tq, self.n_heads * hd]);
+        self.o_proj.forward(out)
+    }
+}
+
+impl<B: Backend> Mlp<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.down_proj
+            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
+    }
+}
+
+impl<B: Backend> Block<B> {
+    /// Block over a whole sequence without cache.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]`; `table`: positions for `seq` tokens; `bias`: `[1 or batch, seq, seq]`
+    /// - output: `[batch, seq, d_model]`
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        table: &RotaryTable<B>,
+        bias: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>> {
+        let (q, k, v) = self
+            .self_attn
+            .project(self.input_layernorm.forward(x.clone()));
+        let attn = self
+            .self_attn
+            .attend(table.apply(q)?, table.apply(k)?, v, bias);
+        let x = x + attn;
+        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
+    }
+
+    /// Block for new tokens on top of layer `layer` of the cache; the first `store` new tokens'
+    /// keys and values are written into the cache's reserved block.
+    ///
+    /// # Shapes
+    /// - `x`: `[1, tq, d_model]`; `table`: positions `0..past + tq`; `bias`: `[1, tq, past + tq]`
+    /// - output: `[1, tq, d_model]`
+    fn forward_cached(
+        &self,
+        x: Tensor<B, 3>,
+        stream: &mut Stream<B>,
+        layer: usize,
+        store: usize,
+        table: &RotaryTable<B>,
+        bias: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>> {
+        let attn_cfg = &self.self_attn;
+        let (kv, hd) = (attn_cfg.n_kv_heads, attn_cfg.head_dim);
+        let [_, tq, _] = x.dims();
+        let past = stream.cache.len();
+        let device = x.device();
+        let (q, k_new, v_new) = attn_cfg.project(self.input_layernorm.forward(x.clone()));
+        let (k_all, v_all) = if past == 0 {
+            (k_new.clone(), v_new.clone())
+        } else {
+            stream
+                .cache
+                .read(layer, &mut stream.keys, &mut stream.values)?;
+            let cached = |values: &[f32]| {
+                float_tensor::<B, f32, 4>(values.to_vec(), [1, past, kv, hd], &device)
+                    .swap_dims(1, 2) // [1, kv, past, hd]
+            };
+            let (k_cached, v_cached) = (cached(&stream.keys), cached(&stream.values));
+            (
+                Tensor::cat(vec![k_cached, k_new.clone()], 2),
+                Tensor::cat(vec![v_cached, v_new.clone()], 2),
+            )
+        };
+        let q = table.narrow(past, tq)?.apply(q)?;
+        let k_all = table.apply(k_all)?;
+        let attn = attn_cfg.attend(q, k_all, v_all, bias);
+        if store > 0 {
+            let host = |t: Tensor<B, 4>| -> Result<Vec<f32>> {
+                t.narrow(2, 0, store)
+                    .swap_dims(1, 2) // [1, store, kv, hd], token-major
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| Error::shape("kv write", format!("{e:?}")))
+            };
+            let (k_host, v_host) = (host(k_new)?, host(v_new)?);
+            stream.cache.write(layer, &k_host, &v_host)?;
+        }
+        let x = x + attn;
+        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
+    }
+}
+
+impl VlaConfig {
+    /// Builds a randomly initialized model (burn's backend seed decides the values).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Vla<B> {
+        let (d, hd) = (self.d_model, self.head_dim());
+        let norm = || {
+            RmsNormConfig::new(d)
+                .with_epsilon(self.rms_norm_eps)
+                .init(device)
+        };
+        let layers = (0..self.n_layers)
+            .map(|_| Block {
+                input_layernorm: norm(),
+                self_attn: Attention {
+                    q_proj: linear(d, self.n_heads * hd, false, device),
+                    k_proj: linear(d, self.n_kv_heads * hd, false, device),
+                    v_proj: linear(d, self.n_kv_heads * hd, false, device),
+                    o_proj: linear(self.n_heads * hd, d, false, device),
+                    n_heads: self.n_heads,
+                    n_kv_heads: self.n_kv_heads,
+                    head_dim: hd,
+                },
+                post_attention_layernorm: norm(),
+                mlp: Mlp {
+                    gate_proj: linear(d, self.ffn_dim, false, device),
+                    up_proj: linear(d, self.ffn_dim, false, device),
+                    down_proj: linear(self.ffn_dim, d, false, device),
+                },
+            })
+            .collect();
+        Vla {
+            patch_embed: linear(self.patch_dim, d, true, device),
+            camera_embed: param([self.n_cameras, d], device),
+            patch_pos_embed: param([self.patches_per_camera, d], device),
+            missing_embed: param([d], device),
+            proprio_embed: linear(self.proprio_dim, d, true, device),
+            instruction_embed: param([INSTRUCTION_VOCAB, d], device),
+            readout: param([self.n_readout, d], device),
+            layers,
+            norm: norm(),
+            action_head: linear(self.n_readout * d, self.action_values(), true, device),
+            config: self.clone(),
+        }
+    }
+}
+
+impl<B: Backend> Vla<B> {
+    /// The model's configuration.
+    pub fn config(&self) -> &VlaConfig {
+        &self.config
+    }
+
+    /// A stream with a KV cache for this model: `cache` gives the storage format and byte
+    /// budget (the model's own default is `config().kv_cache`); the context length bounds it too.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the budget cannot hold the longest instruction plus one frame-step,
+    /// or the format does not fit the head size.
+    pub fn new_stream(&self, cache: &KvCacheConfig, device: &B::Device) -> Result<Stream<B>> {
+        let c = &self.config;
+        let layout = KvLayout {
+            dtype: cache.dtype,
+            ..c.kv_layout()
+        };
+        let cache = KvCache::new(
+            layout,
+            cache.budget_bytes,
+            c.max_cached_tokens(),
+            c.max_sink_tokens(),
+            c.tokens_per_step(),
+        )?;
+        Ok(Stream::new(cache, device))
+    }
+
+    /// Token ids of an instruction: the beginning token then its bytes.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the instruction is longer than `max_instruction_bytes`.
+    pub fn instruction_ids(&self, instruction: &str) -> Result<Vec<i64>> {
+        let bytes = instruction.as_bytes();
+        if bytes.len() > self.config.max_instruction_bytes {
+            return Err(Error::shape(
+                "instruction",
+                format!(
+                    "{} bytes, the model takes at most {} (max_instruction_bytes)",
+                    bytes.len(),
+                    self.config.max_instruction_bytes
+                ),
+            ));
+        }
+        Ok(std::iter::once(BOS_TOKEN as i64)
+            .chain(bytes.iter().map(|b| i64::from(*b)))
+            .collect())
+    }
+
+    /// Instruction token embeddings.
+    ///
+    /// # Shapes
+    /// - output: `[1, 1 + bytes, d_model]`
+    fn embed_instruction(&self, ids: &[i64], device: &B::Device) -> Tensor<B, 3> {
+        let ids =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(ids.to_vec(), [ids.len()]), device);
+        self.instruction_embed.val().select(0, ids).unsqueeze::<3>()
+    }
+
+    /// Checks one step's host inputs against the config.
+    fn check_step(&self, step: &StepInput<'_>) -> Result<()> {
+        let c = &self.config;
+        let want = c.n_cameras * c.patches_per_camera * c.patch_dim;
+        if step.patches.len() != want {
+            return Err(Error::shape(
+                "step patches",
+                format!(
+                    "expected [n_cameras {}, patches_per_camera {}, patch_dim {}] = {want} values, got {}",
+                    c.n_cameras,
+                    c.patches_per_camera,
+                    c.patch_dim,
+                    step.patches.len()
+                ),
+            ));
+        }
+        if step.camera_present.len() != c.n_cameras {
+            return Err(Error::shape(
+                "step camera mask",
+                format!(
+                    "expected {} cameras, got {}",
+                    c.n_cameras,
+                    step.camera_present.len()
+                ),
+            ));
+        }
+        if step.proprio.len() != c.proprio_dim {
+            return Err(Error::shape(
+                "step proprio",
+                format!(
+                    "expected {} values, got {}",
+                    c.proprio_dim,
+                    step.proprio.len()
+                ),
+            ));
+        }
+        // Missing cameras' patches are ignored, so only present ones must be finite.
+        let per_camera = c.patches_per_camera * c.patch_dim;
+        for (cam, present) in step.camera_present.iter().enumerate() {
+            if *present {
+                Error::check_finite(
+                    "step patches",
+                    &step.patches[cam * per_camera..(cam + 1) * per_camera],
+                )?;
+            }
+        }
+        Error::check_finite("step proprio", step.proprio)
+    }
+
+    /// Embeds frame-steps into tokens: per step, `n_cameras · patches_per_camera` patch tokens
+    /// (patch embedding, or the missing embedding, plus camera and patch-index embeddings) then
+    /// one proprio token.
+    ///
+    /// # Shapes
+    /// - `patches`: `[batch, n_cameras · patches_per_camera, patch_dim]`
+    /// - `present`: `[batch, n_cameras · patches_per_camera, 1]`, 1.0 present / 0.0 missing
+    /// - `proprio`: `[batch, proprio_dim]`
+    /// - output: `[batch, tokens_per_step, d_model]`
+    pub fn embed_step(
+        &self,
+        patches: Tensor<B, 3>,
+        present: Tensor<B, 3>,
+        proprio: Tensor<B, 2>,
+    ) -> Tensor<B, 3> {
+        let c = &self.config;
+        let [batch, n_tokens, _] = patches.dims();
+        let d = c.d_model;
+        let content = self.patch_embed.forward(patches) * present.clone()
+            + self.missing_embed.val().reshape([1, 1, d]) * (present.neg() + 1.0);
+        let camera = self
+            .camera_embed
+            .val()
+            .reshape([c.n_cameras, 1, d])
+            .repeat_dim(1, c.patches_per_camera)
+            .reshape([1, n_tokens, d]);
+        let patch_pos = self
+            .patch_pos_embed
+            .val()
+            .repeat_dim(0, c.n_cameras)
+            .reshape([1, n_tokens, d]);
+        let patch_tokens = content + camera + patch_pos;
+        let proprio_token = self.proprio_embed.forward(proprio).reshape([batch, 1, d]);
+        Tensor::cat(vec![patch_tokens, proprio_token], 1)
+    }
+
+    /// Host step inputs → step tokens `[1, tokens_per_step, d_model]`.
+    fn step_tokens(&self, step: &StepInput<'_>, device: &B::Device) -> Tensor<B, 3> {
+        let c = &self.config;
+        let n = c.n_cameras * c.patches_per_camera;
+        // Missing cameras' patches are zeroed (they may hold anything, NaN included); the
+        // missing embedding replaces their content.
+        let per_camera = c.patches_per_camera * c.patch_dim;
+        let mut values = step.patches.to_vec();
+        for (cam, present) in step.camera_present.iter().enumerate() {
+            if !present {
+                values[cam * per_camera..(cam + 1) * per_camera].fill(0.0);
+            }
+        }
+        let patches = float_tensor(values, [1, n, c.patch_dim], device);
+        let mask: Vec<f32> = step
+            .camera_present
+            .iter()
+            .flat_map(|p| std::iter::repeat_n(if *p { 1.0 } else { 0.0 }, c.patches_per_camera))
+            .collect();
+        let present = float_tensor(mask, [1, n, 1], device);
+        let proprio = float_tensor(step.proprio.to_vec(), [1, c.proprio_dim], device);
+        self.embed_step(patches, present, proprio)
+    }
+
+    /// The readout tokens `[batch, n_readout, d_model]`.
+    fn readout_tokens(&self, batch: usize) -> Tensor<B, 3> {
+        let c = &self.config;
+        self.readout
+            .val()
+            .reshape([1, c.n_readout, c.d_model])
+            .repeat_dim(0, batch)
+    }
+
+    /// Readout hidden states → action chunk values.
+    ///
+    /// # Shapes
+    /// - `readout`: `[batch, n_readout, d_model]` (after the final norm)
+    /// - output: `[batch, horizon · action_dim]`
+    pub fn action_head(&self, readout: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [batch, r, d] = readout.dims();
+        self.action_head.forward(readout.reshape([batch, r * d]))
+    }
+
+    fn action_chunk(&self, readout: Tensor<B, 3>) -> Result<ActionChunk> {
+        let c = &self.config;
+        let values = self
+            .action_head(readout)
+            .into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| Error::shape("action head", format!("{e:?}")))?;
+        Error::check_finite("model output (action chunk)", &values)?;
+        Ok(ActionChunk {
+            horizon: c.horizon,
+            action_dim: c.action_dim,
+            values,
+        })
+    }
+
+    /// Backbone over a whole sequence with explicit positions and attention bias (training
+    /// and reference path).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]`; `table`: one row or `batch` rows of `seq` positions;
+    ///   `bias`: `[1 or batch, seq, seq]` additive (0 or −∞)
+    /// - output: `[batch, seq, d_model]` after the final norm
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the table does not match `x`.
+    pub fn backbone(
+        &self,
+        x: Tensor<B, 3>,
+        table: &RotaryTable<B>,
+        bias: Tensor<B, 3>,
+    ) -> Result<Tensor<B, 3>> {
+        let mut x = x;
+        for block in &self.layers {
+            x = block.forward(x, table, bias.clone())?;
+        }
+        Ok(self.norm.forward(x))
+    }
+
+    /// Starts an episode: empties the stream and stores the instruction as attention sinks.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for an over-long instruction.
+    pub fn start_episode(&self, instruction: &str, stream: &mut Stream<B>) -> Result<()> {
+        let ids = self.instruction_ids(instruction)?;
+        stream.cache.reset();
+        let device = stream.device.clone();
+        let x = self.embed_instruction(&ids, &device);
+        self.run_cached(x, ids.len(), Segment::Sinks, stream)?;
+        Ok(())
+    }
+
+    /// Appends one frame-step to the rolling context and returns the action chunk for it.
+    /// Frame-steps that no longer fit the cache's budget are evicted first (oldest first).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for inputs of the wrong size, [`Error::NonFinite`] for NaN/∞ inputs or
+    /// outputs. On error the cache holds the context as it was before the step, less any
+    /// frame-steps evicted to make room.
+    pub fn forward_step(
+        &self,
+        step: &StepInput<'_>,
+        stream: &mut Stream<B>,
+    ) -> Result<StepOutput<B>> {
+        self.check_step(step)?;
+        let device = stream.device.clone();
+        let tokens = self.step_tokens(step, &device);
+        let x = Tensor::cat(vec![tokens, self.readout_tokens(1)], 1);
+        let hidden = self.run_cached(x, self.config.tokens_per_step(), Segment::Frame, stream)?;
+        let [_, t, d] = hidden.dims();
+        let r = self.config.n_readout;
+        let readout = hidden.slice([0..1, t - r..t, 0..d]);
+        Ok(StepOutput {
+            action: self.action_chunk(readout.clone())?,
+            readout,
+        })
+    }
+
+    /// Runs `x` (`[1, t, d_model]`) through the backbone on top of the cache, storing the first
+    /// `store` tokens as `segment`; returns final-norm hidden states `[1, t, d_model]`.
+    fn run_cached(
+        &self,
+        x: Tensor<B, 3>,
+        store: usize,
+        segment: Segment,
+        stream: &mut Stream<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let [_, t, _] = x.dims();
+        let past = stream.cache.reserve(segment, store)?;
+        let result = (|| {
+            let table = stream.table(&self.config, past + t)?;
+            let bias = causal_bias::<B>(past, t, &stream.device);
+            let mut x = x;
+            for (layer, block) in self.layers.iter().enumerate() {
+                x = block.forward_cached(x, stream, layer, store, &table, bias.clone())?;
+            }
+            Ok(self.norm.forward(x))
+        })();
+        match result {
+            Ok(hidden) => {
+                stream.cache.commit()?;
+                Ok(hidden)
+            }
+            Err(e) => {
+                stream.cache.abort();
+                Err(e)
+            }
+        }
+    }
+
+    /// Recomputes the action for the last of `steps` from scratch: one forward over
+    /// `[instruction, steps…, readouts]` with a causal mask and positions `0..n`. This is
+    /// what [`forward_step`](Self::forward_step) must equal when nothing was evicted (or when
+    /// `steps` are exactly the retained ones).
+    ///
+    /// # Errors
+    /// As [`forward_step`](Self::forward_step); [`Error::Shape`] for no steps.
+    pub fn forward_full(
+        &self,
+        instruction: &str,
+        steps: &[StepInput<'_>],
+        device: &B::Device,
+    ) -> Result<StepOutput<B>> {
+        if steps.is_empty() {
+            return Err(Error::shape("forward_full", "no frame-steps"));
+        }
+        let ids = self.instruction_ids(instruction)?;
+        let mut parts = vec![self.embed_instruction(&ids, device)];
+        for step in steps {
+            self.check_step(step)?;
+            parts.push(self.step_tokens(step, device));
+        }
+        parts.push(self.readout_tokens(1));
+        let x = Tensor::cat(parts, 1);
+        let [_, n, d] = x.dims();
+        let positions: Vec<i64> = (0..n as i64).collect();
+        let table = self
+            .config
+            .rope
+            .frequencies(Some(n))
+            .table::<B>(&positions, device)?;
+        let hidden = self.backbone(x, &table, causal_bias::<B>(0, n, device))?;
+        let r = self.config.n_readout;
+        let readout = hidden.slice([0..1, n - r..n, 0..d]);
+        Ok(StepOutput {
+            action: self.action_chunk(readout.clone())?,
+            readout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

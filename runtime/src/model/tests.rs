@@ -1,0 +1,426 @@
+//! Model tests: incremental decoding equals full recomputation (with and without eviction,
+//! default RoPE and YaRN, with and without GQA); quantized caches against the f32 cache; bad
+//! inputs and configs.
+
+use burn::backend::NdArray;
+use burn::tensor::backend::Backend;
+
+use super::*;
+use crate::kv::{KvCacheConfig, KvDtype, round_trip};
+
+type B = NdArray<f32>;
+
+fn tiny_config(n_kv_heads: usize, rope: &str, dtype: &str, budget: u64) -> VlaConfig {
+    let text = format!(
+        r#"
+        d_model = 64
+        n_layers = 2
+        n_heads = 2
+        n_kv_heads = {n_kv_heads}
+        ffn_dim = 96
+        n_cameras = 2
+        patches_per_camera = 3
+        patch_dim = 12
+        proprio_dim = 5
+        max_instruction_bytes = 8
+        n_readout = 2
+        horizon = 3
+        action_dim = 2
+        [rope]
+        head_dim = 32
+        max_position_embeddings = 512
+        rope_parameters = {rope}
+        [kv_cache]
+        dtype = "{dtype}"
+        budget_bytes = {budget}
+        "#
+    );
+    VlaConfig::from_toml(&text).expect("tiny config")
+}
+
+const DEFAULT_ROPE: &str = r#"{ rope_type = "default" }"#;
+const YARN_ROPE: &str =
+    r#"{ rope_type = "yarn", factor = 4.0, original_max_position_embeddings = 128 }"#;
+
+/// Deterministic pseudo-random values in [-1, 1] (SplitMix64).
+fn values(seed: u64, n: usize) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 11) as f64 / (1u64 << 52) as f64 - 1.0) as f32
+        })
+        .collect()
+}
+
+struct Steps {
+    patches: Vec<Vec<f32>>,
+    present: Vec<Vec<bool>>,
+    proprio: Vec<Vec<f32>>,
+}
+
+impl Steps {
+    fn new(c: &VlaConfig, n: usize, seed: u64) -> Self {
+        let patch_values = c.n_cameras * c.patches_per_camera * c.patch_dim;
+        Self {
+            patches: (0..n)
+                .map(|i| values(seed + i as u64 * 7, patch_values))
+                .collect(),
+            // Camera 1 drops out every third step.
+            present: (0..n)
+                .map(|i| (0..c.n_cameras).map(|cam| cam != 1 || i % 3 != 2).collect())
+                .collect(),
+            proprio: (0..n)
+                .map(|i| values(seed + 1000 + i as u64, c.proprio_dim))
+                .collect(),
+        }
+    }
+
+    fn get(&self, i: usize) -> StepInput<'_> {
+        StepInput {
+            patches: &self.patches[i],
+            camera_present: &self.present[i],
+            proprio: &self.proprio[i],
+        }
+    }
+}
+
+fn flat(t: Tensor<B, 3>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .expect("tensor data")
+}
+
+/// max |a − b| / max |b|.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max(f64::from((x - y).abs())));
+    let scale = b.iter().fold(0.0f64, |m, y| m.max(f64::from(y.abs())));
+    diff / scale
+}
+
+/// burn's random initialization draws from one global generator per backend; tests run in
+/// parallel threads, so seeding and initializing happen under one lock.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn model(c: &VlaConfig, seed: u64) -> Vla<B> {
+    let _guard = INIT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let device = Default::default();
+    B::seed(&device, seed);
+    c.init::<B>(&device)
+}
+
+fn stream(m: &Vla<B>) -> Stream<B> {
+    m.new_stream(&m.config().kv_cache, &Default::default())
+        .expect("stream")
+}
+
+/// Incremental steps (f32 cache, nothing evicted) equal a full forward over the same context,
+/// ≤ 1e-4 relative (max-abs) on the readout hidden states and the action chunk.
+#[test]
+fn incremental_equals_full_recompute() {
+    let device = Default::default();
+    for (rope, name) in [(DEFAULT_ROPE, "default"), (YARN_ROPE, "yarn")] {
+        for kv_heads in [1, 2] {
+            let c = tiny_config(kv_heads, rope, "f32", 1 << 30);
+            let m = model(&c, 1);
+            let steps = Steps::new(&c, 6, 42);
+            let mut stream = stream(&m);
+            m.start_episode("pick", &mut stream).expect("start");
+            for i in 0..6 {
+                let inc = m.forward_step(&steps.get(i), &mut stream).expect("step");
+                let all: Vec<StepInput<'_>> = (0..=i).map(|j| steps.get(j)).collect();
+                let full = m.forward_full("pick", &all, &device).expect("full");
+                let e = rel_err(&flat(inc.readout), &flat(full.readout));
+                let ea = rel_err(&inc.action.values, &full.action.values);
+                assert!(
+                    e <= 1e-4 && ea <= 1e-4,
+                    "{name} kv_heads {kv_heads} step {i}: readout {e:e}, action {ea:e}"
+                );
+            }
+            assert_eq!(stream.cache().frames(), 6);
+            assert_eq!(stream.cache().sink_len(), 5);
+        }
+    }
+}
+
+/// Under a budget that holds only a few frame-steps, each incremental step of a one-layer
+/// model equals a full forward over the instruction plus exactly the retained steps: cached
+/// keys are stored before RoPE, so compacting positions after an eviction is exact. (With
+/// more layers the retained steps' deeper keys remember the evicted ones, as in any sliding
+/// window cache, so only the first layer can be compared this way.)
+#[test]
+fn incremental_with_eviction_equals_recompute_over_retained_steps() {
+    let device = Default::default();
+    for rope in [DEFAULT_ROPE, YARN_ROPE] {
+        let probe = tiny_config(1, rope, "f32", 1 << 30);
+        // Sinks (1 + 4 bytes) + 3 frame-steps of 7 tokens.
+        let budget = probe.kv_layout().total_bytes(5 + 3 * 7) / 2; // one layer: half the bytes
+        let mut c = tiny_config(1, rope, "f32", budget);
+        c.n_layers = 1;
+        let m = model(&c, 2);
+        let steps = Steps::new(&c, 9, 7);
+        let mut stream = stream(&m);
+        m.start_episode("open", &mut stream).expect("start");
+        for i in 0..9 {
+            let inc = m.forward_step(&steps.get(i), &mut stream).expect("step");
+            assert!(stream.cache().bytes() <= budget);
+            let kept = stream.cache().frames();
+            assert_eq!(kept, (i + 1).min(3));
+            let retained: Vec<StepInput<'_>> = (i + 1 - kept..=i).map(|j| steps.get(j)).collect();
+            let full = m.forward_full("open", &retained, &device).expect("full");
+            let e = rel_err(&flat(inc.readout), &flat(full.readout));
+            assert!(e <= 1e-4, "step {i}: {e:e}");
+        }
+        assert_eq!(stream.cache().stats().frames_evicted, 6);
+    }
+}
+
+/// The attention output with keys and values through each cache format vs the f32 values,
+/// relative Frobenius error, on random and on structured inputs (smooth sinusoids plus a few
+/// outlier channels, as real key activations have). Bounds: f16 1e-3, bf16 1e-2, int8 1e-2,
+/// fp8 5e-2.
+#[test]
+fn quantized_cache_attention_error() {
+    let device = Default::default();
+    let c = tiny_config(1, DEFAULT_ROPE, "f32", 1 << 30);
+    let m = model(&c, 3);
+    let attn = &m.layers[0].self_attn;
+    let (nh, kv, hd, tq, tk) = (2, 1, 32, 8, 256);
+    let structured = |seed: u64| -> Vec<f32> {
+        let noise = values(seed, tk * kv * hd);
+        (0..tk * kv * hd)
+            .map(|i| {
+                let (t, ch) = (i / hd, i % hd);
+                let outlier = if ch == 3 || ch == 17 { 12.0 } else { 1.0 };
+                outlier * ((t as f32 * 0.05 * (ch as f32 + 1.0)).sin() + 0.1 * noise[i])
+            })
+            .collect()
+    };
+    let cases = [
+        ("random", values(11, tk * kv * hd), values(12, tk * kv * hd)),
+        ("structured", structured(13), structured(14)),
+    ];
+    let q_host = values(10, nh * tq * hd);
+    for (kind, k_host, v_host) in cases {
+        let tensor4 =
+            |v: &[f32], shape: [usize; 4]| float_tensor::<B, f32, 4>(v.to_vec(), shape, &device);
+        let q = tensor4(&q_host, [1, nh, tq, hd]);
+        let bias = Tensor::<B, 3>::zeros([1, tq, tk], &device);
+        let reference = flat(attn.attend(
+            q.clone(),
+            tensor4(&k_host, [1, kv, tk, hd]),
+            tensor4(&v_host, [1, kv, tk, hd]),
+            bias.clone(),
+        ));
+        for (dtype, bound) in [
+            (KvDtype::F16, 1e-3),
+            (KvDtype::Bf16, 1e-2),
+            (KvDtype::Int8, 1e-2),
+            (KvDtype::Fp8, 5e-2),
+        ] {
+            let k = tensor4(&round_trip(dtype, &k_host), [1, kv, tk, hd]);
+            let v = tensor4(&round_trip(dtype, &v_host), [1, kv, tk, hd]);
+            let out = flat(attn.attend(q.clone(), k, v, bias.clone()));
+            let num: f64 = out
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let den: f64 = reference.iter().map(|b| f64::from(*b).powi(2)).sum();
+            let e = (num / den).sqrt();
+            eprintln!("{kind} {dtype}: attention output relative error {e:.2e}");
+            assert!(e <= bound, "{kind} {dtype}: {e:e} > {bound:e}");
+        }
+    }
+}
+
+/// End to end: the readouts after 8 steps with each cache dtype vs the f32 cache (same model).
+#[test]
+fn quantized_cache_model_error() {
+    let device = Default::default();
+    let steps_n = 8;
+    let c = tiny_config(1, YARN_ROPE, "f32", 1 << 30);
+    let m = model(&c, 4);
+    let steps = Steps::new(&c, steps_n, 99);
+    let run = |dtype: KvDtype| {
+        let cache = KvCacheConfig {
+            dtype,
+            budget_bytes: 1 << 30,
+        };
+        let mut stream = m.new_stream(&cache, &device).expect("stream");
+        m.start_episode("place", &mut stream).expect("start");
+        let mut last = Vec::new();
+        for i in 0..steps_n {
+            last = flat(
+                m.forward_step(&steps.get(i), &mut stream)
+                    .expect("step")
+                    .readout,
+            );
+        }
+        last
+    };
+    let reference = run(KvDtype::F32);
+    for (dtype, bound) in [
+        (KvDtype::F16, 1e-3),
+        (KvDtype::Bf16, 1e-2),
+        (KvDtype::Int8, 1e-2),
+        (KvDtype::Fp8, 5e-2),
+    ] {
+        let e = rel_err(&run(dtype), &reference);
+        eprintln!("{dtype} cache: readout relative error after {steps_n} steps {e:.2e}");
+        assert!(e <= bound, "{dtype}: {e:e}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_and_leave_the_cache_intact() {
+    let c = tiny_config(1, DEFAULT_ROPE, "int8", 1 << 20);
+    let m = model(&c, 5);
+    let steps = Steps::new(&c, 2, 1);
+    let mut stream = stream(&m);
+    m.start_episode("go", &mut stream).expect("start");
+    m.forward_step(&steps.get(0), &mut stream).expect("step");
+    let len = stream.cache().len();
+
+    let short = &steps.patches[1][..10];
+    let err = m.forward_step(
+        &StepInput {
+            patches: short,
+            ..steps.get(1)
+        },
+        &mut stream,
+    );
+    assert!(matches!(err, Err(Error::Shape { .. })), "{err:?}");
+    let err = m.forward_step(
+        &StepInput {
+            camera_present: &[true],
+            ..steps.get(1)
+        },
+        &mut stream,
+    );
+    assert!(matches!(err, Err(Error::Shape { .. })), "{err:?}");
+    let mut nan = steps.proprio[1].clone();
+    nan[2] = f32::NAN;
+    let err = m.forward_step(
+        &StepInput {
+            proprio: &nan,
+            ..steps.get(1)
+        },
+        &mut stream,
+    );
+    assert!(matches!(err, Err(Error::NonFinite { .. })), "{err:?}");
+    let mut inf = steps.patches[1].clone();
+    inf[0] = f32::INFINITY;
+    let err = m.forward_step(
+        &StepInput {
+            patches: &inf,
+            ..steps.get(1)
+        },
+        &mut stream,
+    );
+    assert!(matches!(err, Err(Error::NonFinite { .. })), "{err:?}");
+    assert_eq!(
+        stream.cache().len(),
+        len,
+        "rejected steps leave the cache as it was"
+    );
+
+    // A missing camera's patches are ignored, NaN or not.
+    let missing = [false, true];
+    let mut nan_missing = steps.patches[1].clone();
+    nan_missing[0] = f32::NAN;
+    m.forward_step(
+        &StepInput {
+            patches: &nan_missing,
+            camera_present: &missing,
+            ..steps.get(1)
+        },
+        &mut stream,
+    )
+    .expect("missing camera's NaN ignored");
+
+    assert!(matches!(
+        m.start_episode("an instruction far too long", &mut stream),
+        Err(Error::Shape { .. })
+    ));
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let good = tiny_config(1, DEFAULT_ROPE, "f32", 1 << 20);
+    let text = toml::to_string(&good).expect("serialize");
+    assert_eq!(VlaConfig::from_toml(&text).expect("round trip"), good);
+    let cases = [
+        (
+            text.replace("d_model = 64", "d_model = 64\nd_modle = 3"),
+            "d_modle",
+        ),
+        (
+            text.replace("n_kv_heads = 1", "n_kv_heads = 3"),
+            "n_kv_heads",
+        ),
+        (
+            text.replace("head_dim = 32", "head_dim = 16"),
+            "rope.head_dim",
+        ),
+        (
+            text.replace("dtype = \"f32\"", "dtype = \"int4\""),
+            "kv_cache.dtype",
+        ),
+        (
+            text.replace(
+                "rope_type = \"default\"",
+                "rope_type = \"yarn\"\nfactor = 2.0",
+            ),
+            "original_max_position_embeddings",
+        ),
+        (
+            text.replace(
+                "max_position_embeddings = 512",
+                "max_position_embeddings = 12",
+            ),
+            "context_length",
+        ),
+    ];
+    for (bad, key) in cases {
+        let err = VlaConfig::from_toml(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(key),
+            "expected an error naming `{key}`, got `{err}`"
+        );
+    }
+    // A budget below sinks + one step is refused when the stream is made.
+    let tight = tiny_config(1, DEFAULT_ROPE, "f32", 1000);
+    let m = model(&tight, 6);
+    assert!(matches!(
+        m.new_stream(&m.config().kv_cache, &Default::default()),
+        Err(Error::Config { .. })
+    ));
+}
+
+#[test]
+fn shipped_edge_config_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/model/edge.toml");
+    let c = VlaConfig::from_file(&path).expect("edge config");
+    assert_eq!(c.tokens_per_step(), 49);
+    assert_eq!(c.kv_layout().bytes_per_token(), 816);
+    // 1.5 MiB / 816 = 1927 tokens = 64 sinks + 38 frame-steps (+ 1 spare token).
+    assert_eq!(
+        c.kv_layout().tokens_for_budget(c.kv_cache.budget_bytes),
+        1927
+    );
+}
