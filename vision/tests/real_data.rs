@@ -3,6 +3,9 @@
 //! Tests that need `../shared` skip with a message when it is absent, unless
 //! `EDGEVLA_REQUIRE_SHARED` is set, in which case they fail.
 
+// Test helpers (not #[test] fns themselves) may unwrap: a malformed recording should fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use vision::{

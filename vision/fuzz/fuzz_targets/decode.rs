@@ -39,7 +39,8 @@ fuzz_target!(|input: &[u8]| {
         };
         let mut pre = Preprocessor::new(config).expect("valid config");
         let mut out = vec![0.0; pre.output_len()];
-        pre.process(&image, &mut out).expect("a decoded image preprocesses");
+        pre.process(&image, &mut out)
+            .expect("a decoded image preprocesses");
         assert!(out.iter().all(|v| v.is_finite()));
     }
 });
