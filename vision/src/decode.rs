@@ -482,10 +482,11 @@ fn convert_png(color: image::ColorType, src: &[u8], width: u32, height: u32, out
 
 fn png_error(e: image::ImageError, limits: &DecodeLimits) -> VisionError {
     match e {
-        image::ImageError::Limits(_) => VisionError::TooManyBytes {
-            bytes: limits.max_decoded_bytes.saturating_add(1),
-            max_bytes: limits.max_decoded_bytes,
-        },
+        // The PNG decoder's own allocations (chunk buffers) went over the byte budget.
+        image::ImageError::Limits(l) => VisionError::Png(format!(
+            "over decode.max_decoded_bytes = {}: {l}",
+            limits.max_decoded_bytes
+        )),
         other => VisionError::Png(other.to_string()),
     }
 }
