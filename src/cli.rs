@@ -35,6 +35,28 @@ pub enum Command {
   edgevla rope --list-presets")]
     Rope(RopeArgs),
 
+    /// KV-cache memory planner: bytes per token and in total, per storage format, and how
+    /// many tokens / frame-steps fit a byte budget.
+    ///
+    /// bytes = 2 · layers · kv_heads · head_dim · tokens · bytes_per_value, plus one f16 scale
+    /// per 32 values for int8 (q8_0) and fp8. --json prints exactly
+    /// {"bytes_per_token", "total_bytes", "scale_bytes"} (scales included in the totals).
+    #[command(after_help = "Examples:
+  edgevla kv-plan --layers 80 --kv-heads 8 --head-dim 128 --tokens 131072 --dtype bf16 --json
+  edgevla kv-plan --layers 80 --kv-heads 8 --head-dim 128 --tokens 131072
+  edgevla kv-plan --model edge --frames 38
+  edgevla kv-plan --model configs/model/edge.toml --budget 1572864")]
+    KvPlan(crate::model_cmd::KvPlanArgs),
+
+    /// Export the backbone to HuggingFace safetensors + config.json (LlamaModel names).
+    ///
+    /// Without --checkpoint the model is a seeded random initialization. --parity-tokens N
+    /// also writes parity.safetensors for tools/hf_parity.py.
+    #[command(after_help = "Examples:
+  edgevla export --model edge --out out/hf-edge --parity-tokens 256 --init-std 0.2
+  edgevla export --model edge --rope yarn-4x --out out/hf-edge-yarn --parity-tokens 256")]
+    Export(crate::model_cmd::ExportArgs),
+
     /// Record zenoh streams into an MCAP file.
     ///
     /// One channel per key with ROS 2 schemas (`ros2msg`, message encoding `cdr`), log time =

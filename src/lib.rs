@@ -3,6 +3,7 @@
 //! and prints the result; nothing here is numeric code of its own.
 
 pub mod cli;
+mod model_cmd;
 mod rope_cmd;
 pub mod transport_cmd;
 
@@ -17,6 +18,8 @@ pub fn run(cli: cli::Cli) -> Result<()> {
     init_logging(&cli.log);
     match cli.command {
         cli::Command::Rope(args) => rope_cmd::run(&args, &mut std::io::stdout().lock()),
+        cli::Command::KvPlan(args) => model_cmd::kv_plan(&args, &mut std::io::stdout().lock()),
+        cli::Command::Export(args) => model_cmd::export(&args, &mut std::io::stdout().lock()),
         cli::Command::Record(args) => transport_cmd::record(&args, &mut std::io::stdout().lock()),
         cli::Command::Replay(args) => transport_cmd::replay(&args, &mut std::io::stdout().lock()),
     }

@@ -188,3 +188,93 @@ fn rope_cli_seq_len_drives_dynamic_ntk() {
     assert_eq!(run(&["--seq-len", "1024"]), at_init);
     assert_ne!(run(&["--seq-len", "8192"]), at_init);
 }
+
+/// `kv-plan --json` reproduces the Llama 3 70B figures exactly (bf16 and int8 with scales).
+#[test]
+fn kv_plan_json_figures() {
+    let run = |dtype: &str| {
+        let out = edgevla(
+            &[
+                "kv-plan",
+                "--layers",
+                "80",
+                "--kv-heads",
+                "8",
+                "--head-dim",
+                "128",
+                "--tokens",
+                "131072",
+                "--dtype",
+                dtype,
+                "--json",
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(
+        run("bf16"),
+        serde_json::json!({"bytes_per_token": 327_680, "total_bytes": 42_949_672_960u64, "scale_bytes": 0})
+    );
+    // int8: half of bf16 plus one f16 scale per 32 values (10,240 bytes/token).
+    assert_eq!(
+        run("int8"),
+        serde_json::json!({"bytes_per_token": 174_080, "total_bytes": 22_817_013_760u64, "scale_bytes": 1_342_177_280u64})
+    );
+}
+
+/// `kv-plan --model edge --budget` answers the inverse question, and bad sizes are errors.
+#[test]
+fn kv_plan_budget_and_errors() {
+    let out = edgevla(
+        &[
+            "kv-plan", "--model", "edge", "--budget", "1572864", "--dtype", "int8", "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+    // 1572864 / 816 = 1927 tokens; (1927 − 64 sinks) / 49 = 38 frame-steps.
+    assert_eq!(
+        v,
+        serde_json::json!({"bytes_per_token": 816, "tokens": 1927, "frames": 38})
+    );
+    let bad = edgevla(
+        &[
+            "kv-plan",
+            "--layers",
+            "2",
+            "--kv-heads",
+            "2",
+            "--head-dim",
+            "48",
+            "--tokens",
+            "5",
+            "--dtype",
+            "int8",
+        ],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(text(&bad.stderr).contains("head_dim"));
+    let unknown = edgevla(
+        &[
+            "kv-plan",
+            "--layers",
+            "2",
+            "--kv-heads",
+            "2",
+            "--head-dim",
+            "32",
+            "--tokens",
+            "5",
+            "--dtype",
+            "int4",
+        ],
+        None,
+    );
+    assert!(!unknown.status.success());
+    assert!(!text(&unknown.stderr).contains("panicked"));
+}

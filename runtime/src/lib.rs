@@ -4,11 +4,13 @@
 //! - [`rope`]: rotary position embeddings with HuggingFace's scaling methods (default, linear,
 //!   dynamic NTK, YaRN, llama3, LongRoPE) and their application at arbitrary positions.
 //! - [`model`]: the streaming VLA model (tokenizer, Llama-style backbone, action head).
+//! - [`checkpoint`]: checkpoint save/load and HuggingFace safetensors export.
 //! - [`kv`]: the bounded, quantized KV cache and its byte arithmetic.
 //! - [`error`]: the crate's error type.
 //!
 //! No zenoh and no file or network IO here (checkpoint load/save excepted).
 
+pub mod checkpoint;
 pub mod error;
 pub mod host;
 pub mod kv;

@@ -28,20 +28,27 @@ use crate::rope::{RopeFrequencies, RotaryTable};
 
 const INIT_STD: f64 = 0.02;
 
-fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Linear<B> {
+fn linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    std: f64,
+    device: &B::Device,
+) -> Linear<B> {
     LinearConfig::new(d_in, d_out)
         .with_bias(bias)
-        .with_initializer(Initializer::Normal {
-            mean: 0.0,
-            std: INIT_STD,
-        })
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
         .init(device)
 }
 
-fn param<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+fn param<B: Backend, const D: usize>(
+    shape: [usize; D],
+    std: f64,
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
     Param::from_tensor(Tensor::random(
         shape,
-        Distribution::Normal(0.0, INIT_STD),
+        Distribution::Normal(0.0, std),
         device,
     ))
 }
@@ -194,7 +201,7 @@ impl<B: Backend> Stream<B> {
 
 /// Additive attention bias `[1, tq, past + tq]`: query `i` (at position `past + i`) sees keys
 /// `0..=past + i`.
-fn causal_bias<B: Backend>(past: usize, tq: usize, device: &B::Device) -> Tensor<B, 3> {
+pub(crate) fn causal_bias<B: Backend>(past: usize, tq: usize, device: &B::Device) -> Tensor<B, 3> {
     let tk = past + tq;
     let mut bias = vec![0.0f32; tq * tk];
     for i in 0..tq {
@@ -344,8 +351,15 @@ impl<B: Backend> Block<B> {
 }
 
 impl VlaConfig {
-    /// Builds a randomly initialized model (burn's backend seed decides the values).
+    /// Builds a randomly initialized model (normal, std 0.02; burn's backend seed decides
+    /// the values).
     pub fn init<B: Backend>(&self, device: &B::Device) -> Vla<B> {
+        self.init_with_std(INIT_STD, device)
+    }
+
+    /// Like [`init`](Self::init) with another standard deviation for every weight (norm
+    /// weights stay 1).
+    pub fn init_with_std<B: Backend>(&self, std: f64, device: &B::Device) -> Vla<B> {
         let (d, hd) = (self.d_model, self.head_dim());
         let norm = || {
             RmsNormConfig::new(d)
@@ -356,35 +370,40 @@ impl VlaConfig {
             .map(|_| Block {
                 input_layernorm: norm(),
                 self_attn: Attention {
-                    q_proj: linear(d, self.n_heads * hd, false, device),
-                    k_proj: linear(d, self.n_kv_heads * hd, false, device),
-                    v_proj: linear(d, self.n_kv_heads * hd, false, device),
-                    o_proj: linear(self.n_heads * hd, d, false, device),
+                    q_proj: linear(d, self.n_heads * hd, false, std, device),
+                    k_proj: linear(d, self.n_kv_heads * hd, false, std, device),
+                    v_proj: linear(d, self.n_kv_heads * hd, false, std, device),
+                    o_proj: linear(self.n_heads * hd, d, false, std, device),
                     n_heads: self.n_heads,
                     n_kv_heads: self.n_kv_heads,
                     head_dim: hd,
                 },
                 post_attention_layernorm: norm(),
                 mlp: Mlp {
-                    gate_proj: linear(d, self.ffn_dim, false, device),
-                    up_proj: linear(d, self.ffn_dim, false, device),
-                    down_proj: linear(self.ffn_dim, d, false, device),
+                    gate_proj: linear(d, self.ffn_dim, false, std, device),
+                    up_proj: linear(d, self.ffn_dim, false, std, device),
+                    down_proj: linear(self.ffn_dim, d, false, std, device),
                 },
             })
             .collect();
-        Vla {
-            patch_embed: linear(self.patch_dim, d, true, device),
-            camera_embed: param([self.n_cameras, d], device),
-            patch_pos_embed: param([self.patches_per_camera, d], device),
-            missing_embed: param([d], device),
-            proprio_embed: linear(self.proprio_dim, d, true, device),
-            instruction_embed: param([INSTRUCTION_VOCAB, d], device),
-            readout: param([self.n_readout, d], device),
+        let model = Vla {
+            patch_embed: linear(self.patch_dim, d, true, std, device),
+            camera_embed: param([self.n_cameras, d], std, device),
+            patch_pos_embed: param([self.patches_per_camera, d], std, device),
+            missing_embed: param([d], std, device),
+            proprio_embed: linear(self.proprio_dim, d, true, std, device),
+            instruction_embed: param([INSTRUCTION_VOCAB, d], std, device),
+            readout: param([self.n_readout, d], std, device),
             layers,
             norm: norm(),
-            action_head: linear(self.n_readout * d, self.action_values(), true, device),
+            action_head: linear(self.n_readout * d, self.action_values(), true, std, device),
             config: self.clone(),
-        }
+        };
+        // burn initializes Linear weights lazily, and a clone of an uninitialized parameter
+        // draws its own values: materialize every parameter now so that clones (saving,
+        // exporting) see the same weights as the model.
+        let skeleton = model.clone();
+        skeleton.load_record(model.into_record())
     }
 }
 
