@@ -320,6 +320,11 @@ pub trait RosMessage: Serialize + DeserializeOwned {
     fn validate(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Roughly the encoded size in bytes, so the encoder allocates once (frames are large).
+    fn size_hint(&self) -> usize {
+        64
+    }
 }
 
 fn invalid(type_name: &'static str, reason: String) -> TransportError {
@@ -329,6 +334,10 @@ fn invalid(type_name: &'static str, reason: String) -> TransportError {
 impl RosMessage for CompressedImage {
     const TYPE_NAME: &'static str = "sensor_msgs/msg/CompressedImage";
     const KIND: MessageKind = MessageKind::CompressedImage;
+
+    fn size_hint(&self) -> usize {
+        64 + self.header.frame_id.len() + self.format.len() + self.data.len()
+    }
 
     /// `format` must name JPEG or PNG (what `vision` decodes), as ROS drivers write it.
     fn validate(&self) -> Result<()> {
@@ -366,6 +375,10 @@ impl RosMessage for Image {
     const TYPE_NAME: &'static str = "sensor_msgs/msg/Image";
     const KIND: MessageKind = MessageKind::Image;
 
+    fn size_hint(&self) -> usize {
+        64 + self.header.frame_id.len() + self.encoding.len() + self.data.len()
+    }
+
     /// `encoding` must be a known ROS 2 encoding, `step >= width * bytes_per_pixel`, and
     /// `data.len() == step * height`.
     fn validate(&self) -> Result<()> {
@@ -402,6 +415,13 @@ impl RosMessage for JointState {
     const TYPE_NAME: &'static str = "sensor_msgs/msg/JointState";
     const KIND: MessageKind = MessageKind::JointState;
 
+    fn size_hint(&self) -> usize {
+        let names: usize = self.name.iter().map(|n| n.len() + 8).sum();
+        64 + self.header.frame_id.len()
+            + names
+            + 8 * (self.position.len() + self.velocity.len() + self.effort.len())
+    }
+
     /// `position`, `velocity` and `effort` are each empty or one value per name.
     fn validate(&self) -> Result<()> {
         let n = self.name.len();
@@ -429,6 +449,10 @@ impl RosMessage for StringMsg {
 impl RosMessage for ActionChunk {
     const TYPE_NAME: &'static str = "edgevla_msgs/msg/ActionChunk";
     const KIND: MessageKind = MessageKind::ActionChunk;
+
+    fn size_hint(&self) -> usize {
+        64 + 4 * self.values.len()
+    }
 
     /// `values.len() == horizon * dims`.
     fn validate(&self) -> Result<()> {
@@ -458,6 +482,7 @@ impl RosMessage for ActionChunk {
 pub fn encode_into<M: RosMessage>(msg: &M, buf: &mut Vec<u8>) -> Result<()> {
     msg.validate()?;
     buf.clear();
+    buf.reserve(msg.size_hint());
     buf.extend_from_slice(&CDR_LE_HEADER);
     cdr_encoding::to_writer::<M, LittleEndian, _>(&mut *buf, msg).map_err(|e| {
         TransportError::Encode {
@@ -468,6 +493,23 @@ pub fn encode_into<M: RosMessage>(msg: &M, buf: &mut Vec<u8>) -> Result<()> {
 }
 
 /// Encodes `msg` as CDR little-endian with its encapsulation header.
+///
+/// ```
+/// use transport::msg::{ActionChunk, Time, decode, encode};
+///
+/// let chunk = ActionChunk {
+///     stamp: Time { sec: 1, nanosec: 0 },
+///     sequence: 7,
+///     horizon: 2,
+///     dims: 1,
+///     values: vec![0.5, -0.5],
+/// };
+/// let bytes = encode(&chunk)?;
+/// assert_eq!(&bytes[..4], &[0x00, 0x01, 0x00, 0x00]); // CDR_LE encapsulation
+/// assert_eq!(bytes.len(), 4 + 28 + 2 * 4);
+/// assert_eq!(decode::<ActionChunk>(&bytes)?, chunk);
+/// # Ok::<(), transport::TransportError>(())
+/// ```
 ///
 /// # Errors
 /// As [`encode_into`].

@@ -9,7 +9,8 @@
 //! messages still arrive.
 //!
 //! Publishers set zenoh QoS by [`StreamClass`]: frames `CongestionControl::Drop`; actions
-//! `express` + `Priority::RealTime`; telemetry (joints, status) the defaults. Every sample
+//! `express` + `Priority::RealTime`; telemetry (joints, status) the defaults; bulk (replays)
+//! `CongestionControl::Block`. Every sample
 //! carries the encoding `application/cdr;<ROS 2 type name>`.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -330,12 +331,30 @@ impl Subscriber {
     ) -> Result<Self> {
         let inbox = Arc::new(Inbox::new(prefix, config, clock));
         let sink = Arc::clone(&inbox);
+        // Large payloads arrive in fragments; they are gathered into one reused buffer rather
+        // than a fresh allocation per sample (fresh multi-megabyte allocations cost page
+        // faults with glibc's malloc, see the README's benchmark notes).
+        let scratch = Mutex::new(Vec::<u8>::new());
         let subscriber = session
             .declare_subscriber(selector.to_owned())
             .callback(move |sample: Sample| {
                 let encoding = sample.encoding().to_string();
-                let payload = sample.payload().to_bytes();
-                sink.ingest(sample.key_expr().as_str(), &encoding, &payload);
+                let key = sample.key_expr().as_str();
+                let payload = sample.payload();
+                let mut slices = payload.slices();
+                match (slices.next(), slices.next()) {
+                    (Some(only), None) => sink.ingest(key, &encoding, only),
+                    (None, _) => sink.ingest(key, &encoding, &[]),
+                    (Some(first), Some(second)) => {
+                        let mut buf = scratch.lock().unwrap_or_else(PoisonError::into_inner);
+                        buf.clear();
+                        buf.reserve(payload.len());
+                        for slice in [first, second].into_iter().chain(slices) {
+                            buf.extend_from_slice(slice);
+                        }
+                        sink.ingest(key, &encoding, &buf);
+                    }
+                }
             })
             .wait()
             .map_err(|e| TransportError::zenoh("declare subscriber", &e))?;
@@ -373,6 +392,9 @@ pub enum StreamClass {
     Actions,
     /// Joints and status: zenoh's defaults.
     Telemetry,
+    /// Lossless bulk transfer (replays): `CongestionControl::Block`, so the sender waits for
+    /// the network instead of dropping.
+    Bulk,
 }
 
 impl StreamClass {
@@ -405,6 +427,7 @@ pub fn declare_raw_publisher(
             .priority(Priority::RealTime)
             .congestion_control(CongestionControl::Drop),
         StreamClass::Telemetry => builder,
+        StreamClass::Bulk => builder.congestion_control(CongestionControl::Block),
     };
     builder
         .wait()

@@ -118,12 +118,12 @@ impl Walker {
             }
             Record::Chunk { header, data } => {
                 let records = decompress(&header.compression, &data, header.uncompressed_size)?;
-                if let End::Cut(at) = self.walk(&records)? {
-                    if at != records.len() {
-                        return Err(TransportError::Recording(
-                            "a complete chunk holds an incomplete record".into(),
-                        ));
-                    }
+                if let End::Cut(at) = self.walk(&records)?
+                    && at != records.len()
+                {
+                    return Err(TransportError::Recording(
+                        "a complete chunk holds an incomplete record".into(),
+                    ));
                 }
             }
             _ => {}
@@ -195,6 +195,24 @@ fn partial_chunk_records(body: &[u8]) -> Option<Vec<u8>> {
 
 /// Parses a recording held in memory.
 ///
+/// ```
+/// use std::io::Cursor;
+/// use transport::msg::{StringMsg, encode};
+/// use transport::record::{McapRecorder, RecorderConfig};
+/// use transport::recording::parse_recording;
+///
+/// let mut rec = McapRecorder::new(Cursor::new(Vec::new()), RecorderConfig::default())?;
+/// let payload = encode(&StringMsg { data: "ok".into() })?;
+/// rec.write("robot/r1/status", "zenoh/bytes", &payload, 42)?;
+/// let (_, out) = rec.finish()?;
+/// let bytes = out.into_inner();
+/// let recording = parse_recording(&bytes)?;
+/// assert!(recording.complete);
+/// assert_eq!(recording.messages[0].log_time, 42);
+/// assert_eq!(recording.messages[0].data, payload);
+/// # Ok::<(), transport::TransportError>(())
+/// ```
+///
 /// # Errors
 /// [`TransportError::Recording`] if it does not start with the MCAP magic, holds corrupt
 /// records, or uses an unsupported chunk compression; [`TransportError::Mcap`] from record
@@ -209,13 +227,13 @@ pub fn parse_recording(bytes: &[u8]) -> Result<Recording> {
         End::Done => recording.complete = true,
         End::Cut(at) => {
             let tail = &rest[at..];
-            if tail.first() == Some(&OP_CHUNK) {
-                if let Some(records) = tail.get(9..).and_then(partial_chunk_records) {
-                    let before = walker.messages.len();
-                    // Complete records only; the cut one is dropped.
-                    walker.walk(&records)?;
-                    recording.recovered_from_partial_chunk = walker.messages.len() - before;
-                }
+            if tail.first() == Some(&OP_CHUNK)
+                && let Some(records) = tail.get(9..).and_then(partial_chunk_records)
+            {
+                let before = walker.messages.len();
+                // Complete records only; the cut one is dropped.
+                walker.walk(&records)?;
+                recording.recovered_from_partial_chunk = walker.messages.len() - before;
             }
             tracing::warn!(
                 offset = at + MAGIC.len(),

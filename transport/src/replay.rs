@@ -13,7 +13,6 @@ use zenoh::{Session, Wait};
 
 use crate::clock::Clock;
 use crate::error::{Result, TransportError};
-use crate::keys::parse_key;
 use crate::pubsub::{StreamClass, declare_raw_publisher, wait_for_match};
 use crate::recording::{RecordedMessage, Recording};
 
@@ -53,10 +52,10 @@ impl Remap {
             if key == from {
                 return to.clone();
             }
-            if let Some(rest) = key.strip_prefix(from.as_str()) {
-                if rest.starts_with('/') {
-                    return format!("{to}{rest}");
-                }
+            if let Some(rest) = key.strip_prefix(from.as_str())
+                && rest.starts_with('/')
+            {
+                return format!("{to}{rest}");
             }
         }
         key.to_owned()
@@ -211,21 +210,21 @@ pub struct ReplayStats {
     pub published: u64,
 }
 
-/// Publishes replay items over zenoh, one publisher per (key, encoding) with the key's QoS.
+/// Publishes replay items over zenoh, one publisher per (key, encoding). Replays are
+/// lossless: publishers use [`StreamClass::Bulk`] (`CongestionControl::Block`), so a replay
+/// at `--rate max` waits for the network rather than dropping frames as a live camera would.
 #[derive(Debug)]
 pub struct Replayer<'s> {
     session: &'s Session,
-    prefix: String,
     publishers: HashMap<(String, String), zenoh::pubsub::Publisher<'static>>,
 }
 
 impl<'s> Replayer<'s> {
-    /// A replayer on `session` for keys under `prefix` (which decides each key's QoS).
+    /// A replayer on `session`.
     #[must_use]
-    pub fn new(session: &'s Session, prefix: &str) -> Self {
+    pub fn new(session: &'s Session) -> Self {
         Self {
             session,
-            prefix: prefix.to_owned(),
             publishers: HashMap::new(),
         }
     }
@@ -237,12 +236,10 @@ impl<'s> Replayer<'s> {
     ) -> Result<&zenoh::pubsub::Publisher<'static>> {
         let id = (key.to_owned(), encoding.to_owned());
         if !self.publishers.contains_key(&id) {
-            let class = parse_key(&self.prefix, key)
-                .map_or(StreamClass::Telemetry, |t| StreamClass::for_topic(&t));
             let p = declare_raw_publisher(
                 self.session,
                 key,
-                class,
+                StreamClass::Bulk,
                 Encoding::from(encoding.to_owned()),
             )?;
             self.publishers.insert(id.clone(), p);

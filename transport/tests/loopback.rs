@@ -257,8 +257,11 @@ fn a_consumer_that_never_reads_does_not_block_the_sender() -> Result<()> {
     Ok(())
 }
 
+/// (key, payload) pairs in order.
+type Sent = Vec<(String, Vec<u8>)>;
+
 /// Publishes a fixed sequence of every kind on robot/r1, and returns the payloads sent.
-fn publish_sequence(session: &Session) -> Result<Vec<(String, Vec<u8>)>> {
+fn publish_sequence(session: &Session) -> Result<Sent> {
     let ks = KeySpace::new("robot", "r1")?;
     let front =
         Publisher::<CompressedImage>::declare(session, &ks.camera("front")?, StreamClass::Frames)?;
@@ -284,7 +287,7 @@ fn publish_sequence(session: &Session) -> Result<Vec<(String, Vec<u8>)>> {
 }
 
 /// Records `publish_sequence` from `a` on `b` into an in-memory MCAP.
-fn record_sequence(a: &Session, b: &Session) -> Result<(Vec<u8>, Vec<(String, Vec<u8>)>)> {
+fn record_sequence(a: &Session, b: &Session) -> Result<(Vec<u8>, Sent)> {
     let recorder = McapRecorder::new(Cursor::new(Vec::new()), RecorderConfig::default())?;
     let stop = AtomicBool::new(false);
     let limits = RecordLimits {
@@ -350,7 +353,7 @@ fn recorded_stream_replays_stepped_byte_identically_twice() -> Result<()> {
     let step_key = transport::keys::replay_step_key("robot");
     let mut runs = Vec::new();
     for _ in 0..2 {
-        let got: Arc<Mutex<Vec<(String, Vec<u8>)>>> = Arc::default();
+        let got: Arc<Mutex<Sent>> = Arc::default();
         let sink = Arc::clone(&got);
         let _sub = b
             .declare_subscriber("robot/r2/**")
@@ -368,7 +371,7 @@ fn recorded_stream_replays_stepped_byte_identically_twice() -> Result<()> {
         let stop = AtomicBool::new(false);
         std::thread::scope(|s| -> Result<()> {
             let server = s.spawn(|| {
-                let mut replayer = Replayer::new(&a, "robot");
+                let mut replayer = Replayer::new(&a);
                 replayer.prepare(&replay, TIMEOUT)?;
                 replayer.serve_steps(&mut replay, &step_key, TIMEOUT, &stop)
             });
@@ -426,7 +429,7 @@ fn paced_replay_follows_recorded_timing_on_an_injected_clock() -> Result<()> {
     ] {
         let clock = ManualClock::new(1_000);
         let mut replay = SteppedReplay::new(recording.clone(), &Remap::default());
-        let mut replayer = Replayer::new(&a, "robot");
+        let mut replayer = Replayer::new(&a);
         let stats = replayer.run_paced(&mut replay, rate, &clock, &stop)?;
         assert_eq!(stats.published, 18);
         let elapsed = clock.now_ns() - 1_000;
