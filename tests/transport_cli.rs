@@ -300,3 +300,49 @@ fn bad_flags_are_errors() -> Result<()> {
     assert!(String::from_utf8_lossy(&out.stderr).contains("session.connect"));
     Ok(())
 }
+
+#[test]
+fn session_config_file_is_read_and_checked() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let port = free_local_port()?;
+    let good = dir.path().join("zenoh.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "mode = \"peer\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nmulticast_scouting = false\n"
+        ),
+    )?;
+    let out_path = dir.path().join("empty.mcap");
+    let out = wait(
+        edgevla()
+            .args(["record", "--max-messages", "0", "--out"])
+            .arg(&out_path)
+            .arg("--zenoh-config")
+            .arg(&good)
+            .spawn()?,
+        TIMEOUT,
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rec = parse_recording(&std::fs::read(&out_path)?)?;
+    assert!(rec.complete);
+    assert!(rec.messages.is_empty());
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "mdoe = \"peer\"\n")?;
+    let out = wait(
+        edgevla()
+            .args(["record", "--out"])
+            .arg(dir.path().join("x.mcap"))
+            .arg("--zenoh-config")
+            .arg(&bad)
+            .spawn()?,
+        TIMEOUT,
+    )?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mdoe"));
+    Ok(())
+}
