@@ -29,11 +29,24 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Two peers on loopback: `a` listens on a fresh port, `b` connects to it.
 fn peer_pair() -> Result<(Session, Session, u16)> {
-    let port = free_local_port()?;
-    let a = open(&SessionConfig::peer_listening(port))?;
+    let (a, port) = listening_peer()?;
     let b = open(&SessionConfig::peer_connecting(port))?;
     wait_for_connections(&b, 1, TIMEOUT)?;
     Ok((a, b, port))
+}
+
+/// A peer listening on a fresh loopback port (retried: another process may take the port
+/// between `free_local_port` and zenoh's bind).
+fn listening_peer() -> Result<(Session, u16)> {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_local_port()?;
+        match open(&SessionConfig::peer_listening(port)) {
+            Ok(s) => return Ok((s, port)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no port"), anyhow::Error::from))
 }
 
 fn clock() -> Arc<dyn Clock> {
@@ -545,8 +558,7 @@ fn python_zenoh_and_rosbags_frames_decode_exactly() -> Result<()> {
     if !python_with("zenoh, rosbags, numpy")? {
         return Ok(());
     }
-    let port = free_local_port()?;
-    let session = open(&SessionConfig::peer_listening(port))?;
+    let (session, port) = listening_peer()?;
     let config = SubscriberConfig {
         ring_capacity: 64,
         ..SubscriberConfig::default()
