@@ -153,7 +153,7 @@ pub struct ReplayArgs {
     #[arg(long, value_name = "FROM=TO")]
     pub remap: Vec<String>,
 
-    /// Key prefix of the edgevla key space (decides each key's QoS).
+    /// Key prefix of the edgevla key space (for the default step key).
     #[arg(long, default_value = transport::keys::DEFAULT_PREFIX)]
     pub prefix: String,
 
@@ -252,7 +252,7 @@ pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<()> {
     let mut stepped = SteppedReplay::new(recording, &remap);
     let total = stepped.len();
     let session = open(&args.zenoh.session_config()?)?;
-    let mut replayer = Replayer::new(&session, &args.prefix);
+    let mut replayer = Replayer::new(&session);
     let unmatched = replayer.prepare(
         &stepped,
         seconds(args.wait_subscribers, "--wait-subscribers")?,
