@@ -20,8 +20,8 @@ pub struct KvPlanArgs {
     /// Head dimension.
     #[arg(long, required_unless_present = "model", conflicts_with = "model")]
     pub head_dim: Option<usize>,
-    /// Cached tokens to size (default: the context length with --model, else required
-    /// unless --budget is given).
+    /// Cached tokens to size (default with --model: the most the cache may hold, the context
+    /// length less the readouts; otherwise required unless --budget is given).
     #[arg(long, conflicts_with = "frames")]
     pub tokens: Option<u64>,
     /// A model config (path, or a shipped name such as `edge`).
@@ -97,18 +97,44 @@ pub(crate) fn kv_plan(args: &KvPlanArgs, out: &mut impl Write) -> Result<()> {
         (None, _) if args.json => bail!("--json needs --dtype (or --model, whose format is used)"),
         (None, _) => KvDtype::ALL.to_vec(),
     };
-    for &dtype in &dtypes {
-        plan.layout(dtype).validate()?;
-    }
+    // A format the user asked for must fit; in the all-formats table, the ones that do not
+    // fit this head size are left out with a note.
+    let mut skipped = Vec::new();
+    let dtypes: Vec<KvDtype> = if args.dtype.is_some() || args.json {
+        for &dtype in &dtypes {
+            plan.layout(dtype).validate()?;
+        }
+        dtypes
+    } else {
+        let mut fitting = Vec::new();
+        for dtype in dtypes {
+            match plan.layout(dtype).validate() {
+                Ok(()) => fitting.push(dtype),
+                Err(e) => skipped.push(format!("{dtype}: {e}")),
+            }
+        }
+        if fitting.is_empty() {
+            bail!("no storage format fits: {}", skipped.join("; "));
+        }
+        fitting
+    };
     if let Some(budget) = args.budget {
         return write_budget(&plan, &dtypes, budget, args.json, out);
     }
     let tokens = match (args.tokens, args.frames, &plan.model) {
         (Some(t), _, _) => t,
-        (None, Some(f), Some(c)) => c.max_sink_tokens() as u64 + f * c.tokens_per_step() as u64,
+        (None, Some(f), Some(c)) => f
+            .checked_mul(c.tokens_per_step() as u64)
+            .and_then(|t| t.checked_add(c.max_sink_tokens() as u64))
+            .with_context(|| format!("{f} frame-steps overflow a 64-bit token count"))?,
         (None, None, Some(c)) => c.max_cached_tokens() as u64,
         (None, _, None) => bail!("give --tokens (or --model with --frames, or --budget)"),
     };
+    for &dtype in &dtypes {
+        if plan.layout(dtype).checked_total_bytes(tokens).is_none() {
+            bail!("{tokens} tokens of {dtype} overflow a 64-bit byte count");
+        }
+    }
     if args.json {
         let layout = plan.layout(dtypes[0]);
         let json = serde_json::json!({
@@ -148,6 +174,9 @@ pub(crate) fn kv_plan(args: &KvPlanArgs, out: &mut impl Write) -> Result<()> {
             total,
             human_bytes(total)
         )?;
+    }
+    for note in skipped {
+        writeln!(out, "(not shown: {note})")?;
     }
     Ok(())
 }
@@ -252,6 +281,12 @@ pub(crate) fn export(args: &ExportArgs, out: &mut impl Write) -> Result<()> {
     use burn::tensor::backend::Backend;
     type B = NdArray<f32>;
     let device = Default::default();
+    if !(args.init_std.is_finite() && args.init_std >= 0.0) {
+        bail!(
+            "--init-std must be a finite number ≥ 0, got {}",
+            args.init_std
+        );
+    }
     let mut config = load_model_config(&args.model)?;
     if let Some(name) = &args.rope {
         let preset =

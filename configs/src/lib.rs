@@ -1,6 +1,6 @@
 //! edgevla's shipped configuration files, embedded at build time so the binary finds them from
-//! any working directory. The files themselves live beside this crate (`configs/rope/*.toml`,
-//! later `configs/model/`, `configs/rigs/`); edit them there. Parsing and validation belong to
+//! any working directory. The files themselves live beside this crate (`configs/rope/`,
+//! `configs/model/`, `configs/rigs/`); edit them there. Parsing and validation belong to
 //! the crates that own each format (`runtime::rope` for RoPE specs).
 
 /// One embedded config file.
@@ -38,6 +38,14 @@ pub const ROPE_PRESETS: &[Preset] = presets!("rope":
 /// Model configs (`configs/model/`), parsed by `runtime::model::VlaConfig`.
 pub const MODEL_PRESETS: &[Preset] = presets!("model": "edge");
 
+/// Camera rigs (`configs/rigs/`), parsed by `vision::rig`.
+pub const RIG_PRESETS: &[Preset] = presets!("rigs": "edge-3cam", "euroc-stereo", "g1-head");
+
+/// Looks up a camera rig by name.
+pub fn rig_preset(name: &str) -> Option<&'static Preset> {
+    RIG_PRESETS.iter().find(|p| p.name == name)
+}
+
 /// Looks up a model config by name.
 pub fn model_preset(name: &str) -> Option<&'static Preset> {
     MODEL_PRESETS.iter().find(|p| p.name == name)
@@ -57,6 +65,8 @@ mod tests {
     fn every_config_file_is_embedded() {
         assert_eq!(names_on_disk("rope"), names(ROPE_PRESETS));
         assert_eq!(names_on_disk("model"), names(MODEL_PRESETS));
+        assert_eq!(names_on_disk("rigs"), names(RIG_PRESETS));
+        assert!(rig_preset("edge-3cam").is_some());
         assert!(rope_preset("yarn-8x").is_some_and(|p| p.text.contains("yarn")));
         assert!(rope_preset("no-such").is_none());
         assert!(model_preset("edge").is_some());

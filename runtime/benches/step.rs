@@ -153,7 +153,9 @@ fn bench_codecs(criterion: &mut Criterion) {
     group.throughput(Throughput::Elements(values.len() as u64));
     for dtype in KvDtype::ALL {
         group.bench_function(BenchmarkId::new("round-trip", dtype.name()), |b| {
-            b.iter(|| black_box(runtime::kv::round_trip(dtype, black_box(&values))))
+            b.iter(|| {
+                black_box(runtime::kv::round_trip(dtype, black_box(&values)).expect("round trip"))
+            })
         });
     }
     group.finish();

@@ -2,7 +2,9 @@
 //!
 //! - [`save`] / [`load`]: a checkpoint folder holds `config.toml` (the [`VlaConfig`]) beside
 //!   `weights.mpk` (burn's named MessagePack recorder, full precision). Loading checks the
-//!   stored config against the one expected, so weights never meet a model of another shape.
+//!   stored architecture against the one expected, so weights never meet a model of another
+//!   shape; the run-time settings (`rope`, `kv_cache`, `context_length`) may differ and are
+//!   taken from the expected config.
 //! - [`export_hf`]: the backbone as `model.safetensors` with HuggingFace Llama names
 //!   (`model.layers.N.self_attn.q_proj.weight`, …, `[out, in]` layout) plus a `config.json`
 //!   that `transformers.LlamaConfig` reads, RoPE scaling included. The instruction byte
@@ -45,11 +47,13 @@ pub fn save<B: Backend>(model: &Vla<B>, dir: &Path) -> Result<()> {
         .map_err(|e| Error::checkpoint(dir, format!("weights: {e}")))
 }
 
-/// Reads the model stored in `dir`. With `expected`, the stored config must equal it.
+/// Reads the model stored in `dir`. With `expected`, the stored architecture (every key but
+/// `rope`, `kv_cache` and `context_length`) must equal it, and the model runs with
+/// `expected`'s run-time settings.
 ///
 /// # Errors
-/// [`Error::Checkpoint`] for a missing or malformed folder, weights that do not load, or a
-/// config other than `expected` (the first differing key is named).
+/// [`Error::Checkpoint`] for a missing or malformed folder, weights that do not load, or an
+/// architecture other than `expected`'s (the first differing key is named).
 pub fn load<B: Backend>(
     dir: &Path,
     expected: Option<&VlaConfig>,
@@ -61,14 +65,11 @@ pub fn load<B: Backend>(
     let stored = VlaConfig::from_toml(&text)
         .map_err(|e| Error::checkpoint(dir, format!("{CONFIG_FILE}: {e}")))?;
     if let Some(expected) = expected
-        && *expected != stored
+        && let Some(difference) = first_difference(&stored, expected)
     {
         return Err(Error::checkpoint(
             dir,
-            format!(
-                "was trained with another model config ({})",
-                first_difference(&stored, expected)
-            ),
+            format!("was trained with another model architecture ({difference})"),
         ));
     }
     let weights = dir.join(format!("{WEIGHTS_STEM}.mpk"));
@@ -78,32 +79,39 @@ pub fn load<B: Backend>(
             format!("{} is missing", weights.display()),
         ));
     }
-    stored
+    expected
+        .unwrap_or(&stored)
         .init::<B>(device)
         .load_file(dir.join(WEIGHTS_STEM), &recorder(), device)
         .map_err(|e| Error::checkpoint(dir, format!("weights: {e}")))
 }
 
-/// Names the first top-level key whose value differs between two configs.
-fn first_difference(stored: &VlaConfig, expected: &VlaConfig) -> String {
+/// Keys that do not shape the weights.
+const RUN_TIME_KEYS: [&str; 3] = ["rope", "kv_cache", "context_length"];
+
+/// Names the first architecture key whose value differs between two configs, if any.
+fn first_difference(stored: &VlaConfig, expected: &VlaConfig) -> Option<String> {
     let (a, b) = (serde_json::to_value(stored), serde_json::to_value(expected));
-    if let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (a, b) {
-        for (key, value) in &a {
-            if b.get(key) != Some(value) {
-                return format!(
-                    "`{key}`: checkpoint has {value}, expected {}",
-                    b.get(key)
-                        .map_or("nothing".to_string(), ToString::to_string)
-                );
-            }
-        }
-        for key in b.keys() {
-            if !a.contains_key(key) {
-                return format!("`{key}` is absent from the checkpoint");
-            }
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (a, b) else {
+        return Some("configs not comparable".to_string());
+    };
+    let keys = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| !RUN_TIME_KEYS.contains(&k.as_str()));
+    for key in keys {
+        if a.get(key) != b.get(key) {
+            let show = |v: Option<&serde_json::Value>| {
+                v.map_or("nothing".to_string(), ToString::to_string)
+            };
+            return Some(format!(
+                "`{key}`: checkpoint has {}, expected {}",
+                show(a.get(key)),
+                show(b.get(key))
+            ));
         }
     }
-    "configs differ".to_string()
+    None
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
@@ -338,6 +346,14 @@ mod tests {
             err.as_deref().is_some_and(|m| m.contains("ffn_dim")),
             "{err:?}"
         );
+
+        // Run-time settings (RoPE, cache) may differ from the checkpoint's; the model takes them.
+        let other_rope = config(Some((
+            "rope_parameters = { rope_type = \"default\" }",
+            "rope_parameters = { rope_type = \"linear\", factor = 2.0 }",
+        )));
+        let relaxed = load::<B>(dir.path(), Some(&other_rope), &device).expect("other rope");
+        assert_eq!(relaxed.config().rope, other_rope.rope);
 
         // Corrupt weights: an error, not a panic.
         std::fs::write(dir.path().join("weights.mpk"), b"not a checkpoint").expect("write");

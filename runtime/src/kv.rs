@@ -143,6 +143,12 @@ impl KvLayout {
                 return Err(Error::config(key, "must be ≥ 1"));
             }
         }
+        let too_large = || Error::config("layers", "the layout's bytes per token overflow 64 bits");
+        let values = (2 * self.layers as u64)
+            .checked_mul(self.kv_heads as u64)
+            .and_then(|v| v.checked_mul(self.head_dim as u64))
+            .ok_or_else(too_large)?;
+        values.checked_mul(4).ok_or_else(too_large)?;
         if self.dtype.is_block_quantized() && !self.head_dim.is_multiple_of(QUANT_BLOCK) {
             return Err(Error::config(
                 "head_dim",
@@ -175,9 +181,15 @@ impl KvLayout {
         2 * self.layers as u64 * self.dtype.bytes_for(self.row_values() as u64).1
     }
 
-    /// Bytes `tokens` tokens cost.
+    /// Bytes `tokens` tokens cost (saturating at `u64::MAX`; see
+    /// [`checked_total_bytes`](Self::checked_total_bytes)).
     pub fn total_bytes(&self, tokens: u64) -> u64 {
-        self.bytes_per_token() * tokens
+        self.bytes_per_token().saturating_mul(tokens)
+    }
+
+    /// Bytes `tokens` tokens cost, `None` on overflow.
+    pub fn checked_total_bytes(&self, tokens: u64) -> Option<u64> {
+        self.bytes_per_token().checked_mul(tokens)
     }
 
     /// Tokens that fit in `budget` bytes.
@@ -286,12 +298,24 @@ impl Storage {
 
 /// Quantizes and dequantizes `values` (a multiple of 32 for block formats) through `dtype`:
 /// what a value looks like after a round trip through the cache.
-pub fn round_trip(dtype: KvDtype, values: &[f32]) -> Vec<f32> {
+///
+/// # Errors
+/// [`Error::Shape`] if a block format gets a length that is not a multiple of 32.
+pub fn round_trip(dtype: KvDtype, values: &[f32]) -> Result<Vec<f32>> {
+    if dtype.is_block_quantized() && !values.len().is_multiple_of(QUANT_BLOCK) {
+        return Err(Error::shape(
+            "kv round trip",
+            format!(
+                "{dtype} needs a multiple of {QUANT_BLOCK} values, got {}",
+                values.len()
+            ),
+        ));
+    }
     let mut storage = Storage::new(dtype, values.len());
     storage.encode(dtype, 0, values);
     let mut out = vec![0.0; values.len()];
     storage.decode(dtype, 0, &mut out);
-    out
+    Ok(out)
 }
 
 /// Which part of the context a block of tokens belongs to.
@@ -498,23 +522,30 @@ impl KvCache {
                 ),
             ));
         }
-        while self.len + tokens > self.capacity {
-            self.evict_oldest();
-        }
+        self.evict_to_fit(tokens);
         self.pending = Some((segment, tokens));
         Ok(self.len)
     }
 
-    fn evict_oldest(&mut self) {
-        let Some(n) = self.frames.pop_front() else {
+    /// Evicts the oldest frame-steps until `tokens` more fit, moving the retained ones up
+    /// behind the sinks with one copy per storage.
+    fn evict_to_fit(&mut self, tokens: usize) {
+        let mut dropped = 0;
+        while self.len - dropped + tokens > self.capacity {
+            let Some(n) = self.frames.pop_front() else {
+                break;
+            };
+            dropped += n;
+            self.stats.frames_evicted += 1;
+        }
+        if dropped == 0 {
             return;
-        };
-        let (start, end) = (self.sinks + n, self.len);
+        }
+        let (start, end) = (self.sinks + dropped, self.len);
         for storage in self.keys.iter_mut().chain(self.values.iter_mut()) {
             storage.copy_within(start * self.unit..end * self.unit, self.sinks * self.unit);
         }
-        self.len -= n;
-        self.stats.frames_evicted += 1;
+        self.len -= dropped;
     }
 
     /// Decodes layer `layer`'s cached keys and values (slots `0..len`, pre-RoPE) into `keys`

@@ -4,6 +4,8 @@
 //! - [`rope`]: rotary position embeddings with HuggingFace's scaling methods (default, linear,
 //!   dynamic NTK, YaRN, llama3, LongRoPE) and their application at arbitrary positions.
 //! - [`model`]: the streaming VLA model (tokenizer, Llama-style backbone, action head).
+//! - [`ring`]: ring attention kernels (block attention with log-sum-exp, exact merge, zigzag
+//!   sharding, the causal ring schedule).
 //! - [`checkpoint`]: checkpoint save/load and HuggingFace safetensors export.
 //! - [`kv`]: the bounded, quantized KV cache and its byte arithmetic.
 //! - [`error`]: the crate's error type.
@@ -15,6 +17,10 @@ pub mod error;
 pub mod host;
 pub mod kv;
 pub mod model;
+pub mod ring;
 pub mod rope;
+
+#[cfg(test)]
+mod test_util;
 
 pub use error::{Error, Result};

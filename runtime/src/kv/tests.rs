@@ -40,17 +40,10 @@ fn block_formats_need_head_dim_multiple_of_32() {
 
 /// Deterministic values: a mix of scales so blocks differ (SplitMix64 → [-1, 1] × scale).
 fn data(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|i| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0;
-            (u * [0.01, 1.0, 30.0][(i / 32) % 3]) as f32
-        })
+    crate::test_util::uniform(seed, n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, u)| (u * [0.01, 1.0, 30.0][(i / 32) % 3]) as f32)
         .collect()
 }
 
@@ -58,7 +51,7 @@ fn data(seed: u64, n: usize) -> Vec<f32> {
 fn quantization_error_within_format_bounds() {
     let x = data(3, 32 * 300);
     for dtype in KvDtype::ALL {
-        let y = round_trip(dtype, &x);
+        let y = round_trip(dtype, &x).expect("round trip");
         for (block_x, block_y) in x.chunks(32).zip(y.chunks(32)) {
             let absmax = block_x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             for (a, b) in block_x.iter().zip(block_y) {
@@ -88,10 +81,16 @@ fn fp8_covers_its_range_and_zero_blocks() {
     x[0] = 448.0;
     x[1] = -448.0;
     x[2] = 1.0;
-    let y = round_trip(KvDtype::Fp8, &x);
+    let y = round_trip(KvDtype::Fp8, &x).expect("round trip");
     assert_eq!((y[0], y[1], y[2]), (448.0, -448.0, 1.0));
-    assert_eq!(round_trip(KvDtype::Int8, &[0.0; 32]), vec![0.0; 32]);
-    assert_eq!(round_trip(KvDtype::Fp8, &[0.0; 32]), vec![0.0; 32]);
+    assert_eq!(
+        round_trip(KvDtype::Int8, &[0.0; 32]).expect("round trip"),
+        vec![0.0; 32]
+    );
+    assert_eq!(
+        round_trip(KvDtype::Fp8, &[0.0; 32]).expect("round trip"),
+        vec![0.0; 32]
+    );
 }
 
 fn row(l: &KvLayout, token_id: usize) -> Vec<f32> {
@@ -279,12 +278,12 @@ fn kshift_requantization_drift() {
         rotate_rows(&mut exact, head_dim, &inv_freq, 5000 - 64 * 49);
         let mut shifted = keys.clone();
         rotate_rows(&mut shifted, head_dim, &inv_freq, 5000);
-        shifted = round_trip(dtype, &shifted);
+        shifted = round_trip(dtype, &shifted).expect("round trip");
         for _ in 0..64 {
             rotate_rows(&mut shifted, head_dim, &inv_freq, -49);
-            shifted = round_trip(dtype, &shifted);
+            shifted = round_trip(dtype, &shifted).expect("round trip");
         }
-        let once = round_trip(dtype, &exact);
+        let once = round_trip(dtype, &exact).expect("round trip");
         let err = |v: &[f32]| {
             let d: Vec<f32> = v.iter().zip(&exact).map(|(a, b)| a - b).collect();
             norm(&d) / norm(&exact)

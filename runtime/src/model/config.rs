@@ -54,7 +54,8 @@ pub struct VlaConfig {
     /// Values per action.
     pub action_dim: usize,
     /// Largest position span (query-key distance) the model is run at; defaults to
-    /// `rope.max_position_embeddings`.
+    /// `rope.max_position_embeddings`. Dynamic NTK only changes frequencies past
+    /// `rope.max_position_embeddings`, so with `rope_type = "dynamic"` set this above it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_length: Option<usize>,
     /// Rotary embedding and its scaling (HuggingFace keys; `rope.head_dim` = d_model / n_heads).
@@ -144,9 +145,22 @@ impl VlaConfig {
             return Err(Error::config("context_length", "must be ≥ 1"));
         }
         self.kv_layout().validate().map_err(|e| match e {
-            Error::Config { key, reason } => Error::config(format!("kv_cache.{key}"), reason),
+            Error::Config { reason, .. } => Error::config(
+                "kv_cache.dtype",
+                format!("{reason} (head_dim = d_model / n_heads)"),
+            ),
             other => other,
         })?;
+        let step_values = self
+            .n_cameras
+            .checked_mul(self.patches_per_camera)
+            .and_then(|n| n.checked_mul(self.patch_dim));
+        if step_values.is_none() || self.context_length() > 1 << 40 {
+            return Err(Error::config(
+                "patches_per_camera",
+                "the step or context size overflows",
+            ));
+        }
         let needed = self.max_sink_tokens() + self.tokens_per_step() + self.n_readout;
         if needed > self.context_length() {
             return Err(Error::config(

@@ -165,8 +165,9 @@ pub struct Stream<B: Backend> {
 }
 
 impl<B: Backend> Stream<B> {
-    /// A stream over `cache` (built for this model's layout, sinks and step size).
-    pub fn new(cache: KvCache, device: &B::Device) -> Self {
+    /// A stream over `cache`, which [`Vla::new_stream`] sizes for the model's layout,
+    /// sinks, step size and context length.
+    pub(crate) fn new(cache: KvCache, device: &B::Device) -> Self {
         Self {
             cache,
             table: None,
@@ -182,7 +183,8 @@ impl<B: Backend> Stream<B> {
     }
 
     /// Rotary table for positions `0..seq_len` with the frequencies `seq_len` calls for
-    /// (rebuilt only when they change: dynamic NTK past the original context, LongRoPE's switch).
+    /// (rebuilt only when they change: dynamic NTK past `rope.max_position_embeddings`, which
+    /// needs a `context_length` above it; LongRoPE's switch to its long factors).
     fn table(&mut self, config: &VlaConfig, seq_len: usize) -> Result<RotaryTable<B>> {
         let freqs = config.rope.frequencies(Some(seq_len));
         let stale = self.table.as_ref().is_none_or(|(f, _)| *f != freqs);
@@ -320,11 +322,14 @@ impl<B: Backend> Block<B> {
             stream
                 .cache
                 .read(layer, &mut stream.keys, &mut stream.values)?;
-            let cached = |values: &[f32]| {
-                float_tensor::<B, f32, 4>(values.to_vec(), [1, past, kv, hd], &device)
-                    .swap_dims(1, 2) // [1, kv, past, hd]
+            // The decoded buffers move into the tensors (one copy fewer than cloning them).
+            let cached = |values: Vec<f32>| {
+                float_tensor::<B, f32, 4>(values, [1, past, kv, hd], &device).swap_dims(1, 2) // [1, kv, past, hd]
             };
-            let (k_cached, v_cached) = (cached(&stream.keys), cached(&stream.values));
+            let (k_cached, v_cached) = (
+                cached(std::mem::take(&mut stream.keys)),
+                cached(std::mem::take(&mut stream.values)),
+            );
             (
                 Tensor::cat(vec![k_cached, k_new.clone()], 2),
                 Tensor::cat(vec![v_cached, v_new.clone()], 2),
@@ -359,6 +364,9 @@ impl VlaConfig {
 
     /// Like [`init`](Self::init) with another standard deviation for every weight (norm
     /// weights stay 1).
+    ///
+    /// # Panics
+    /// If `std` is negative or not finite (burn's normal sampler rejects it).
     pub fn init_with_std<B: Backend>(&self, std: f64, device: &B::Device) -> Vla<B> {
         let (d, hd) = (self.d_model, self.head_dim());
         let norm = || {
@@ -631,6 +639,19 @@ impl<B: Backend> Vla<B> {
             x = block.forward(x, table, bias.clone())?;
         }
         Ok(self.norm.forward(x))
+    }
+
+    /// The same weights with another RoPE (e.g. a context-extension preset for longer
+    /// histories than the model was trained on).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the RoPE does not fit the model (head size, context).
+    pub fn with_rope(mut self, rope: crate::rope::RopeConfig) -> Result<Self> {
+        let mut config = self.config.clone();
+        config.rope = rope;
+        config.validate()?;
+        self.config = config;
+        Ok(self)
     }
 
     /// Starts an episode: empties the stream and stores the instruction as attention sinks.

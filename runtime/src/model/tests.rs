@@ -7,6 +7,7 @@ use burn::tensor::backend::Backend;
 
 use super::*;
 use crate::kv::{KvCacheConfig, KvDtype, round_trip};
+use crate::test_util::uniform_f32 as values;
 
 type B = NdArray<f32>;
 
@@ -41,21 +42,6 @@ fn tiny_config(n_kv_heads: usize, rope: &str, dtype: &str, budget: u64) -> VlaCo
 const DEFAULT_ROPE: &str = r#"{ rope_type = "default" }"#;
 const YARN_ROPE: &str =
     r#"{ rope_type = "yarn", factor = 4.0, original_max_position_embeddings = 128 }"#;
-
-/// Deterministic pseudo-random values in [-1, 1] (SplitMix64).
-fn values(seed: u64, n: usize) -> Vec<f32> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            ((z >> 11) as f64 / (1u64 << 52) as f64 - 1.0) as f32
-        })
-        .collect()
-}
 
 struct Steps {
     patches: Vec<Vec<f32>>,
@@ -229,8 +215,14 @@ fn quantized_cache_attention_error() {
             (KvDtype::Int8, 1e-2),
             (KvDtype::Fp8, 5e-2),
         ] {
-            let k = tensor4(&round_trip(dtype, &k_host), [1, kv, tk, hd]);
-            let v = tensor4(&round_trip(dtype, &v_host), [1, kv, tk, hd]);
+            let k = tensor4(
+                &round_trip(dtype, &k_host).expect("round trip"),
+                [1, kv, tk, hd],
+            );
+            let v = tensor4(
+                &round_trip(dtype, &v_host).expect("round trip"),
+                [1, kv, tk, hd],
+            );
             let out = flat(attn.attend(q.clone(), k, v, bias.clone()));
             let num: f64 = out
                 .iter()

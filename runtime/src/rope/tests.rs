@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
+use crate::test_util::uniform as values;
 
 type B64 = NdArray<f64>;
 type B32 = NdArray<f32>;
@@ -89,21 +90,6 @@ fn reference_rotate(x: &[f64], pos: i64, freqs: &RopeFrequencies, scale: f64) ->
         out[i + half] = (x[i + half] * c + x[i] * s) * scale;
     }
     out
-}
-
-/// Deterministic pseudo-random values in [-1, 1] (SplitMix64).
-fn values(seed: u64, n: usize) -> Vec<f64> {
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-        })
-        .collect()
 }
 
 fn tensor<B: Backend>(data: &[f64], shape: [usize; 4]) -> Tensor<B, 4> {

@@ -1,0 +1,22 @@
+//! Helpers shared by the crate's unit tests.
+
+/// Deterministic pseudo-random values in [-1, 1) (SplitMix64), so tests need no RNG crate and
+/// every run sees the same numbers.
+pub(crate) fn uniform(seed: u64, n: usize) -> Vec<f64> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+        })
+        .collect()
+}
+
+/// [`uniform`] as f32.
+pub(crate) fn uniform_f32(seed: u64, n: usize) -> Vec<f32> {
+    uniform(seed, n).into_iter().map(|v| v as f32).collect()
+}
