@@ -766,5 +766,162 @@ impl<B: Backend> Vla<B> {
     }
 }
 
+/// A training batch: `batch` episodes of `steps` frame-steps each, host-side, row-major.
+#[derive(Clone, Debug)]
+pub struct TrainBatch<'a> {
+    /// One instruction per episode; all must have the same length in bytes.
+    pub instructions: &'a [&'a str],
+    /// Frame-steps per episode.
+    pub steps: usize,
+    /// `[batch, steps, n_cameras, patches_per_camera, patch_dim]`.
+    pub patches: &'a [f32],
+    /// `[batch, steps, n_cameras]`.
+    pub camera_present: &'a [bool],
+    /// `[batch, steps, proprio_dim]`.
+    pub proprio: &'a [f32],
+}
+
+/// Where each token of a training sequence sits and what it may see.
+struct TrainLayout {
+    /// Position of every token (readouts share positions with the next step's first tokens,
+    /// as at inference, where they are never cached).
+    positions: Vec<i64>,
+    /// Additive bias `[len, len]`: causal, except that no token sees an earlier step's readouts.
+    bias: Vec<f32>,
+    /// Sequence index of each step's first readout token.
+    readout_starts: Vec<usize>,
+}
+
+fn train_layout(sinks: usize, steps: usize, step_tokens: usize, readouts: usize) -> TrainLayout {
+    // Group id per token: 0 for context (instruction and step tokens), k + 1 for step k's readouts.
+    let mut group = vec![0usize; sinks];
+    let mut positions: Vec<i64> = (0..sinks as i64).collect();
+    let mut readout_starts = Vec::with_capacity(steps);
+    for k in 0..steps {
+        let first = (sinks + k * step_tokens) as i64;
+        positions.extend(first..first + step_tokens as i64);
+        group.extend(std::iter::repeat_n(0, step_tokens));
+        readout_starts.push(group.len());
+        let after = first + step_tokens as i64;
+        positions.extend(after..after + readouts as i64);
+        group.extend(std::iter::repeat_n(k + 1, readouts));
+    }
+    let n = group.len();
+    let mut bias = vec![f32::NEG_INFINITY; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            if group[j] == 0 || group[j] == group[i] {
+                bias[i * n + j] = 0.0;
+            }
+        }
+    }
+    TrainLayout {
+        positions,
+        bias,
+        readout_starts,
+    }
+}
+
+impl<B: Backend> Vla<B> {
+    /// The action chunk predicted at every step of every episode, in one forward pass (the
+    /// training path). Each step's readouts see the instruction and the step tokens up to and
+    /// including their own step, exactly as [`forward_step`](Self::forward_step) does with a
+    /// cache that evicts nothing.
+    ///
+    /// # Shapes
+    /// - output: `[batch, steps, horizon · action_dim]`
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for inputs of the wrong size or instructions of unequal length,
+    /// [`Error::NonFinite`] for NaN/∞ in present cameras or proprio.
+    pub fn forward_train(
+        &self,
+        batch: &TrainBatch<'_>,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 3>> {
+        let c = &self.config;
+        let n_batch = batch.instructions.len();
+        let steps = batch.steps;
+        let per_step = c.n_cameras * c.patches_per_camera * c.patch_dim;
+        if n_batch == 0
+            || steps == 0
+            || batch.patches.len() != n_batch * steps * per_step
+            || batch.camera_present.len() != n_batch * steps * c.n_cameras
+            || batch.proprio.len() != n_batch * steps * c.proprio_dim
+        {
+            return Err(Error::shape(
+                "train batch",
+                format!(
+                    "{n_batch} episodes × {steps} steps need {} patch values, {} camera flags and {} proprio values; got {}, {}, {}",
+                    n_batch * steps * per_step,
+                    n_batch * steps * c.n_cameras,
+                    n_batch * steps * c.proprio_dim,
+                    batch.patches.len(),
+                    batch.camera_present.len(),
+                    batch.proprio.len()
+                ),
+            ));
+        }
+        let ids: Vec<Vec<i64>> = batch
+            .instructions
+            .iter()
+            .map(|text| self.instruction_ids(text))
+            .collect::<Result<_>>()?;
+        let sinks = ids[0].len();
+        if ids.iter().any(|i| i.len() != sinks) {
+            return Err(Error::shape(
+                "train batch",
+                "instructions of one batch must have equal byte lengths",
+            ));
+        }
+        // Step tokens for every (episode, step), through the same path as inference.
+        let mut step_tokens = Vec::with_capacity(n_batch * steps);
+        for e in 0..n_batch {
+            for k in 0..steps {
+                let at = e * steps + k;
+                let step = StepInput {
+                    patches: &batch.patches[at * per_step..(at + 1) * per_step],
+                    camera_present: &batch.camera_present[at * c.n_cameras..(at + 1) * c.n_cameras],
+                    proprio: &batch.proprio[at * c.proprio_dim..(at + 1) * c.proprio_dim],
+                };
+                self.check_step(&step)?;
+                step_tokens.push(self.step_tokens(&step, device));
+            }
+        }
+        let readout = self.readout_tokens(1);
+        let mut rows = Vec::with_capacity(n_batch);
+        for (e, episode_ids) in ids.iter().enumerate() {
+            let mut parts = vec![self.embed_instruction(episode_ids, device)];
+            for k in 0..steps {
+                parts.push(step_tokens[e * steps + k].clone());
+                parts.push(readout.clone());
+            }
+            rows.push(Tensor::cat(parts, 1));
+        }
+        let x = Tensor::cat(rows, 0); // [batch, len, d_model]
+        let layout = train_layout(sinks, steps, c.tokens_per_step(), c.n_readout);
+        let len = layout.positions.len();
+        let max_position = sinks + steps * c.tokens_per_step() + c.n_readout;
+        let table = c
+            .rope
+            .frequencies(Some(max_position))
+            .table::<B>(&layout.positions, device)?;
+        let bias = float_tensor(layout.bias, [1, len, len], device);
+        let hidden = self.backbone(x, &table, bias)?;
+        let d = c.d_model;
+        let actions: Vec<Tensor<B, 3>> = layout
+            .readout_starts
+            .iter()
+            .map(|&start| {
+                let readouts = hidden
+                    .clone()
+                    .slice([0..n_batch, start..start + c.n_readout, 0..d]);
+                self.action_head(readouts).unsqueeze_dim(1)
+            })
+            .collect();
+        Ok(Tensor::cat(actions, 1))
+    }
+}
+
 #[cfg(test)]
 mod tests;
