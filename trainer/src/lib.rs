@@ -1,4 +1,11 @@
 //! edgevla trainer: the synthetic multi-camera memory task, the training loop and ring-sharded
 //! sequence parallelism.
 //!
-//! Not built yet: this crate holds the workspace slot for the trainer (issue 6).
+//! Layout:
+//! - [`train`]: the single-device training loop (AdamW on the action-chunk MSE of every step).
+//! - [`error`]: the crate's error type.
+
+pub mod error;
+pub mod train;
+
+pub use error::{Error, Result};
