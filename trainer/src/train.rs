@@ -83,7 +83,7 @@ impl TrainConfig {
 /// One training batch, host-side (see `runtime::model::TrainBatch` for the layouts).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Batch {
-    /// One instruction per episode, all of equal byte length.
+    /// One instruction per episode.
     pub instructions: Vec<String>,
     /// Frame-steps per episode.
     pub steps: usize,

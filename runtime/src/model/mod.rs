@@ -769,7 +769,7 @@ impl<B: Backend> Vla<B> {
 /// A training batch: `batch` episodes of `steps` frame-steps each, host-side, row-major.
 #[derive(Clone, Debug)]
 pub struct TrainBatch<'a> {
-    /// One instruction per episode; all must have the same length in bytes.
+    /// One instruction per episode (lengths may differ).
     pub instructions: &'a [&'a str],
     /// Frame-steps per episode.
     pub steps: usize,
@@ -781,21 +781,33 @@ pub struct TrainBatch<'a> {
     pub proprio: &'a [f32],
 }
 
-/// Where each token of a training sequence sits and what it may see.
+/// Where each token of one training sequence sits and what it may see.
 struct TrainLayout {
     /// Position of every token (readouts share positions with the next step's first tokens,
     /// as at inference, where they are never cached).
     positions: Vec<i64>,
-    /// Additive bias `[len, len]`: causal, except that no token sees an earlier step's readouts.
+    /// Additive bias `[len, len]`: causal, except that no token sees an earlier step's readouts
+    /// or the padding after a short instruction.
     bias: Vec<f32>,
     /// Sequence index of each step's first readout token.
     readout_starts: Vec<usize>,
 }
 
-fn train_layout(sinks: usize, steps: usize, step_tokens: usize, readouts: usize) -> TrainLayout {
-    // Group id per token: 0 for context (instruction and step tokens), k + 1 for step k's readouts.
+/// Layout of a sequence whose instruction has `sinks` tokens, padded to `padded_sinks`.
+fn train_layout(
+    sinks: usize,
+    padded_sinks: usize,
+    steps: usize,
+    step_tokens: usize,
+    readouts: usize,
+) -> TrainLayout {
+    const PAD: usize = usize::MAX;
+    // Group per token: 0 for context (instruction and step tokens), k + 1 for step k's
+    // readouts, PAD for instruction padding (sees only padding; seen by nothing else).
     let mut group = vec![0usize; sinks];
+    group.extend(std::iter::repeat_n(PAD, padded_sinks - sinks));
     let mut positions: Vec<i64> = (0..sinks as i64).collect();
+    positions.extend(std::iter::repeat_n(0, padded_sinks - sinks));
     let mut readout_starts = Vec::with_capacity(steps);
     for k in 0..steps {
         let first = (sinks + k * step_tokens) as i64;
@@ -810,7 +822,7 @@ fn train_layout(sinks: usize, steps: usize, step_tokens: usize, readouts: usize)
     let mut bias = vec![f32::NEG_INFINITY; n * n];
     for i in 0..n {
         for j in 0..=i {
-            if group[j] == 0 || group[j] == group[i] {
+            if (group[j] == 0 && group[i] != PAD) || group[j] == group[i] {
                 bias[i * n + j] = 0.0;
             }
         }
@@ -831,8 +843,11 @@ impl<B: Backend> Vla<B> {
     /// # Shapes
     /// - output: `[batch, steps, horizon · action_dim]`
     ///
+    /// Instructions of different lengths are padded to the longest; the padding is masked from
+    /// every token and positions continue from each episode's own instruction length.
+    ///
     /// # Errors
-    /// [`Error::Shape`] for inputs of the wrong size or instructions of unequal length,
+    /// [`Error::Shape`] for inputs of the wrong size or an over-long instruction,
     /// [`Error::NonFinite`] for NaN/∞ in present cameras or proprio.
     pub fn forward_train(
         &self,
@@ -867,13 +882,8 @@ impl<B: Backend> Vla<B> {
             .iter()
             .map(|text| self.instruction_ids(text))
             .collect::<Result<_>>()?;
-        let sinks = ids[0].len();
-        if ids.iter().any(|i| i.len() != sinks) {
-            return Err(Error::shape(
-                "train batch",
-                "instructions of one batch must have equal byte lengths",
-            ));
-        }
+        // Shorter instructions are padded to the longest; padding is masked from every token.
+        let padded_sinks = ids.iter().map(Vec::len).max().unwrap_or(1);
         // Step tokens for every (episode, step), through the same path as inference.
         let mut step_tokens = Vec::with_capacity(n_batch * steps);
         for e in 0..n_batch {
@@ -892,6 +902,12 @@ impl<B: Backend> Vla<B> {
         let mut rows = Vec::with_capacity(n_batch);
         for (e, episode_ids) in ids.iter().enumerate() {
             let mut parts = vec![self.embed_instruction(episode_ids, device)];
+            if episode_ids.len() < padded_sinks {
+                parts.push(Tensor::zeros(
+                    [1, padded_sinks - episode_ids.len(), c.d_model],
+                    device,
+                ));
+            }
             for k in 0..steps {
                 parts.push(step_tokens[e * steps + k].clone());
                 parts.push(readout.clone());
@@ -899,17 +915,36 @@ impl<B: Backend> Vla<B> {
             rows.push(Tensor::cat(parts, 1));
         }
         let x = Tensor::cat(rows, 0); // [batch, len, d_model]
-        let layout = train_layout(sinks, steps, c.tokens_per_step(), c.n_readout);
-        let len = layout.positions.len();
-        let max_position = sinks + steps * c.tokens_per_step() + c.n_readout;
+        let layouts: Vec<TrainLayout> = ids
+            .iter()
+            .map(|i| {
+                train_layout(
+                    i.len(),
+                    padded_sinks,
+                    steps,
+                    c.tokens_per_step(),
+                    c.n_readout,
+                )
+            })
+            .collect();
+        let len = layouts[0].positions.len();
+        let max_position = padded_sinks + steps * c.tokens_per_step() + c.n_readout;
+        let positions: Vec<i64> = layouts
+            .iter()
+            .flat_map(|l| l.positions.iter().copied())
+            .collect();
+        let bias: Vec<f32> = layouts
+            .iter()
+            .flat_map(|l| l.bias.iter().copied())
+            .collect();
         let table = c
             .rope
             .frequencies(Some(max_position))
-            .table::<B>(&layout.positions, device)?;
-        let bias = float_tensor(layout.bias, [1, len, len], device);
+            .batched_table::<B>(&positions, n_batch, device)?;
+        let bias = float_tensor(bias, [n_batch, len, len], device);
         let hidden = self.backbone(x, &table, bias)?;
         let d = c.d_model;
-        let actions: Vec<Tensor<B, 3>> = layout
+        let actions: Vec<Tensor<B, 3>> = layouts[0]
             .readout_starts
             .iter()
             .map(|&start| {

@@ -419,7 +419,8 @@ fn shipped_edge_config_is_valid() {
 
 /// The training forward (all steps at once, per-step readouts masked from later tokens)
 /// predicts at every step what incremental inference predicts, ≤ 1e-4 relative, for a batch
-/// of two episodes with different observations and instructions of equal length.
+/// of two episodes with different observations and instructions of different lengths (the
+/// shorter one padded and masked).
 #[test]
 fn training_forward_matches_incremental_steps() {
     let device = Default::default();
@@ -428,7 +429,7 @@ fn training_forward_matches_incremental_steps() {
         let m = model(&c, 8);
         let steps_n = 5;
         let episodes = [Steps::new(&c, steps_n, 100), Steps::new(&c, steps_n, 200)];
-        let instructions = ["pick", "drop"];
+        let instructions = ["pick", "drop it"];
         let mut patches = Vec::new();
         let mut present = Vec::new();
         let mut proprio = Vec::new();
@@ -467,9 +468,9 @@ fn training_forward_matches_incremental_steps() {
                 assert!(err <= 1e-4, "episode {e} step {k}: {err:e}");
             }
         }
-        // Unequal instruction lengths and short inputs are errors.
+        // Over-long instructions and short inputs are errors.
         let bad = TrainBatch {
-            instructions: &["pick", "dropped"],
+            instructions: &["pick", "far too long"],
             ..batch.clone()
         };
         assert!(matches!(
