@@ -3,9 +3,12 @@
 //!
 //! Layout:
 //! - [`train`]: the single-device training loop (AdamW on the action-chunk MSE of every step).
+//! - [`task`]: the procedural multi-camera memory task (scene, renderer, expert, closed-loop
+//!   simulator, needle-in-a-haystack episodes), deterministic from a seed.
 //! - [`error`]: the crate's error type.
 
 pub mod error;
+pub mod task;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,1180 @@
+//! The multi-camera memory task: a procedural table-top scene with a 2-link planar arm, seen
+//! by the rig's cameras, where a colored light (the cue, the "needle") flashes on one of K
+//! target pads early in the episode and the arm must reach that pad after a delay.
+//!
+//! # Episode
+//! 1. Steps `0..cue_start`: the arm holds its rest pose; K pads, static distractor objects and
+//!    the arm are visible; decoy lights of *other* colors may flash on any pad.
+//! 2. Steps `cue_steps` (a range of `config.cue_steps` steps): the cue light, in the color the
+//!    instruction names, is lit on the target pad; then it is gone for good.
+//! 3. Delay (`go_delay` steps, more decoys possible), then from `go_step` on the go phase:
+//!    proprio's phase flag turns 1 and the expert moves the end effector onto the target pad.
+//!
+//! The cue is an object in the world, so every camera that looks at its pad sees it: with
+//! `memory.toml` each pad lies in exactly one wrist camera's view and the head camera also
+//! sees the two inner pads, small. [`Episode::cue_camera`] is the camera that sees it with the
+//! most pixels.
+//!
+//! The episode succeeds when the end effector ends within `success_tolerance` of the target
+//! ([`success`]). A policy that ignores the cue succeeds at chance, `1 / n_targets`.
+//!
+//! # Determinism
+//! Everything is a function of the config and the `u64` seed: one SplitMix64 stream (`task/rng.rs`)
+//! samples, in a fixed order, the target, the cue color, the cue start, the go delay, the
+//! distractors and the decoys. No wall clock, no threads. Rendering and kinematics use `f64`
+//! `sin`/`cos`/`acos`/`atan2` from the platform's libm: byte-identical on one platform; across
+//! platforms pixel edges may differ by the last ulp of a ray test.
+//!
+//! # Observations and actions
+//! - Images: one per camera, RGB8, `width * height * 3`, row-major, rendered by
+//!   [`render`] from the rig's intrinsics and extrinsics (with the task's `camera_override`s),
+//!   scaled to `image_size` as the preprocess's centre crop would.
+//! - Proprio ([`PROPRIO_DIM`] = 8): `[q1, q2, dq1, dq2, ee_x, ee_y, go, t / episode_steps]`
+//!   (rad, rad/s, metres; `go` is 0 before `go_step` and 1 from it on). Nothing in it depends
+//!   on the cue: before the go phase every episode's proprio is identical.
+//! - Action ([`ACTION_DIM`] = 4): `[dq1, dq2, grip, done]`: joint velocity commands (rad/s,
+//!   clamped to `arm.max_joint_speed`), the gripper command (0 open, 1 closed: closed in the
+//!   go phase), and the done flag (1 when the end effector is within `success_tolerance` of the
+//!   goal in the go phase). The expert chunk at a step is `horizon` actions: the proportional
+//!   controller `kp (q_goal - q)` rolled out through the simulator's own integrator, with the
+//!   goal of the current phase (rest pose before go, the IK solution of the target after). The
+//!   expert does not anticipate the go signal, so the label is causal.
+//! - [`Sim`] applies the first action of a chunk per step (receding horizon) with the same
+//!   integrator, so the expert run through the simulator reproduces its own plan exactly.
+//!
+//! Layout: this file (config, episode, simulator), `task/arm.rs` (kinematics, controller),
+//! `task/render.rs` (cameras, ray caster), `task/rng.rs` (SplitMix64).
+
+pub mod arm;
+pub mod render;
+mod rng;
+
+use std::ops::Range;
+
+use serde::{Deserialize, Serialize};
+use vision::{
+    ExtrinsicsConfig, Image, PixelFormat, PreprocessConfig, Preprocessor, Rig, RigConfig,
+};
+
+use crate::error::{Error, Result};
+use arm::{ArmConfig, ArmState};
+use render::{Prim, RenderCamera, Rgb, Shape, Stage};
+use rng::SplitMix64;
+
+/// Values per proprio vector.
+pub const PROPRIO_DIM: usize = 8;
+/// Values per action.
+pub const ACTION_DIM: usize = 4;
+
+/// Light colors, in the order `n_colors` takes them: (name, RGB8). No other scene color
+/// equals any of them.
+pub const LIGHT_COLORS: [(&str, Rgb); 4] = [
+    ("red", [236, 34, 34]),
+    ("green", [36, 212, 72]),
+    ("blue", [40, 92, 252]),
+    ("yellow", [250, 214, 20]),
+];
+
+/// Colors of the static distractor objects.
+pub const DISTRACTOR_COLORS: [Rgb; 5] = [
+    [142, 72, 172],
+    [40, 186, 196],
+    [242, 132, 40],
+    [240, 240, 240],
+    [236, 130, 186],
+];
+
+/// Heights above the table top of the drawn layers, metres.
+mod layer {
+    pub(super) const DISTRACTOR: f64 = 0.001;
+    pub(super) const PAD: f64 = 0.002;
+    pub(super) const LIGHT: f64 = 0.003;
+    pub(super) const BASE: f64 = 0.03;
+    pub(super) const LINK: f64 = 0.04;
+    pub(super) const ELBOW: f64 = 0.041;
+    pub(super) const GRIPPER: f64 = 0.05;
+}
+
+/// Table and target geometry; the `[scene]` table of a task config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SceneConfig {
+    /// Height of the table top above the floor (the world's `z = 0`), metres.
+    pub table_height: f64,
+    /// Table extent along x `[min, max]`, metres (the arm's base is at the origin).
+    pub table_x: [f64; 2],
+    /// Table extent along y `[min, max]`, metres.
+    pub table_y: [f64; 2],
+    /// Distance of the target pads from the base, metres.
+    pub target_radius: f64,
+    /// The pads are spread evenly over this arc (degrees), centred on +x.
+    pub target_arc_deg: f64,
+    /// Pad radius, metres.
+    pub pad_radius: f64,
+    /// Radius of the cue and decoy lights, metres (drawn on the pad).
+    pub light_radius: f64,
+}
+
+impl Default for SceneConfig {
+    fn default() -> Self {
+        Self {
+            table_height: 0.65,
+            table_x: [-0.25, 1.0],
+            table_y: [-0.7, 0.7],
+            target_radius: 0.42,
+            target_arc_deg: 110.0,
+            pad_radius: 0.035,
+            light_radius: 0.028,
+        }
+    }
+}
+
+/// Replaces one rig camera's pose for the task (the rig file stays as is).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraOverride {
+    /// Name of the rig camera.
+    pub name: String,
+    /// Its pose in the robot frame, as in a rig file.
+    pub extrinsics: ExtrinsicsConfig,
+}
+
+/// Task configuration; a TOML file under `configs/task/` (`memory.toml` is the default).
+/// Unknown keys are errors; every key has a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskConfig {
+    /// Name of the camera rig preset (`configs/rigs/<name>.toml`).
+    pub rig: String,
+    /// Pose replacements for rig cameras.
+    pub camera_override: Vec<CameraOverride>,
+    /// Rendered image `[width, height]`, pixels.
+    pub image_size: [u32; 2],
+    /// Control (frame-step) rate, Hz.
+    pub control_hz: f64,
+    /// Frame-steps per episode.
+    pub episode_steps: usize,
+    /// First step of the cue, sampled uniformly from the inclusive range `[min, max]`.
+    pub cue_start: [usize; 2],
+    /// Steps the cue stays lit.
+    pub cue_steps: usize,
+    /// Steps from the end of the cue to the go step, inclusive range `[min, max]`.
+    pub go_delay: [usize; 2],
+    /// Minimum go-phase length in steps (go step included); needle episodes use exactly this.
+    pub reach_steps: usize,
+    /// Number of target pads K.
+    pub n_targets: usize,
+    /// Number of light colors in play (1..=4): the cue takes one, decoys the others.
+    pub n_colors: usize,
+    /// Decoy flashes (other colors, `cue_steps` long, before the go step, never during the cue).
+    pub n_decoys: usize,
+    /// Static distractor objects on the table.
+    pub n_distractors: usize,
+    /// Actions per expert chunk.
+    pub horizon: usize,
+    /// Success radius around the target, metres.
+    pub success_tolerance: f64,
+    /// Table and targets.
+    pub scene: SceneConfig,
+    /// The arm.
+    pub arm: ArmConfig,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        let look_down = |y: f64| CameraOverride {
+            name: if y > 0.0 { "left_wrist" } else { "right_wrist" }.into(),
+            extrinsics: ExtrinsicsConfig {
+                translation: [0.35, y, 0.9],
+                quaternion_wxyz: None,
+                rotation_matrix: Some([[0.0, -1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, -1.0]]),
+            },
+        };
+        Self {
+            rig: "edge-3cam".into(),
+            camera_override: vec![look_down(0.25), look_down(-0.25)],
+            image_size: [64, 64],
+            control_hz: 10.0,
+            episode_steps: 64,
+            cue_start: [2, 8],
+            cue_steps: 3,
+            go_delay: [10, 24],
+            reach_steps: 25,
+            n_targets: 4,
+            n_colors: 3,
+            n_decoys: 2,
+            n_distractors: 4,
+            horizon: 8,
+            success_tolerance: 0.03,
+            scene: SceneConfig::default(),
+            arm: ArmConfig::default(),
+        }
+    }
+}
+
+fn cfg_err(key: &str, reason: impl Into<String>) -> Error {
+    Error::config(key, reason)
+}
+
+impl TaskConfig {
+    /// The shipped default, `configs/task/memory.toml`.
+    pub const DEFAULT_TOML: &'static str = include_str!("../../configs/task/memory.toml");
+
+    /// Parses and validates a task config.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key: TOML syntax (key `.`), unknown keys and wrong types
+    /// (the path serde reached), and the checks of [`TaskConfig::validate`].
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let de = toml::Deserializer::parse(text).map_err(|e| cfg_err(".", e.to_string()))?;
+        let config: Self = serde_path_to_error::deserialize(de)
+            .map_err(|e| cfg_err(&e.path().to_string(), e.inner().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Control period in nanoseconds.
+    pub fn period_ns(&self) -> u64 {
+        (1e9 / self.control_hz).round() as u64
+    }
+
+    /// Checks the values that need no rig or geometry (those are checked by [`Task::new`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first bad key.
+    pub fn validate(&self) -> Result<()> {
+        if configs::rig_preset(&self.rig).is_none() {
+            return Err(cfg_err("rig", format!("no rig preset `{}`", self.rig)));
+        }
+        let [w, h] = self.image_size;
+        if w == 0 || h == 0 || w > 1024 || h > 1024 {
+            return Err(cfg_err("image_size", format!("{w}x{h} is not in 1..=1024")));
+        }
+        if !(self.control_hz.is_finite() && self.control_hz > 0.0 && self.control_hz <= 1000.0) {
+            return Err(cfg_err("control_hz", "must be in (0, 1000]"));
+        }
+        if self.episode_steps == 0 {
+            return Err(cfg_err("episode_steps", "must be positive"));
+        }
+        if self.cue_steps == 0 {
+            return Err(cfg_err("cue_steps", "must be positive"));
+        }
+        if self.cue_start[0] > self.cue_start[1] {
+            return Err(cfg_err("cue_start", "min is above max"));
+        }
+        if self.go_delay[0] > self.go_delay[1] {
+            return Err(cfg_err("go_delay", "min is above max"));
+        }
+        if self.reach_steps < 2 {
+            return Err(cfg_err("reach_steps", "must be at least 2"));
+        }
+        let latest_go = self.cue_start[1] + self.cue_steps + self.go_delay[1];
+        if latest_go + self.reach_steps > self.episode_steps {
+            let key = if self.cue_start[1] + self.cue_steps + self.reach_steps > self.episode_steps
+            {
+                "cue_start"
+            } else {
+                "go_delay"
+            };
+            return Err(cfg_err(
+                key,
+                format!(
+                    "the cue (up to step {}) and the go delay put the go step as late as {latest_go}; \
+                     with reach_steps {} the episode needs {} steps, episode_steps is {}",
+                    self.cue_start[1] + self.cue_steps,
+                    self.reach_steps,
+                    latest_go + self.reach_steps,
+                    self.episode_steps
+                ),
+            ));
+        }
+        if !(2..=16).contains(&self.n_targets) {
+            return Err(cfg_err("n_targets", "must be in 2..=16"));
+        }
+        if !(1..=LIGHT_COLORS.len()).contains(&self.n_colors) {
+            return Err(cfg_err(
+                "n_colors",
+                format!("must be in 1..={}", LIGHT_COLORS.len()),
+            ));
+        }
+        if self.n_decoys > 0 && self.n_colors < 2 {
+            return Err(cfg_err("n_decoys", "decoys need n_colors >= 2"));
+        }
+        if self.n_decoys > 64 {
+            return Err(cfg_err("n_decoys", "must be at most 64"));
+        }
+        if self.n_distractors > 32 {
+            return Err(cfg_err("n_distractors", "must be at most 32"));
+        }
+        if !(1..=256).contains(&self.horizon) {
+            return Err(cfg_err("horizon", "must be in 1..=256"));
+        }
+        if !(self.success_tolerance.is_finite() && self.success_tolerance > 0.0) {
+            return Err(cfg_err("success_tolerance", "must be positive"));
+        }
+        let s = &self.scene;
+        let positive = [
+            ("scene.table_height", s.table_height),
+            ("scene.target_radius", s.target_radius),
+            ("scene.target_arc_deg", s.target_arc_deg),
+            ("scene.pad_radius", s.pad_radius),
+            ("scene.light_radius", s.light_radius),
+            ("arm.link_lengths[0]", self.arm.link_lengths[0]),
+            ("arm.link_lengths[1]", self.arm.link_lengths[1]),
+            ("arm.link_width", self.arm.link_width),
+            ("arm.kp", self.arm.kp),
+            ("arm.max_joint_speed", self.arm.max_joint_speed),
+        ];
+        for (key, v) in positive {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(cfg_err(
+                    key,
+                    format!("must be positive and finite (got {v})"),
+                ));
+            }
+        }
+        if s.target_arc_deg > 180.0 {
+            return Err(cfg_err("scene.target_arc_deg", "must be at most 180"));
+        }
+        if s.table_x[0].partial_cmp(&s.table_x[1]) != Some(std::cmp::Ordering::Less) {
+            return Err(cfg_err("scene.table_x", "min must be below max"));
+        }
+        if s.table_y[0].partial_cmp(&s.table_y[1]) != Some(std::cmp::Ordering::Less) {
+            return Err(cfg_err("scene.table_y", "min must be below max"));
+        }
+        if s.light_radius > s.pad_radius {
+            return Err(cfg_err(
+                "scene.light_radius",
+                "must not exceed scene.pad_radius",
+            ));
+        }
+        if self.arm.kp / self.control_hz > 1.0 {
+            return Err(cfg_err(
+                "arm.kp",
+                format!(
+                    "kp / control_hz = {} > 1 overshoots the goal every step",
+                    self.arm.kp / self.control_hz
+                ),
+            ));
+        }
+        let [l1, l2] = self.arm.link_lengths;
+        let (lo, hi) = ((l1 - l2).abs(), l1 + l2);
+        let reach = |r: f64| r > lo + 1e-6 && r < hi - 1e-6;
+        if !reach(s.target_radius) {
+            return Err(cfg_err(
+                "scene.target_radius",
+                format!(
+                    "{} is outside the arm's reach ({lo}, {hi})",
+                    s.target_radius
+                ),
+            ));
+        }
+        if !reach(self.arm.rest_xy[0].hypot(self.arm.rest_xy[1])) {
+            return Err(cfg_err(
+                "arm.rest_xy",
+                format!("outside the arm's reach ({lo}, {hi})"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A validated task: the config, the render cameras and the target geometry.
+#[derive(Clone, Debug)]
+pub struct Task {
+    config: TaskConfig,
+    cameras: Vec<RenderCamera>,
+    stage: Stage,
+    targets: Vec<[f64; 2]>,
+    q_rest: [f64; 2],
+    q_targets: Vec<[f64; 2]>,
+    /// `coverage[k][c]`: pixels of camera `c` on target `k`'s light.
+    coverage: Vec<Vec<usize>>,
+}
+
+impl Task {
+    /// Builds the task with the config's rig preset and camera overrides.
+    ///
+    /// # Errors
+    /// As [`TaskConfig::validate`] and [`Task::with_rig`]; [`Error::Vision`] for a rig that
+    /// does not validate after the overrides; [`Error::Config`] (`camera_override[i].name`)
+    /// for an override naming no rig camera.
+    pub fn new(config: &TaskConfig) -> Result<Self> {
+        config.validate()?;
+        let preset = configs::rig_preset(&config.rig)
+            .ok_or_else(|| cfg_err("rig", format!("no rig preset `{}`", config.rig)))?;
+        let de =
+            toml::Deserializer::parse(preset.text).map_err(|e| cfg_err("rig", e.to_string()))?;
+        let mut rig: RigConfig = serde_path_to_error::deserialize(de)
+            .map_err(|e| cfg_err("rig", format!("{}: {}", e.path(), e.inner())))?;
+        for (i, o) in config.camera_override.iter().enumerate() {
+            let cam = rig
+                .cameras
+                .iter_mut()
+                .find(|c| c.name == o.name)
+                .ok_or_else(|| {
+                    cfg_err(
+                        &format!("camera_override[{i}].name"),
+                        format!("rig `{}` has no camera `{}`", config.rig, o.name),
+                    )
+                })?;
+            cam.extrinsics = o.extrinsics.clone();
+        }
+        Self::with_rig(config, &Rig::from_config(rig)?)
+    }
+
+    /// Builds the task for an explicit rig (the config's `rig` and `camera_override` ignored).
+    ///
+    /// # Errors
+    /// As [`TaskConfig::validate`]; [`Error::Config`] when a target pad is seen by no camera
+    /// (`scene.target_radius`) or the expert cannot reach every target from rest within
+    /// `reach_steps - 1` actions (`reach_steps`).
+    pub fn with_rig(config: &TaskConfig, rig: &Rig) -> Result<Self> {
+        config.validate()?;
+        let [w, h] = config.image_size;
+        let cameras: Vec<RenderCamera> = rig
+            .cameras
+            .iter()
+            .map(|c| RenderCamera::from_rig(c, w, h))
+            .collect();
+        let s = &config.scene;
+        let stage = Stage {
+            table_height: s.table_height,
+            table: Shape::Rect {
+                c: [
+                    0.5 * (s.table_x[0] + s.table_x[1]),
+                    0.5 * (s.table_y[0] + s.table_y[1]),
+                ],
+                half: [
+                    0.5 * (s.table_x[1] - s.table_x[0]),
+                    0.5 * (s.table_y[1] - s.table_y[0]),
+                ],
+            },
+        };
+        let k = config.n_targets;
+        let arc = s.target_arc_deg.to_radians();
+        let targets: Vec<[f64; 2]> = (0..k)
+            .map(|i| {
+                // Evenly spread, from +y (left) to -y (right).
+                let a = arc * (0.5 - i as f64 / (k - 1) as f64);
+                [s.target_radius * a.cos(), s.target_radius * a.sin()]
+            })
+            .collect();
+        let arm = &config.arm;
+        let q_rest = arm
+            .inverse(config.arm.rest_xy)
+            .ok_or_else(|| cfg_err("arm.rest_xy", "out of reach"))?;
+        let q_targets = targets
+            .iter()
+            .map(|&t| {
+                arm.inverse(t)
+                    .ok_or_else(|| cfg_err("scene.target_radius", "out of reach"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut coverage = Vec::with_capacity(k);
+        for (i, &t) in targets.iter().enumerate() {
+            let light = Shape::Disc {
+                c: t,
+                r: s.light_radius,
+            };
+            let cov: Vec<usize> = cameras
+                .iter()
+                .map(|c| render::coverage(c, &stage, &light, layer::LIGHT))
+                .collect();
+            if cov.iter().all(|&n| n < 4) {
+                return Err(cfg_err(
+                    "scene.target_radius",
+                    format!(
+                        "target {i} at ({:.3}, {:.3}) covers fewer than 4 pixels in every camera",
+                        t[0], t[1]
+                    ),
+                ));
+            }
+            coverage.push(cov);
+        }
+        let task = Self {
+            config: config.clone(),
+            cameras,
+            stage,
+            targets,
+            q_rest,
+            q_targets,
+            coverage,
+        };
+        for (i, &q) in task.q_targets.iter().enumerate() {
+            let needed = task.steps_to_reach(q, task.targets[i]);
+            if needed.is_none_or(|n| n > config.reach_steps - 1) {
+                return Err(cfg_err(
+                    "reach_steps",
+                    format!(
+                        "the expert needs {} actions to reach target {i} from rest; reach_steps {} allows {}",
+                        needed.map_or("more than 1000".into(), |n| n.to_string()),
+                        config.reach_steps,
+                        config.reach_steps - 1
+                    ),
+                ));
+            }
+        }
+        Ok(task)
+    }
+
+    /// Actions the expert needs from rest until the end effector is within tolerance of `xy`.
+    fn steps_to_reach(&self, goal: [f64; 2], xy: [f64; 2]) -> Option<usize> {
+        let dt = 1.0 / self.config.control_hz;
+        let mut s = ArmState {
+            q: self.q_rest,
+            dq: [0.0; 2],
+        };
+        for n in 0..=1000 {
+            if dist(self.config.arm.forward(s.q), xy) < self.config.success_tolerance {
+                return Some(n);
+            }
+            s = self
+                .config
+                .arm
+                .integrate(&s, self.config.arm.control(&s, goal), dt);
+        }
+        None
+    }
+
+    /// The config.
+    pub fn config(&self) -> &TaskConfig {
+        &self.config
+    }
+
+    /// The render cameras, in rig order.
+    pub fn cameras(&self) -> &[RenderCamera] {
+        &self.cameras
+    }
+
+    /// Target pad centres `[x, y]` on the table, metres, index = target id.
+    pub fn targets(&self) -> &[[f64; 2]] {
+        &self.targets
+    }
+
+    /// The camera that sees target `k`'s light with the most pixels.
+    pub fn cue_camera(&self, k: usize) -> usize {
+        let cov = &self.coverage[k.min(self.coverage.len() - 1)];
+        let mut best = 0;
+        for (c, &n) in cov.iter().enumerate() {
+            if n > cov[best] {
+                best = c;
+            }
+        }
+        best
+    }
+}
+
+fn dist(a: [f64; 2], b: [f64; 2]) -> f64 {
+    (a[0] - b[0]).hypot(a[1] - b[1])
+}
+
+/// Whether `ee_xy` is within `tolerance` metres of `target_xy`.
+pub fn success(ee_xy: [f32; 2], target_xy: [f32; 2], tolerance: f32) -> bool {
+    (ee_xy[0] - target_xy[0]).hypot(ee_xy[1] - target_xy[1]) < tolerance
+}
+
+/// A decoy flash: a light of another color on some pad for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoy {
+    /// Pad index.
+    pub pad: usize,
+    /// Index into [`LIGHT_COLORS`].
+    pub color: usize,
+    /// Steps it is lit.
+    pub steps: Range<usize>,
+}
+
+/// A static distractor object.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Distractor {
+    shape: Shape,
+    color: Rgb,
+}
+
+/// What one seed decided.
+#[derive(Clone, Debug, PartialEq)]
+struct Plan {
+    seed: u64,
+    target: usize,
+    color: usize,
+    cue: Range<usize>,
+    go_step: usize,
+    total: usize,
+    decoys: Vec<Decoy>,
+    distractors: Vec<Distractor>,
+}
+
+/// How the cue and go times are chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Timing {
+    Sampled,
+    Needle { depth: f64, history: usize },
+}
+
+impl Plan {
+    fn sample(task: &Task, seed: u64, timing: Timing) -> Result<Self> {
+        let c = &task.config;
+        let mut rng = SplitMix64::new(seed, 0x7461_736B); // "task"
+        let target = rng.below(c.n_targets);
+        let color = rng.below(c.n_colors);
+        let (cue_start, go_step, total) = match timing {
+            Timing::Sampled => {
+                let start = rng.inclusive(c.cue_start[0], c.cue_start[1]);
+                let delay = rng.inclusive(c.go_delay[0], c.go_delay[1]);
+                (start, start + c.cue_steps + delay, c.episode_steps)
+            }
+            Timing::Needle { depth, history } => {
+                if !(depth.is_finite() && (0.0..=1.0).contains(&depth)) {
+                    return Err(Error::Input {
+                        what: "needle depth",
+                        reason: format!("{depth} is not in [0, 1]"),
+                    });
+                }
+                if history < c.cue_steps + 1 || history > 1_000_000 {
+                    return Err(Error::Input {
+                        what: "needle history",
+                        reason: format!(
+                            "{history} steps; needs cue_steps + 1 = {} ..= 1000000",
+                            c.cue_steps + 1
+                        ),
+                    });
+                }
+                let start = (depth * (history - c.cue_steps) as f64).round() as usize;
+                let start = start.min(history - c.cue_steps - 1);
+                (start, history, history + c.reach_steps)
+            }
+        };
+        let cue = cue_start..cue_start + c.cue_steps;
+        let distractors = sample_distractors(task, &mut rng);
+        let mut decoys = Vec::with_capacity(c.n_decoys);
+        if go_step >= c.cue_steps {
+            for _ in 0..c.n_decoys {
+                for _ in 0..64 {
+                    let start = rng.below(go_step - c.cue_steps + 1);
+                    let steps = start..start + c.cue_steps;
+                    if steps.start < cue.end && cue.start < steps.end {
+                        continue;
+                    }
+                    let pad = rng.below(c.n_targets);
+                    let other = rng.below(c.n_colors - 1);
+                    let color = if other >= color { other + 1 } else { other };
+                    decoys.push(Decoy { pad, color, steps });
+                    break;
+                }
+            }
+        }
+        Ok(Self {
+            seed,
+            target,
+            color,
+            cue,
+            go_step,
+            total,
+            decoys,
+            distractors,
+        })
+    }
+}
+
+fn sample_distractors(task: &Task, rng: &mut SplitMix64) -> Vec<Distractor> {
+    let c = &task.config;
+    let s = &c.scene;
+    let mut out: Vec<(Distractor, [f64; 2], f64)> = Vec::with_capacity(c.n_distractors);
+    for _ in 0..c.n_distractors {
+        for _ in 0..100 {
+            let size = rng.uniform(0.02, 0.04);
+            let p = [
+                rng.uniform(s.table_x[0] + size, s.table_x[1] - size),
+                rng.uniform(s.table_y[0] + size, s.table_y[1] - size),
+            ];
+            let square = rng.below(2) == 1;
+            let color = DISTRACTOR_COLORS[rng.below(DISTRACTOR_COLORS.len())];
+            // Keep clear of the pads, the base and other distractors (corner radius √2·size).
+            let clear = size * std::f64::consts::SQRT_2;
+            if task
+                .targets
+                .iter()
+                .any(|&t| dist(t, p) < s.pad_radius + clear + 0.01)
+                || dist(p, [0.0, 0.0]) < 0.06 + clear
+                || out.iter().any(|(_, q, r)| dist(*q, p) < r + clear + 0.01)
+            {
+                continue;
+            }
+            let shape = if square {
+                Shape::Rect {
+                    c: p,
+                    half: [size, size],
+                }
+            } else {
+                Shape::Disc { c: p, r: size }
+            };
+            out.push((Distractor { shape, color }, p, clear));
+            break;
+        }
+    }
+    out.into_iter().map(|(d, _, _)| d).collect()
+}
+
+/// One frame-step of an episode.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// Time of the step, ns from the episode start (`t * period`).
+    pub stamp_ns: u64,
+    /// Image width, pixels.
+    pub width: u32,
+    /// Image height, pixels.
+    pub height: u32,
+    /// One RGB8 image per camera (rig order), `width * height * 3`, row-major.
+    pub images: Vec<Vec<u8>>,
+    /// `[q1, q2, dq1, dq2, ee_x, ee_y, go, t / episode_steps]` (see the module docs).
+    pub proprio: [f32; PROPRIO_DIM],
+    /// Expert chunk, `horizon * ACTION_DIM`, action-major: `[dq1, dq2, grip, done]` per action.
+    pub expert_action: Vec<f32>,
+}
+
+impl Step {
+    /// The step's images as model input: `[n_cams, n_patches, patch_dim]` f32, through
+    /// `vision`'s preprocessor (crop, resize, normalize, patchify).
+    ///
+    /// # Errors
+    /// [`Error::Vision`] for an invalid `config` or an image the preprocessor rejects.
+    pub fn patches(&self, config: &PreprocessConfig) -> Result<Vec<f32>> {
+        let mut pre = Preprocessor::new(config.clone())?;
+        let per = pre.output_len();
+        let mut out = vec![0.0f32; per * self.images.len()];
+        for (img, chunk) in self.images.iter().zip(out.chunks_exact_mut(per)) {
+            let image = Image::from_raw(self.width, self.height, PixelFormat::Rgb8, img.clone())?;
+            pre.process(&image, chunk)?;
+        }
+        Ok(out)
+    }
+}
+
+/// A generated episode: the expert's run through the [`Sim`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Episode {
+    /// The seed it was generated from.
+    pub seed: u64,
+    /// Natural-language instruction (names the cue color).
+    pub instruction: String,
+    /// Frame-steps, `steps[t]` at `t * period`.
+    pub steps: Vec<Step>,
+    /// Target pad index (`0..n_targets`).
+    pub target: usize,
+    /// Target pad centre on the table, metres.
+    pub target_xy: [f32; 2],
+    /// Steps during which the cue is lit.
+    pub cue_steps: Range<usize>,
+    /// The camera that sees the cue with the most pixels.
+    pub cue_camera: usize,
+    /// The cue's RGB8 color.
+    pub cue_color: Rgb,
+    /// First step of the go phase.
+    pub go_step: usize,
+    /// Decoy flashes.
+    pub decoys: Vec<Decoy>,
+    /// Success radius, metres.
+    pub success_tolerance: f32,
+}
+
+impl Episode {
+    /// The expert episode for `seed`.
+    ///
+    /// # Errors
+    /// As [`Task::new`].
+    pub fn generate(config: &TaskConfig, seed: u64) -> Result<Self> {
+        Sim::new(config, seed)?.run_expert()
+    }
+
+    /// A needle-in-a-haystack episode: `history` steps before the go step, the cue starting at
+    /// fraction `depth` of them (`round(depth * (history - cue_steps))`, kept before the go
+    /// step), decoys elsewhere in the history, then `reach_steps` go-phase steps.
+    ///
+    /// # Errors
+    /// As [`Task::new`]; [`Error::Input`] for `depth` outside `[0, 1]` or `history` below
+    /// `cue_steps + 1`.
+    pub fn needle(config: &TaskConfig, seed: u64, depth: f64, history: usize) -> Result<Self> {
+        Sim::needle(config, seed, depth, history)?.run_expert()
+    }
+
+    /// Whether `ee_xy` counts as reaching this episode's target.
+    pub fn success(&self, ee_xy: [f32; 2]) -> bool {
+        success(ee_xy, self.target_xy, self.success_tolerance)
+    }
+}
+
+/// The closed-loop simulator: the arm state of one episode, advanced one control period per
+/// [`Sim::step`] by the first action of a chunk, rendered by [`Sim::observe`].
+#[derive(Clone, Debug)]
+pub struct Sim {
+    task: Task,
+    plan: Plan,
+    state: ArmState,
+    t: usize,
+    /// Reused primitive list.
+    prims: Vec<Prim>,
+}
+
+impl Sim {
+    /// The episode of `seed` at its first step.
+    ///
+    /// # Errors
+    /// As [`Task::new`].
+    pub fn new(config: &TaskConfig, seed: u64) -> Result<Self> {
+        Self::from_task(Task::new(config)?, seed, Timing::Sampled)
+    }
+
+    /// A needle episode (see [`Episode::needle`]) at its first step.
+    ///
+    /// # Errors
+    /// As [`Episode::needle`].
+    pub fn needle(config: &TaskConfig, seed: u64, depth: f64, history: usize) -> Result<Self> {
+        Self::from_task(Task::new(config)?, seed, Timing::Needle { depth, history })
+    }
+
+    /// The episode of `seed` on an already built task (saves re-validating per episode).
+    ///
+    /// # Errors
+    /// None today for sampled timing; the `Result` leaves room for checks of `task`.
+    pub fn with_task(task: Task, seed: u64) -> Result<Self> {
+        Self::from_task(task, seed, Timing::Sampled)
+    }
+
+    fn from_task(task: Task, seed: u64, timing: Timing) -> Result<Self> {
+        let plan = Plan::sample(&task, seed, timing)?;
+        Ok(Self {
+            state: ArmState {
+                q: task.q_rest,
+                dq: [0.0; 2],
+            },
+            task,
+            plan,
+            t: 0,
+            prims: Vec::new(),
+        })
+    }
+
+    /// The task.
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// The current step index.
+    pub fn t(&self) -> usize {
+        self.t
+    }
+
+    /// Steps in the episode.
+    pub fn total_steps(&self) -> usize {
+        self.plan.total
+    }
+
+    /// Whether the current step is the episode's last (no further [`Sim::step`]).
+    pub fn is_last(&self) -> bool {
+        self.t + 1 >= self.plan.total
+    }
+
+    /// The target pad index.
+    pub fn target(&self) -> usize {
+        self.plan.target
+    }
+
+    /// The first go step.
+    pub fn go_step(&self) -> usize {
+        self.plan.go_step
+    }
+
+    /// Steps the cue is lit.
+    pub fn cue_steps(&self) -> Range<usize> {
+        self.plan.cue.clone()
+    }
+
+    /// The arm state.
+    pub fn state(&self) -> ArmState {
+        self.state
+    }
+
+    /// The end effector's position on the table, metres.
+    pub fn ee_xy(&self) -> [f32; 2] {
+        let p = self.task.config.arm.forward(self.state.q);
+        [p[0] as f32, p[1] as f32]
+    }
+
+    /// Whether the end effector is within tolerance of the target now.
+    pub fn success(&self) -> bool {
+        let t = self.task.targets[self.plan.target];
+        success(
+            self.ee_xy(),
+            [t[0] as f32, t[1] as f32],
+            self.task.config.success_tolerance as f32,
+        )
+    }
+
+    fn go(&self) -> bool {
+        self.t >= self.plan.go_step
+    }
+
+    /// The expert chunk at the current step (`horizon * ACTION_DIM`).
+    pub fn expert_chunk(&self) -> Vec<f32> {
+        if self.go() {
+            let k = self.plan.target;
+            self.chunk_toward(self.task.q_targets[k], self.task.targets[k])
+        } else {
+            let rest = self.task.config.arm.rest_xy;
+            self.chunk_toward(self.task.q_rest, rest)
+        }
+    }
+
+    /// The expert's chunk from the current state toward an arbitrary reachable point (for
+    /// baselines such as "always reach pad 0"); the rest pose's chunk when `xy` is out of reach.
+    pub fn chunk_to(&self, xy: [f64; 2]) -> Vec<f32> {
+        match self.task.config.arm.inverse(xy) {
+            Some(q) => self.chunk_toward(q, xy),
+            None => self.chunk_toward(self.task.q_rest, self.task.config.arm.rest_xy),
+        }
+    }
+
+    fn chunk_toward(&self, goal: [f64; 2], goal_xy: [f64; 2]) -> Vec<f32> {
+        let c = &self.task.config;
+        let dt = 1.0 / c.control_hz;
+        let go = self.go();
+        let mut s = self.state;
+        let mut out = Vec::with_capacity(c.horizon * ACTION_DIM);
+        for _ in 0..c.horizon {
+            let cmd = c.arm.control(&s, goal);
+            let near = dist(c.arm.forward(s.q), goal_xy) < c.success_tolerance;
+            out.extend_from_slice(&[
+                cmd[0] as f32,
+                cmd[1] as f32,
+                f32::from(u8::from(go)),
+                f32::from(u8::from(go && near)),
+            ]);
+            s = c.arm.integrate(&s, cmd, dt);
+        }
+        out
+    }
+
+    /// Applies the first action of `chunk` for one control period and advances to the next
+    /// step. Only the joint velocities move the arm; `grip` and `done` are recorded by the
+    /// caller, not simulated.
+    ///
+    /// # Errors
+    /// [`Error::Input`] when `chunk` is shorter than [`ACTION_DIM`] or not a multiple of it,
+    /// holds a non-finite joint command, or the episode is already at its last step.
+    pub fn step(&mut self, chunk: &[f32]) -> Result<()> {
+        if chunk.len() < ACTION_DIM || !chunk.len().is_multiple_of(ACTION_DIM) {
+            return Err(Error::Input {
+                what: "action chunk",
+                reason: format!(
+                    "length {} is not a positive multiple of {ACTION_DIM}",
+                    chunk.len()
+                ),
+            });
+        }
+        if !(chunk[0].is_finite() && chunk[1].is_finite()) {
+            return Err(Error::Input {
+                what: "action chunk",
+                reason: "non-finite joint command".into(),
+            });
+        }
+        if self.is_last() {
+            return Err(Error::Input {
+                what: "action chunk",
+                reason: format!("the episode ended at step {}", self.t),
+            });
+        }
+        let dt = 1.0 / self.task.config.control_hz;
+        let cmd = [f64::from(chunk[0]), f64::from(chunk[1])];
+        self.state = self.task.config.arm.integrate(&self.state, cmd, dt);
+        self.t += 1;
+        Ok(())
+    }
+
+    /// Proprio at the current step.
+    pub fn proprio(&self) -> [f32; PROPRIO_DIM] {
+        let s = &self.state;
+        let ee = self.ee_xy();
+        [
+            s.q[0] as f32,
+            s.q[1] as f32,
+            s.dq[0] as f32,
+            s.dq[1] as f32,
+            ee[0],
+            ee[1],
+            f32::from(u8::from(self.go())),
+            self.t as f32 / self.plan.total as f32,
+        ]
+    }
+
+    /// Renders the current step into one RGB8 image per camera.
+    pub fn render(&mut self) -> Vec<Vec<u8>> {
+        let c = &self.task.config;
+        let s = &c.scene;
+        let arm = &c.arm;
+        let t = self.t;
+        let go = self.go();
+        let prims = &mut self.prims;
+        prims.clear();
+        let elbow = arm.elbow(self.state.q);
+        let ee = arm.forward(self.state.q);
+        let r = 0.5 * arm.link_width;
+        prims.push(Prim {
+            shape: Shape::Disc { c: ee, r: 0.022 },
+            height: layer::GRIPPER,
+            color: if go {
+                render::GRIPPER_CLOSED
+            } else {
+                render::GRIPPER_OPEN
+            },
+        });
+        prims.push(Prim {
+            shape: Shape::Disc {
+                c: elbow,
+                r: r * 1.3,
+            },
+            height: layer::ELBOW,
+            color: render::ELBOW,
+        });
+        for (a, b) in [([0.0, 0.0], elbow), (elbow, ee)] {
+            prims.push(Prim {
+                shape: Shape::Capsule { a, b, r },
+                height: layer::LINK,
+                color: render::LINK,
+            });
+        }
+        prims.push(Prim {
+            shape: Shape::Disc {
+                c: [0.0, 0.0],
+                r: 0.05,
+            },
+            height: layer::BASE,
+            color: render::BASE,
+        });
+        let light = |pad: usize, color: usize| Prim {
+            shape: Shape::Disc {
+                c: self.task.targets[pad],
+                r: s.light_radius,
+            },
+            height: layer::LIGHT,
+            color: LIGHT_COLORS[color].1,
+        };
+        if self.plan.cue.contains(&t) {
+            prims.push(light(self.plan.target, self.plan.color));
+        }
+        for d in &self.plan.decoys {
+            if d.steps.contains(&t) {
+                prims.push(light(d.pad, d.color));
+            }
+        }
+        for &p in &self.task.targets {
+            prims.push(Prim {
+                shape: Shape::Disc {
+                    c: p,
+                    r: s.pad_radius,
+                },
+                height: layer::PAD,
+                color: render::PAD,
+            });
+        }
+        for d in &self.plan.distractors {
+            prims.push(Prim {
+                shape: d.shape,
+                height: layer::DISTRACTOR,
+                color: d.color,
+            });
+        }
+        self.task
+            .cameras
+            .iter()
+            .map(|cam| {
+                let mut img = Vec::new();
+                render::render(cam, &self.task.stage, prims, &mut img);
+                img
+            })
+            .collect()
+    }
+
+    /// The full observation of the current step, with the expert's chunk as its label.
+    pub fn observe(&mut self) -> Step {
+        let [width, height] = self.task.config.image_size;
+        Step {
+            stamp_ns: self.t as u64 * self.task.config.period_ns(),
+            width,
+            height,
+            images: self.render(),
+            proprio: self.proprio(),
+            expert_action: self.expert_chunk(),
+        }
+    }
+
+    /// The episode's metadata with `steps` attached.
+    fn episode(&self, steps: Vec<Step>) -> Episode {
+        let (name, rgb) = LIGHT_COLORS[self.plan.color];
+        let t = self.task.targets[self.plan.target];
+        Episode {
+            seed: self.plan.seed,
+            instruction: format!("On go, touch the pad where the {name} light flashed."),
+            steps,
+            target: self.plan.target,
+            target_xy: [t[0] as f32, t[1] as f32],
+            cue_steps: self.plan.cue.clone(),
+            cue_camera: self.task.cue_camera(self.plan.target),
+            cue_color: rgb,
+            go_step: self.plan.go_step,
+            decoys: self.plan.decoys.clone(),
+            success_tolerance: self.task.config.success_tolerance as f32,
+        }
+    }
+
+    /// The instruction, target and timing of this episode, without steps.
+    pub fn info(&self) -> Episode {
+        self.episode(Vec::new())
+    }
+
+    /// Runs the expert from the current step to the end, recording every step.
+    fn run_expert(mut self) -> Result<Episode> {
+        let mut steps = Vec::with_capacity(self.plan.total);
+        loop {
+            let step = self.observe();
+            let last = self.is_last();
+            if !last {
+                self.step(&step.expert_action)?;
+            }
+            steps.push(step);
+            if last {
+                break;
+            }
+        }
+        Ok(self.episode(steps))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_equals_shipped_file() {
+        let parsed = TaskConfig::from_toml(TaskConfig::DEFAULT_TOML).unwrap();
+        assert_eq!(parsed, TaskConfig::default());
+    }
+
+    #[test]
+    fn no_scene_color_equals_a_light_color() {
+        let scene = [
+            render::BACKGROUND,
+            render::FLOOR,
+            render::TABLE,
+            render::PAD,
+            render::BASE,
+            render::LINK,
+            render::ELBOW,
+            render::GRIPPER_OPEN,
+            render::GRIPPER_CLOSED,
+        ];
+        for (_, light) in LIGHT_COLORS {
+            assert!(!scene.contains(&light) && !DISTRACTOR_COLORS.contains(&light));
+        }
+    }
+}
