@@ -4,7 +4,9 @@
 
 pub mod cli;
 mod model_cmd;
+mod progress;
 mod rope_cmd;
+mod train_cmd;
 pub mod transport_cmd;
 
 use anyhow::Result;
@@ -20,6 +22,7 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Rope(args) => rope_cmd::run(&args, &mut std::io::stdout().lock()),
         cli::Command::KvPlan(args) => model_cmd::kv_plan(&args, &mut std::io::stdout().lock()),
         cli::Command::Export(args) => model_cmd::export(&args, &mut std::io::stdout().lock()),
+        cli::Command::Train(args) => train_cmd::train(&args, &mut std::io::stdout().lock()),
         cli::Command::Record(args) => transport_cmd::record(&args, &mut std::io::stdout().lock()),
         cli::Command::Replay(args) => transport_cmd::replay(&args, &mut std::io::stdout().lock()),
     }

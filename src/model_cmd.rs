@@ -42,7 +42,7 @@ pub struct KvPlanArgs {
     pub json: bool,
 }
 
-fn load_model_config(name_or_path: &str) -> Result<VlaConfig> {
+pub(crate) fn load_model_config(name_or_path: &str) -> Result<VlaConfig> {
     if let Some(preset) = configs::model_preset(name_or_path) {
         return VlaConfig::from_toml(preset.text)
             .with_context(|| format!("shipped model config {}", preset.path));

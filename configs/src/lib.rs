@@ -46,6 +46,22 @@ pub fn rig_preset(name: &str) -> Option<&'static Preset> {
     RIG_PRESETS.iter().find(|p| p.name == name)
 }
 
+/// Task configs (`configs/task/`), parsed by `trainer::task::TaskConfig`.
+pub const TASK_PRESETS: &[Preset] = presets!("task": "memory");
+
+/// Looks up a task config by name.
+pub fn task_preset(name: &str) -> Option<&'static Preset> {
+    TASK_PRESETS.iter().find(|p| p.name == name)
+}
+
+/// Training configs (`configs/training/`), read by `edgevla train`.
+pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory");
+
+/// Looks up a training config by name.
+pub fn training_preset(name: &str) -> Option<&'static Preset> {
+    TRAINING_PRESETS.iter().find(|p| p.name == name)
+}
+
 /// Looks up a model config by name.
 pub fn model_preset(name: &str) -> Option<&'static Preset> {
     MODEL_PRESETS.iter().find(|p| p.name == name)
@@ -66,6 +82,8 @@ mod tests {
         assert_eq!(names_on_disk("rope"), names(ROPE_PRESETS));
         assert_eq!(names_on_disk("model"), names(MODEL_PRESETS));
         assert_eq!(names_on_disk("rigs"), names(RIG_PRESETS));
+        assert_eq!(names_on_disk("task"), names(TASK_PRESETS));
+        assert_eq!(names_on_disk("training"), names(TRAINING_PRESETS));
         assert!(rig_preset("edge-3cam").is_some());
         assert!(rope_preset("yarn-8x").is_some_and(|p| p.text.contains("yarn")));
         assert!(rope_preset("no-such").is_none());
