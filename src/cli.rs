@@ -57,15 +57,16 @@ pub enum Command {
   edgevla export --model edge --rope yarn-4x --out out/hf-edge-yarn --parity-tokens 256")]
     Export(crate::model_cmd::ExportArgs),
 
-    /// Train the model on the synthetic multi-camera memory task (single device, CPU) and write
-    /// a checkpoint folder.
+    /// Train the model on the synthetic multi-camera memory task (one device: CPU, or a GPU with
+    /// a `--features cuda` build) and write a checkpoint folder.
     ///
     /// The training config names the model, an optional RoPE preset, the task, the batch size,
     /// the seed and the optimizer (configs/training/). Episodes are generated from the seed, so
     /// a run is reproducible.
     #[command(after_help = "Examples:
   edgevla train --config edge-memory --out models/edge-memory
-  edgevla train --config configs/training/edge-memory.toml --iterations 10 --out /tmp/ckpt --quiet")]
+  edgevla train --config configs/training/edge-memory.toml --iterations 10 --out /tmp/ckpt --quiet
+  edgevla train --config edge-memory --device cuda:0 --out models/edge-memory")]
     Train(crate::train_cmd::TrainArgs),
 
     /// Record zenoh streams into an MCAP file.

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Deserialize;
 use trainer::task::{Episode, TaskConfig};
@@ -24,6 +24,9 @@ pub struct TrainArgs {
     /// Checkpoint folder to write (config.toml + weights.mpk).
     #[arg(long)]
     pub out: PathBuf,
+    /// Where to train: cpu, or cuda / cuda:N (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// No progress bar (logs a line every 10% instead).
     #[arg(long)]
     pub quiet: bool,
@@ -71,7 +74,40 @@ fn episode_batch(task: &TaskConfig, seeds: impl Iterator<Item = u64>) -> Result<
 }
 
 pub(crate) fn train(args: &TrainArgs, out: &mut impl Write) -> Result<()> {
-    type B = Autodiff<NdArray<f32>>;
+    match args.device.as_str() {
+        "cpu" => run::<Autodiff<NdArray<f32>>>(args, Default::default(), out),
+        name => {
+            let index = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .with_context(|| format!("--device {name}: expected cpu, cuda or cuda:N"))?,
+                None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
+            };
+            train_cuda(args, index, out)
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn train_cuda(args: &TrainArgs, index: usize, out: &mut impl Write) -> Result<()> {
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    run::<Autodiff<Cuda<f32, i32>>>(args, CudaDevice { index }, out)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn train_cuda(_args: &TrainArgs, index: usize, _out: &mut impl Write) -> Result<()> {
+    bail!(
+        "--device cuda:{index}: this edgevla was built without the `cuda` feature (cargo build --release --features cuda)"
+    )
+}
+
+fn run<B: AutodiffBackend>(
+    args: &TrainArgs,
+    device: B::Device,
+    out: &mut impl Write,
+) -> Result<()> {
     let text = read_named(&args.config, configs::training_preset(&args.config))?;
     let file: TrainingFile =
         toml::from_str(&text).with_context(|| format!("training config {}", args.config))?;
@@ -95,7 +131,6 @@ pub(crate) fn train(args: &TrainArgs, out: &mut impl Write) -> Result<()> {
     let task = TaskConfig::from_toml(&read_named(&file.task, configs::task_preset(&file.task))?)
         .with_context(|| format!("task config {}", file.task))?;
 
-    let device = Default::default();
     B::seed(&device, file.seed);
     let model = model_config.init::<B>(&device);
     let batch_size = file.batch_size as u64;
