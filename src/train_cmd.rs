@@ -27,6 +27,10 @@ pub struct TrainArgs {
     /// Where to train: cpu, or cuda / cuda:N (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// After training, drive the simulator closed loop on this many fresh episodes (seeds not
+    /// used in training) and print the success rate.
+    #[arg(long, default_value_t = 0)]
+    pub eval_episodes: u64,
     /// No progress bar (logs a line every 10% instead).
     #[arg(long)]
     pub quiet: bool,
@@ -151,6 +155,24 @@ fn run<B: AutodiffBackend>(
     )?;
     progress.finish();
     runtime::checkpoint::save(&model, &args.out)?;
+    if args.eval_episodes > 0 {
+        use burn::module::AutodiffModule;
+        // Evaluation seeds start far from the training ones.
+        let first = base_seed.wrapping_add(1 << 40);
+        let report = trainer::eval::closed_loop(
+            &model.valid(),
+            &task,
+            first..first + args.eval_episodes,
+            &device,
+        )?;
+        writeln!(
+            out,
+            "closed-loop success: {}/{} episodes ({:.1}%; the expert reaches 100%, ignoring the cue ~25%)",
+            report.successes,
+            report.episodes,
+            100.0 * report.success_rate()
+        )?;
+    }
     let first = report.losses.first().copied().unwrap_or(f64::NAN);
     let last = report.losses.last().copied().unwrap_or(f64::NAN);
     writeln!(

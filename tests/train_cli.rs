@@ -59,6 +59,8 @@ fn train_writes_a_loadable_checkpoint() {
             "--out",
             &out.to_string_lossy(),
             "--quiet",
+            "--eval-episodes",
+            "2",
         ])
         .output()
         .expect("run edgevla train");
@@ -66,6 +68,7 @@ fn train_writes_a_loadable_checkpoint() {
     assert!(run.status.success(), "train failed: {stderr}");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("trained 3 iterations"), "{stdout}");
+    assert!(stdout.contains("closed-loop success: ") && stdout.contains("/2 episodes"), "{stdout}");
     assert!(
         stderr.contains("training 3/3"),
         "quiet progress lines: {stderr}"
