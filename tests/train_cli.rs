@@ -68,7 +68,10 @@ fn train_writes_a_loadable_checkpoint() {
     assert!(run.status.success(), "train failed: {stderr}");
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.contains("trained 3 iterations"), "{stdout}");
-    assert!(stdout.contains("closed-loop success: ") && stdout.contains("/2 episodes"), "{stdout}");
+    assert!(
+        stdout.contains("closed-loop success: ") && stdout.contains("/2 episodes"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("training 3/3"),
         "quiet progress lines: {stderr}"
