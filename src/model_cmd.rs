@@ -42,13 +42,28 @@ pub struct KvPlanArgs {
     pub json: bool,
 }
 
-pub(crate) fn load_model_config(name_or_path: &str) -> Result<VlaConfig> {
-    if let Some(preset) = configs::model_preset(name_or_path) {
-        return VlaConfig::from_toml(preset.text)
-            .with_context(|| format!("shipped model config {}", preset.path));
+/// The text of a config given by shipped name (`shipped` is its lookup) or by path.
+pub(crate) fn read_named(name: &str, shipped: Option<&'static configs::Preset>) -> Result<String> {
+    match shipped {
+        Some(preset) => Ok(preset.text.to_string()),
+        None => std::fs::read_to_string(name).with_context(|| format!("reading {name}")),
     }
-    VlaConfig::from_file(std::path::Path::new(name_or_path))
-        .with_context(|| format!("model config {name_or_path}"))
+}
+
+pub(crate) fn load_model_config(name_or_path: &str) -> Result<VlaConfig> {
+    let text = read_named(name_or_path, configs::model_preset(name_or_path))?;
+    VlaConfig::from_toml(&text).with_context(|| format!("model config {name_or_path}"))
+}
+
+/// Replaces the model's RoPE with the shipped preset `name` (e.g. yarn-4x) and re-validates.
+pub(crate) fn apply_rope_preset(config: &mut VlaConfig, name: &str) -> Result<()> {
+    let preset =
+        configs::rope_preset(name).with_context(|| format!("unknown RoPE preset `{name}`"))?;
+    config.rope = runtime::rope::RopeSpec::parse(preset.text)?.config;
+    config
+        .validate()
+        .context("model config with the RoPE preset")?;
+    Ok(())
 }
 
 /// What the plan is about: the layout minus the dtype, and the model if one was given.
@@ -289,12 +304,7 @@ pub(crate) fn export(args: &ExportArgs, out: &mut impl Write) -> Result<()> {
     }
     let mut config = load_model_config(&args.model)?;
     if let Some(name) = &args.rope {
-        let preset =
-            configs::rope_preset(name).with_context(|| format!("unknown RoPE preset `{name}`"))?;
-        config.rope = runtime::rope::RopeSpec::parse(preset.text)?.config;
-        config
-            .validate()
-            .context("model config with the RoPE preset")?;
+        apply_rope_preset(&mut config, name)?;
     }
     let model = match &args.checkpoint {
         Some(dir) => runtime::checkpoint::load::<B>(dir, Some(&config), &device)?,

@@ -1,7 +1,7 @@
 //! `edgevla train`: trains the model on the synthetic memory task and writes a checkpoint.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -11,6 +11,8 @@ use clap::Args;
 use serde::Deserialize;
 use trainer::task::{Episode, TaskConfig};
 use trainer::train::{Batch, TrainConfig};
+
+use crate::model_cmd::read_named;
 
 /// Arguments of `edgevla train`.
 #[derive(Debug, Args)]
@@ -47,13 +49,6 @@ struct TrainingFile {
     batch_size: usize,
     seed: u64,
     optimizer: TrainConfig,
-}
-
-fn read_named(name: &str, shipped: Option<&'static configs::Preset>) -> Result<String> {
-    match shipped {
-        Some(preset) => Ok(preset.text.to_string()),
-        None => std::fs::read_to_string(Path::new(name)).with_context(|| format!("reading {name}")),
-    }
 }
 
 /// Episodes `seeds` as one training batch (images through the vision preprocessor).
@@ -125,12 +120,7 @@ fn run<B: AutodiffBackend>(
     }
     let mut model_config = crate::model_cmd::load_model_config(&file.model)?;
     if let Some(name) = &file.rope {
-        let preset =
-            configs::rope_preset(name).with_context(|| format!("unknown RoPE preset `{name}`"))?;
-        model_config.rope = runtime::rope::RopeSpec::parse(preset.text)?.config;
-        model_config
-            .validate()
-            .context("model config with the RoPE preset")?;
+        crate::model_cmd::apply_rope_preset(&mut model_config, name)?;
     }
     let task = TaskConfig::from_toml(&read_named(&file.task, configs::task_preset(&file.task))?)
         .with_context(|| format!("task config {}", file.task))?;
