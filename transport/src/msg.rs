@@ -1,5 +1,6 @@
 //! Wire messages: ROS 2 `sensor_msgs/CompressedImage`, `sensor_msgs/Image`,
-//! `sensor_msgs/JointState`, `std_msgs/String` (status) and edgevla's own
+//! `sensor_msgs/JointState`, `sensor_msgs/Imu`, `std_msgs/String` (status, instruction) and
+//! edgevla's own
 //! `edgevla_msgs/ActionChunk`, all as serde structs encoded with the `cdr-encoding` crate in
 //! the CDR (XCDR1, "plain CDR") layout that ROS 2 puts on the wire, byte for byte.
 //!
@@ -18,6 +19,7 @@
 //! - `string`: `u32` length counting a trailing NUL, the UTF-8 bytes, the NUL;
 //! - `T[]` (unbounded sequence): `u32` element count, then the elements, each aligned as its
 //!   type (so a `float64[]` with at least one element is padded to 8 after the count);
+//! - `T[N]` (fixed array): the N elements, no count;
 //! - nested messages are inlined, with no alignment of their own;
 //! - decoding allows up to 3 trailing bytes (final padding some writers add), no more.
 //!
@@ -29,6 +31,7 @@
 //! | `sensor_msgs/msg/CompressedImage` | `Header header`, `string format`, `uint8[] data` |
 //! | `sensor_msgs/msg/Image` | `Header header`, `uint32 height`, `uint32 width`, `string encoding`, `uint8 is_bigendian`, `uint32 step`, `uint8[] data` |
 //! | `sensor_msgs/msg/JointState` | `Header header`, `string[] name`, `float64[] position`, `float64[] velocity`, `float64[] effort` |
+//! | `sensor_msgs/msg/Imu` | `Header header`, `geometry_msgs/Quaternion orientation` (`float64 x, y, z, w`), `float64[9] orientation_covariance`, `geometry_msgs/Vector3 angular_velocity` (`float64 x, y, z`), `float64[9] angular_velocity_covariance`, `geometry_msgs/Vector3 linear_acceleration`, `float64[9] linear_acceleration_covariance` |
 //! | `std_msgs/msg/String` | `string data` |
 //! | `edgevla_msgs/msg/ActionChunk` | `builtin_interfaces/Time stamp`, `uint64 sequence`, `uint32 horizon`, `uint32 dims`, `float32[] values` (row-major `[horizon, dims]`) |
 //!
@@ -145,7 +148,68 @@ pub struct JointState {
     pub effort: Vec<f64>,
 }
 
-/// `std_msgs/msg/String`: the status channel carries JSON text in it.
+/// `geometry_msgs/msg/Quaternion`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Quaternion {
+    /// x.
+    pub x: f64,
+    /// y.
+    pub y: f64,
+    /// z.
+    pub z: f64,
+    /// w (the scalar part).
+    pub w: f64,
+}
+
+impl Default for Quaternion {
+    /// The identity rotation (as ROS 2's message default).
+    fn default() -> Self {
+        Self {
+            x: 0.0,
+            y: 0.0,
+            z: 0.0,
+            w: 1.0,
+        }
+    }
+}
+
+/// `geometry_msgs/msg/Vector3`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Vector3 {
+    /// x.
+    pub x: f64,
+    /// y.
+    pub y: f64,
+    /// z.
+    pub z: f64,
+}
+
+/// `sensor_msgs/msg/Imu`: orientation, angular velocity (rad/s) and linear acceleration
+/// (m/s²) with row-major 3×3 covariances. As in ROS: an all-zero covariance means "unknown";
+/// element 0 set to -1 means the quantity is not provided (e.g. no orientation estimate).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Imu {
+    /// Stamp and frame (the IMU's frame).
+    pub header: Header,
+    /// Orientation estimate.
+    pub orientation: Quaternion,
+    /// Its covariance (`[-1, 0, ...]` when `orientation` is not provided).
+    pub orientation_covariance: [f64; 9],
+    /// Angular velocity, rad/s.
+    pub angular_velocity: Vector3,
+    /// Its covariance.
+    pub angular_velocity_covariance: [f64; 9],
+    /// Linear acceleration, m/s².
+    pub linear_acceleration: Vector3,
+    /// Its covariance.
+    pub linear_acceleration_covariance: [f64; 9],
+}
+
+/// The "not provided" covariance: element 0 is -1 (ROS `sensor_msgs/Imu` convention).
+pub const COVARIANCE_NOT_PROVIDED: [f64; 9] = [-1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
+
+/// `std_msgs/msg/String`: the status channel carries JSON text in it, the instruction channel
+/// the task's language instruction.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StringMsg {
     /// The text.
@@ -176,6 +240,8 @@ pub enum MessageKind {
     Image,
     /// [`JointState`].
     JointState,
+    /// [`Imu`].
+    Imu,
     /// [`StringMsg`].
     String,
     /// [`ActionChunk`].
@@ -184,15 +250,19 @@ pub enum MessageKind {
 
 const TIME_DEF: &str = "MSG: builtin_interfaces/Time\nint32 sec\nuint32 nanosec\n";
 const HEADER_DEF: &str = "MSG: std_msgs/Header\nbuiltin_interfaces/Time stamp\nstring frame_id\n";
+const QUATERNION_DEF: &str =
+    "MSG: geometry_msgs/Quaternion\nfloat64 x\nfloat64 y\nfloat64 z\nfloat64 w\n";
+const VECTOR3_DEF: &str = "MSG: geometry_msgs/Vector3\nfloat64 x\nfloat64 y\nfloat64 z\n";
 const SEPARATOR: &str =
     "================================================================================\n";
 
 impl MessageKind {
     /// All kinds.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::CompressedImage,
         Self::Image,
         Self::JointState,
+        Self::Imu,
         Self::String,
         Self::ActionChunk,
     ];
@@ -204,6 +274,7 @@ impl MessageKind {
             Self::CompressedImage => CompressedImage::TYPE_NAME,
             Self::Image => Image::TYPE_NAME,
             Self::JointState => JointState::TYPE_NAME,
+            Self::Imu => Imu::TYPE_NAME,
             Self::String => StringMsg::TYPE_NAME,
             Self::ActionChunk => ActionChunk::TYPE_NAME,
         }
@@ -230,6 +301,9 @@ impl MessageKind {
             Self::JointState => {
                 "std_msgs/Header header\nstring[] name\nfloat64[] position\nfloat64[] velocity\nfloat64[] effort\n"
             }
+            Self::Imu => {
+                "std_msgs/Header header\ngeometry_msgs/Quaternion orientation\nfloat64[9] orientation_covariance\ngeometry_msgs/Vector3 angular_velocity\nfloat64[9] angular_velocity_covariance\ngeometry_msgs/Vector3 linear_acceleration\nfloat64[9] linear_acceleration_covariance\n"
+            }
             Self::String => "string data\n",
             Self::ActionChunk => {
                 "builtin_interfaces/Time stamp\nuint64 sequence\nuint32 horizon\nuint32 dims\nfloat32[] values\n"
@@ -239,6 +313,9 @@ impl MessageKind {
             Self::CompressedImage | Self::Image | Self::JointState => {
                 format!("{own}{SEPARATOR}{HEADER_DEF}{SEPARATOR}{TIME_DEF}")
             }
+            Self::Imu => format!(
+                "{own}{SEPARATOR}{HEADER_DEF}{SEPARATOR}{TIME_DEF}{SEPARATOR}{QUATERNION_DEF}{SEPARATOR}{VECTOR3_DEF}"
+            ),
             Self::ActionChunk => format!("{own}{SEPARATOR}{TIME_DEF}"),
             Self::String => own.to_owned(),
         }
@@ -253,6 +330,7 @@ impl MessageKind {
             Self::CompressedImage => AnyMessage::CompressedImage(decode(payload)?),
             Self::Image => AnyMessage::Image(decode(payload)?),
             Self::JointState => AnyMessage::JointState(decode(payload)?),
+            Self::Imu => AnyMessage::Imu(decode(payload)?),
             Self::String => AnyMessage::String(decode(payload)?),
             Self::ActionChunk => AnyMessage::ActionChunk(decode(payload)?),
         })
@@ -274,7 +352,9 @@ pub enum AnyMessage {
     Image(Image),
     /// Proprioception.
     JointState(JointState),
-    /// Status text.
+    /// Inertial measurements.
+    Imu(Imu),
+    /// Status or instruction text.
     String(StringMsg),
     /// An action chunk.
     ActionChunk(ActionChunk),
@@ -288,6 +368,7 @@ impl AnyMessage {
             Self::CompressedImage(_) => MessageKind::CompressedImage,
             Self::Image(_) => MessageKind::Image,
             Self::JointState(_) => MessageKind::JointState,
+            Self::Imu(_) => MessageKind::Imu,
             Self::String(_) => MessageKind::String,
             Self::ActionChunk(_) => MessageKind::ActionChunk,
         }
@@ -300,6 +381,7 @@ impl AnyMessage {
             Self::CompressedImage(m) => Some(m.header.stamp),
             Self::Image(m) => Some(m.header.stamp),
             Self::JointState(m) => Some(m.header.stamp),
+            Self::Imu(m) => Some(m.header.stamp),
             Self::String(_) => None,
             Self::ActionChunk(m) => Some(m.stamp),
         }
@@ -438,6 +520,15 @@ impl RosMessage for JointState {
             }
         }
         Ok(())
+    }
+}
+
+impl RosMessage for Imu {
+    const TYPE_NAME: &'static str = "sensor_msgs/msg/Imu";
+    const KIND: MessageKind = MessageKind::Imu;
+
+    fn size_hint(&self) -> usize {
+        64 + self.header.frame_id.len() + 8 * (4 + 3 + 3 + 27)
     }
 }
 
@@ -635,6 +726,56 @@ mod tests {
         want.extend((-2.0f64).to_le_bytes());
         assert_eq!(bytes, want);
         assert_eq!(decode::<JointState>(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn imu_byte_layout_fixed_arrays_and_alignment() {
+        let mut cov = [0.0; 9];
+        cov[0] = 0.5;
+        cov[8] = 2.0;
+        let msg = Imu {
+            header: header(1, 2, "imu0"),
+            orientation: Quaternion::default(),
+            orientation_covariance: COVARIANCE_NOT_PROVIDED,
+            angular_velocity: Vector3 {
+                x: 0.1,
+                y: -0.2,
+                z: 0.3,
+            },
+            angular_velocity_covariance: cov,
+            linear_acceleration: Vector3 {
+                x: 9.0,
+                y: 0.0,
+                z: -3.5,
+            },
+            linear_acceleration_covariance: [0.0; 9],
+        };
+        let bytes = encode(&msg).unwrap();
+        let mut want: Vec<u8> = vec![0x00, 0x01, 0x00, 0x00];
+        want.extend([1, 0, 0, 0, 2, 0, 0, 0]); // stamp
+        want.extend([5, 0, 0, 0, b'i', b'm', b'u', b'0', 0]); // frame_id, ends at body 17
+        want.extend([0; 7]); // pad to 8 (body offset 24): the quaternion's doubles
+        let f = |w: &mut Vec<u8>, v: &[f64]| v.iter().for_each(|x| w.extend(x.to_le_bytes()));
+        f(&mut want, &[0.0, 0.0, 0.0, 1.0]);
+        f(&mut want, &COVARIANCE_NOT_PROVIDED); // fixed array: no count
+        f(&mut want, &[0.1, -0.2, 0.3]);
+        f(&mut want, &cov);
+        f(&mut want, &[9.0, 0.0, -3.5]);
+        f(&mut want, &[0.0; 9]);
+        assert_eq!(bytes.len(), 4 + 320);
+        assert_eq!(bytes, want);
+        assert_eq!(decode::<Imu>(&bytes).unwrap(), msg);
+        assert_eq!(
+            MessageKind::Imu.decode(&bytes).unwrap().stamp(),
+            Some(Time { sec: 1, nanosec: 2 })
+        );
+        let schema = MessageKind::Imu.ros2msg_schema();
+        assert!(schema.contains("\nfloat64[9] orientation_covariance\n"));
+        assert!(schema.contains("MSG: geometry_msgs/Vector3\n"));
+        assert_eq!(
+            MessageKind::from_type_name("sensor_msgs/Imu"),
+            Some(MessageKind::Imu)
+        );
     }
 
     #[test]

@@ -170,9 +170,15 @@ impl<W: Write + Seek> McapRecorder<W> {
         let kind = parse_key(&self.config.prefix, key)
             .and_then(|topic| resolve_kind(key, &topic, encoding))
             .ok();
+        let id = self.channel_of(key, kind, encoding)?;
+        Ok((id, kind))
+    }
+
+    /// The channel of `key` carrying `kind` (or, with no kind, the raw `encoding`).
+    fn channel_of(&mut self, key: &str, kind: Option<MessageKind>, encoding: &str) -> Result<u16> {
         let label = kind.map_or_else(|| encoding.to_owned(), |k| k.type_name().to_owned());
         if let Some(&id) = self.channels.get(&(key.to_owned(), label.clone())) {
-            return Ok((id, kind));
+            return Ok(id);
         }
         let id = match kind {
             Some(kind) => {
@@ -199,7 +205,7 @@ impl<W: Write + Seek> McapRecorder<W> {
         };
         self.channels.insert((key.to_owned(), label), id);
         self.summary.channels = self.channels.len();
-        Ok((id, kind))
+        Ok(id)
     }
 
     /// Writes one sample received at `log_time_ns`.
@@ -214,6 +220,33 @@ impl<W: Write + Seek> McapRecorder<W> {
         log_time_ns: u64,
     ) -> Result<()> {
         let (channel_id, kind) = self.channel(key, encoding)?;
+        self.write_on(channel_id, kind, payload, log_time_ns)
+    }
+
+    /// Writes one CDR message of a known `kind` on `key`, whether or not `key` is in the
+    /// recorder's key space (importers of other datasets use this: the channel gets `kind`'s
+    /// ROS 2 schema either way). Publish time is the message's stamp, as in [`Self::write`].
+    ///
+    /// # Errors
+    /// [`TransportError::Mcap`] (I/O or too many channels).
+    pub fn write_typed(
+        &mut self,
+        key: &str,
+        kind: MessageKind,
+        payload: &[u8],
+        log_time_ns: u64,
+    ) -> Result<()> {
+        let channel_id = self.channel_of(key, Some(kind), "")?;
+        self.write_on(channel_id, Some(kind), payload, log_time_ns)
+    }
+
+    fn write_on(
+        &mut self,
+        channel_id: u16,
+        kind: Option<MessageKind>,
+        payload: &[u8],
+        log_time_ns: u64,
+    ) -> Result<()> {
         let publish_time = kind
             .and_then(|k| peek_stamp(k, payload))
             .map_or(log_time_ns, Time::as_nanos);
@@ -407,6 +440,36 @@ mod tests {
         assert!(msgs[2].channel.schema.is_none());
         assert_eq!(msgs[2].channel.message_encoding, "text/plain");
         assert_eq!(msgs[2].publish_time, 30);
+    }
+
+    #[test]
+    fn write_typed_gives_keys_outside_the_key_space_a_schema() {
+        let mut rec =
+            McapRecorder::new(Cursor::new(Vec::new()), RecorderConfig::default()).unwrap();
+        let imu = encode(&crate::msg::Imu {
+            header: Header {
+                stamp: Time { sec: 4, nanosec: 1 },
+                frame_id: "imu0".into(),
+            },
+            ..crate::msg::Imu::default()
+        })
+        .unwrap();
+        rec.write_typed("robot/a/imu/imu0", MessageKind::Imu, &imu, 7)
+            .unwrap();
+        rec.write_typed("robot/a/imu/imu0", MessageKind::Imu, &imu, 8)
+            .unwrap();
+        let (summary, out) = rec.finish().unwrap();
+        assert_eq!((summary.messages, summary.channels), (2, 1));
+        let bytes = out.into_inner();
+        let msgs: Vec<_> = mcap::MessageStream::new(&bytes)
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        let schema = msgs[0].channel.schema.as_ref().unwrap();
+        assert_eq!(schema.name, "sensor_msgs/msg/Imu");
+        assert_eq!(msgs[0].channel.message_encoding, "cdr");
+        assert_eq!(msgs[0].publish_time, 4_000_000_001);
+        assert_eq!((msgs[0].sequence, msgs[1].sequence), (1, 2));
     }
 
     #[test]

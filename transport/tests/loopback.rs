@@ -612,6 +612,43 @@ fn python_zenoh_and_rosbags_frames_decode_exactly() -> Result<()> {
     Ok(())
 }
 
+/// `sensor_msgs/Imu` (fixed `float64[9]` arrays, nested messages, padding after the frame id)
+/// encodes to exactly the bytes `rosbags` writes, and decodes back from them.
+#[test]
+fn imu_cdr_bytes_equal_rosbags() -> Result<()> {
+    if !python_with("rosbags, numpy")? {
+        return Ok(());
+    }
+    let child = Command::new("python3")
+        .arg(repo_root().join("tools/rosbags_cdr.py"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = wait_with_timeout(child, Duration::from_secs(60))?;
+    if !out.status.success() {
+        bail!(
+            "rosbags_cdr.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut n = 0;
+    for line in String::from_utf8(out.stdout)?.lines() {
+        let v: Value = serde_json::from_str(line)?;
+        assert_eq!(v["type"], "sensor_msgs/msg/Imu");
+        let msg: transport::msg::Imu = serde_json::from_value(v["fields"].clone())?;
+        let hex = v["cdr_hex"].as_str().context("cdr_hex")?;
+        let want: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+            .collect::<Result<_, _>>()?;
+        assert_eq!(encode(&msg)?, want, "{}", msg.header.frame_id);
+        assert_eq!(transport::msg::decode::<transport::msg::Imu>(&want)?, msg);
+        n += 1;
+    }
+    assert_eq!(n, 4);
+    Ok(())
+}
+
 fn wait_with_timeout(
     mut child: std::process::Child,
     timeout: Duration,
@@ -635,6 +672,7 @@ fn fields_json(m: &AnyMessage) -> Result<Value> {
         AnyMessage::CompressedImage(x) => serde_json::to_value(x)?,
         AnyMessage::Image(x) => serde_json::to_value(x)?,
         AnyMessage::JointState(x) => serde_json::to_value(x)?,
+        AnyMessage::Imu(x) => serde_json::to_value(x)?,
         AnyMessage::String(x) => serde_json::to_value(x)?,
         AnyMessage::ActionChunk(x) => serde_json::to_value(x)?,
     })
