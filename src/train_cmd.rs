@@ -9,8 +9,9 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Deserialize;
-use trainer::task::{Episode, TaskConfig};
-use trainer::train::{Batch, TrainConfig};
+use trainer::data::{Prefetch, StepWeights};
+use trainer::task::TaskConfig;
+use trainer::train::TrainConfig;
 
 use crate::model_cmd::read_named;
 
@@ -48,28 +49,14 @@ struct TrainingFile {
     task: String,
     batch_size: usize,
     seed: u64,
+    /// Loss weight of the go-phase steps relative to the steps before the go signal.
+    #[serde(default = "one")]
+    go_step_weight: f32,
     optimizer: TrainConfig,
 }
 
-/// Episodes `seeds` as one training batch (images through the vision preprocessor).
-fn episode_batch(task: &TaskConfig, seeds: impl Iterator<Item = u64>) -> Result<Batch> {
-    let preprocess = vision::PreprocessConfig::default();
-    let mut batch = Batch::default();
-    for seed in seeds {
-        let episode =
-            Episode::generate(task, seed).with_context(|| format!("episode seed {seed}"))?;
-        batch.steps = episode.steps.len();
-        batch.instructions.push(episode.instruction.clone());
-        for step in &episode.steps {
-            batch.patches.extend(step.patches(&preprocess)?);
-            batch
-                .camera_present
-                .extend(std::iter::repeat_n(true, step.images.len()));
-            batch.proprio.extend_from_slice(&step.proprio);
-            batch.actions.extend_from_slice(&step.expert_action);
-        }
-    }
-    Ok(batch)
+fn one() -> f32 {
+    1.0
 }
 
 pub(crate) fn train(args: &TrainArgs, out: &mut impl Write) -> Result<()> {
@@ -125,26 +112,58 @@ fn run<B: AutodiffBackend>(
     let task = TaskConfig::from_toml(&read_named(&file.task, configs::task_preset(&file.task))?)
         .with_context(|| format!("task config {}", file.task))?;
 
+    if optimizer.cue_loss_weight > 0.0 && model_config.cue_classes == 0 {
+        // The auxiliary cue loss needs the cue-recall head: one class per target pad.
+        model_config.cue_classes = task.n_targets;
+    }
+    if !(file.go_step_weight.is_finite() && file.go_step_weight >= 0.0) {
+        bail!("invalid config key `go_step_weight`: must be a finite number ≥ 0");
+    }
+
     B::seed(&device, file.seed);
     let model = model_config.init::<B>(&device);
-    let batch_size = file.batch_size as u64;
     let base_seed = file.seed.wrapping_mul(1_000_003);
-    let next_batch = |iteration: usize| -> trainer::Result<Batch> {
-        let first = base_seed.wrapping_add(iteration as u64 * batch_size);
-        episode_batch(&task, first..first + batch_size)
-            .map_err(|e| trainer::Error::config("task", format!("{e:#}")))
-    };
+    // Episodes are rendered on the CPU's cores two batches ahead of the device.
+    let mut prefetch = Prefetch::start(
+        task.clone(),
+        base_seed,
+        file.batch_size,
+        StepWeights {
+            go: file.go_step_weight,
+        },
+        0..optimizer.iterations,
+        2,
+    );
+    let tokens_per_batch = (file.batch_size
+        * (model_config.max_sink_tokens()
+            + task.episode_steps * (model_config.tokens_per_step() + model_config.n_readout)))
+        as f64;
     let mut progress = crate::progress::bar(optimizer.iterations as u64, "training", args.quiet);
     let started = Instant::now();
+    let mut metrics = String::from("iteration,loss,learning_rate,elapsed_s,tokens_per_s\n");
     let (model, report) = trainer::train::train(
         model,
         &optimizer,
-        next_batch,
-        |iteration, loss| progress.step(iteration as u64 + 1, &format!("loss {loss:.4e}")),
+        |iteration| prefetch.get(iteration),
+        |iteration, loss| {
+            let elapsed = started.elapsed().as_secs_f64();
+            let rate = tokens_per_batch * (iteration + 1) as f64 / elapsed.max(1e-9);
+            metrics.push_str(&format!(
+                "{iteration},{loss:e},{:e},{elapsed:.3},{rate:.1}\n",
+                optimizer.learning_rate_at(iteration)
+            ));
+            progress.step(
+                iteration as u64 + 1,
+                &format!("loss {loss:.4e}, {rate:.0} tokens/s"),
+            );
+        },
         &device,
     )?;
     progress.finish();
     runtime::checkpoint::save(&model, &args.out)?;
+    let metrics_path = args.out.join("metrics.csv");
+    std::fs::write(&metrics_path, metrics)
+        .with_context(|| format!("writing {}", metrics_path.display()))?;
     if args.eval_episodes > 0 {
         use burn::module::AutodiffModule;
         // Evaluation seeds start far from the training ones.
@@ -162,6 +181,13 @@ fn run<B: AutodiffBackend>(
             report.episodes,
             100.0 * report.success_rate()
         )?;
+        if let Some(hits) = report.cue_correct {
+            writeln!(
+                out,
+                "cue recall at the last step: {hits}/{} episodes",
+                report.episodes
+            )?;
+        }
     }
     let first = report.losses.first().copied().unwrap_or(f64::NAN);
     let last = report.losses.last().copied().unwrap_or(f64::NAN);

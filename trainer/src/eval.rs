@@ -17,6 +17,9 @@ pub struct EvalReport {
     pub episodes: usize,
     /// Episodes that ended on the target.
     pub successes: usize,
+    /// Episodes whose cue-recall head named the cued pad at the last step (models with a
+    /// cue head only).
+    pub cue_correct: Option<usize>,
 }
 
 impl EvalReport {
@@ -50,6 +53,7 @@ pub fn closed_loop<B: Backend>(
     for seed in seeds {
         let mut sim = Sim::with_task(task.clone(), seed)?;
         model.start_episode(&sim.info().instruction, &mut stream)?;
+        let recalled;
         loop {
             let step = sim.observe();
             let patches = step.patches(&preprocess)?;
@@ -63,14 +67,29 @@ pub fn closed_loop<B: Backend>(
                 &mut stream,
             )?;
             if sim.is_last() {
+                recalled = out.cue_logits.map(|logits| argmax(&logits) == sim.target());
                 break;
             }
             sim.step(&out.action.values)?;
         }
         report.episodes += 1;
         report.successes += usize::from(sim.success());
+        if let Some(hit) = recalled {
+            *report.cue_correct.get_or_insert(0) += usize::from(hit);
+        }
     }
     Ok(report)
+}
+
+/// Index of the largest value (the first on ties; 0 for an empty slice).
+fn argmax(values: &[f32]) -> usize {
+    values
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
+            if v > best.1 { (i, v) } else { best }
+        })
+        .0
 }
 
 #[cfg(test)]

@@ -3,11 +3,14 @@
 //!
 //! Layout:
 //! - [`train`]: the single-device training loop (AdamW on the action-chunk MSE of every step).
+//! - [`data`]: training batches from the task (parallel episode generation, loss weights,
+//!   cue labels, a background prefetcher).
 //! - [`task`]: the procedural multi-camera memory task (scene, renderer, expert, closed-loop
 //!   simulator, needle-in-a-haystack episodes), deterministic from a seed.
 //! - [`eval`]: closed-loop evaluation of a model on the task's simulator.
 //! - [`error`]: the crate's error type.
 
+pub mod data;
 pub mod error;
 pub mod eval;
 pub mod task;

@@ -1,14 +1,16 @@
 //! The training loop on one device: AdamW on the mean squared error between the action chunks
 //! the model predicts at every frame-step (`Vla::forward_train`, one forward pass per batch)
-//! and the expert's.
+//! and the expert's, weighted per step, plus (for a model with a cue-recall head) a
+//! cross-entropy loss on the cue class at the steps that have one.
 //!
 //! Data comes from a caller-supplied closure returning a [`Batch`] per iteration, so the same
 //! loop trains on the synthetic task, on recorded data, or on a fixed batch in tests. Ring
 //! attention across devices (`runtime::ring`) is not wired into this loop yet.
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::ElementConversion;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use runtime::host::float_tensor;
 use runtime::model::{TrainBatch, Vla};
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,10 @@ pub struct TrainConfig {
     /// Clip the gradient norm to this value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_clip_norm: Option<f64>,
+    /// Weight of the cue-recall cross-entropy relative to the action loss (0: not trained;
+    /// needs a model with `cue_classes > 0` to matter).
+    #[serde(default)]
+    pub cue_loss_weight: f64,
 }
 
 impl TrainConfig {
@@ -55,6 +61,12 @@ impl TrainConfig {
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             return Err(Error::config("weight_decay", "must be a finite number ≥ 0"));
+        }
+        if !(self.cue_loss_weight.is_finite() && self.cue_loss_weight >= 0.0) {
+            return Err(Error::config(
+                "cue_loss_weight",
+                "must be a finite number ≥ 0",
+            ));
         }
         if let Some(clip) = self.grad_clip_norm
             && !(clip.is_finite() && clip > 0.0)
@@ -95,6 +107,11 @@ pub struct Batch {
     pub proprio: Vec<f32>,
     /// Expert action chunks `[batch, steps, horizon · action_dim]`.
     pub actions: Vec<f32>,
+    /// Loss weight of every step `[batch, steps]` (empty: all 1).
+    pub weights: Vec<f32>,
+    /// Cue class of every step `[batch, steps]`, −1 where there is none yet (empty: no cue
+    /// loss).
+    pub cue_targets: Vec<i64>,
 }
 
 /// What a training run reports.
@@ -143,20 +160,7 @@ pub fn train<B: AutodiffBackend>(
             .into());
         }
         runtime::Error::check_finite("expert actions", &batch.actions)?;
-        let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
-        let predicted = model.forward_train(
-            &TrainBatch {
-                instructions: &instructions,
-                steps: batch.steps,
-                patches: &batch.patches,
-                camera_present: &batch.camera_present,
-                proprio: &batch.proprio,
-            },
-            device,
-        )?;
-        let target =
-            float_tensor::<B, f32, 3>(batch.actions, [n, batch.steps, action_values], device);
-        let loss = (predicted - target).powi_scalar(2).mean();
+        let loss = batch_loss(&model, &batch, config.cue_loss_weight, device)?;
         let value: f64 = loss.clone().into_scalar().elem();
         if !value.is_finite() {
             return Err(Error::NonFinite {
@@ -170,6 +174,84 @@ pub fn train<B: AutodiffBackend>(
         on_step(iteration, value);
     }
     Ok((model, report))
+}
+
+/// The training loss of `model` on `batch`: the step-weighted mean squared action error, plus
+/// `cue_weight` × the mean cue cross-entropy over the steps with a cue class.
+///
+/// # Errors
+/// [`Error::Runtime`] for a batch the model rejects, [`Error::Input`] for weights or cue
+/// labels of the wrong length or out of range.
+pub fn batch_loss<B: Backend>(
+    model: &Vla<B>,
+    batch: &Batch,
+    cue_weight: f64,
+    device: &B::Device,
+) -> Result<Tensor<B, 1>> {
+    let n = batch.instructions.len();
+    let steps = batch.steps;
+    let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
+    let out = model.forward_train(
+        &TrainBatch {
+            instructions: &instructions,
+            steps,
+            patches: &batch.patches,
+            camera_present: &batch.camera_present,
+            proprio: &batch.proprio,
+        },
+        device,
+    )?;
+    let values = model.config().action_values();
+    let target = float_tensor::<B, f32, 3>(batch.actions.clone(), [n, steps, values], device);
+    let per_step = (out.actions - target).powi_scalar(2).mean_dim(2); // [n, steps, 1]
+    let action_loss = if batch.weights.is_empty() {
+        per_step.mean()
+    } else {
+        if batch.weights.len() != n * steps || batch.weights.iter().any(|w| !(*w >= 0.0)) {
+            return Err(Error::Input {
+                what: "step weights",
+                reason: format!("need {} finite weights ≥ 0", n * steps),
+            });
+        }
+        let total: f32 = batch.weights.iter().sum();
+        let w = float_tensor::<B, f32, 3>(batch.weights.clone(), [n, steps, 1], device);
+        (per_step * w)
+            .sum()
+            .div_scalar(total.max(f32::MIN_POSITIVE))
+    };
+    let Some(logits) = out.cue_logits.filter(|_| cue_weight > 0.0) else {
+        return Ok(action_loss);
+    };
+    if batch.cue_targets.is_empty() {
+        return Ok(action_loss);
+    }
+    let classes = model.config().cue_classes;
+    if batch.cue_targets.len() != n * steps
+        || batch
+            .cue_targets
+            .iter()
+            .any(|&c| c < -1 || c >= classes as i64)
+    {
+        return Err(Error::Input {
+            what: "cue labels",
+            reason: format!("need {} labels in -1..{classes}", n * steps),
+        });
+    }
+    let labelled = batch.cue_targets.iter().filter(|&&c| c >= 0).count();
+    if labelled == 0 {
+        return Ok(action_loss);
+    }
+    let mask: Vec<f32> = batch
+        .cue_targets
+        .iter()
+        .map(|&c| if c >= 0 { 1.0 } else { 0.0 })
+        .collect();
+    let index: Vec<i64> = batch.cue_targets.iter().map(|&c| c.max(0)).collect();
+    let index = Tensor::<B, 2, Int>::from_data(TensorData::new(index, [n * steps, 1]), device);
+    let log_p = log_softmax(logits.reshape([n * steps, classes]), 1).gather(1, index);
+    let mask = float_tensor::<B, f32, 2>(mask, [n * steps, 1], device);
+    let cue_loss = (log_p * mask).sum().neg().div_scalar(labelled as f32);
+    Ok(action_loss + cue_loss.mul_scalar(cue_weight as f32))
 }
 
 #[cfg(test)]
@@ -230,6 +312,7 @@ mod tests {
             camera_present: vec![true; episodes * steps * c.n_cameras],
             proprio,
             actions,
+            ..Batch::default()
         }
     }
 
@@ -248,6 +331,7 @@ mod tests {
             warmup: 10,
             weight_decay: 0.0,
             grad_clip_norm: Some(1.0),
+            cue_loss_weight: 0.0,
         };
         let (_, report) =
             train(model, &config, |_| Ok(batch.clone()), |_, _| {}, &device).expect("train");
@@ -270,6 +354,7 @@ mod tests {
             warmup: 0,
             weight_decay: 0.0,
             grad_clip_norm: None,
+            cue_loss_weight: 0.0,
         };
         let bad_lr = TrainConfig {
             learning_rate: -1.0,
@@ -314,6 +399,86 @@ mod tests {
         );
     }
 
+    /// The loss equals a direct f64 computation from the model's outputs: step-weighted MSE
+    /// plus the weighted mean cross-entropy over the labelled steps.
+    #[test]
+    fn loss_matches_a_direct_computation() {
+        type Plain = NdArray<f32>;
+        let device = Default::default();
+        let mut c = tiny_model_config();
+        c.cue_classes = 3;
+        let model = c.init::<Plain>(&device);
+        let mut batch = fixed_batch(&c);
+        let rows = batch.instructions.len() * batch.steps;
+        batch.weights = (0..rows).map(|i| 0.5 + i as f32).collect();
+        batch.cue_targets = (0..rows as i64).map(|i| (i % 4) - 1).collect();
+        let got: f64 = batch_loss(&model, &batch, 0.7, &device)
+            .expect("loss")
+            .into_scalar()
+            .elem();
+        let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
+        let out = model
+            .forward_train(
+                &TrainBatch {
+                    instructions: &instructions,
+                    steps: batch.steps,
+                    patches: &batch.patches,
+                    camera_present: &batch.camera_present,
+                    proprio: &batch.proprio,
+                },
+                &device,
+            )
+            .expect("forward");
+        let host = |t: Tensor<Plain, 3>| -> Vec<f64> {
+            let v = t
+                .into_data()
+                .convert::<f32>()
+                .into_vec::<f32>()
+                .expect("data");
+            v.into_iter().map(f64::from).collect()
+        };
+        let actions = host(out.actions);
+        let logits = host(out.cue_logits.expect("cue head"));
+        let a = c.action_values();
+        let (mut weighted, mut total) = (0.0, 0.0);
+        let (mut ce, mut labelled) = (0.0, 0.0);
+        for row in 0..rows {
+            let mse = (0..a)
+                .map(|j| (actions[row * a + j] - f64::from(batch.actions[row * a + j])).powi(2))
+                .sum::<f64>()
+                / a as f64;
+            let w = f64::from(batch.weights[row]);
+            weighted += w * mse;
+            total += w;
+            let label = batch.cue_targets[row];
+            if label >= 0 {
+                let z = &logits[row * 3..row * 3 + 3];
+                let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                ce += lse - z[label as usize];
+                labelled += 1.0;
+            }
+        }
+        let want = weighted / total + 0.7 * ce / labelled;
+        assert!(
+            ((got - want) / want).abs() < 1e-5,
+            "loss {got} vs direct {want}"
+        );
+        // Labels out of range and weights of the wrong length are errors.
+        let mut bad = batch.clone();
+        bad.cue_targets[0] = 3;
+        assert!(matches!(
+            batch_loss(&model, &bad, 0.7, &device),
+            Err(Error::Input { .. })
+        ));
+        let mut bad = batch;
+        bad.weights.pop();
+        assert!(matches!(
+            batch_loss(&model, &bad, 0.7, &device),
+            Err(Error::Input { .. })
+        ));
+    }
+
     #[test]
     fn schedule_warms_up_then_decays() {
         let config = TrainConfig {
@@ -322,6 +487,7 @@ mod tests {
             warmup: 10,
             weight_decay: 0.0,
             grad_clip_norm: None,
+            cue_loss_weight: 0.0,
         };
         assert!((config.learning_rate_at(0) - 0.1).abs() < 1e-12);
         assert!((config.learning_rate_at(9) - 1.0).abs() < 1e-12);

@@ -11,6 +11,10 @@ pub const INSTRUCTION_VOCAB: usize = 257;
 /// The beginning-of-instruction token id (always the first sink token).
 pub const BOS_TOKEN: usize = 256;
 
+fn is_zero(v: &usize) -> bool {
+    *v == 0
+}
+
 fn default_rms_norm_eps() -> f64 {
     1e-5
 }
@@ -53,6 +57,12 @@ pub struct VlaConfig {
     pub horizon: usize,
     /// Values per action.
     pub action_dim: usize,
+    /// Classes of the optional cue-recall head (0: none). It reads the same readouts as the
+    /// action head and names what the history holds (for the memory task: which pad was
+    /// cued); training gives it an auxiliary cross-entropy loss and evaluations read it
+    /// directly.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cue_classes: usize,
     /// Largest position span (query-key distance) the model is run at; defaults to
     /// `rope.max_position_embeddings`. Dynamic NTK only changes frequencies past
     /// `rope.max_position_embeddings`, so with `rope_type = "dynamic"` set this above it.

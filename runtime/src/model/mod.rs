@@ -119,6 +119,9 @@ pub struct Vla<B: Backend> {
     pub norm: RmsNorm<B>,
     /// Readouts (flattened) → action chunk `[n_readout · d_model, horizon · action_dim]`.
     pub action_head: Linear<B>,
+    /// Readouts (flattened) → cue-class logits `[n_readout · d_model, cue_classes]`, when
+    /// `cue_classes > 0`.
+    pub cue_head: Option<Linear<B>>,
     #[module(skip)]
     config: VlaConfig,
 }
@@ -152,6 +155,8 @@ pub struct StepOutput<B: Backend> {
     pub action: ActionChunk,
     /// Final-norm hidden states of the readout tokens `[1, n_readout, d_model]`.
     pub readout: Tensor<B, 3>,
+    /// Cue-class logits `[cue_classes]` from the cue-recall head, if the model has one.
+    pub cue_logits: Option<Vec<f32>>,
 }
 
 /// The rolling context of one episode: the KV cache plus the rotary table it is read with.
@@ -180,6 +185,11 @@ impl<B: Backend> Stream<B> {
     /// The cache (bytes, frames, stats).
     pub fn cache(&self) -> &KvCache {
         &self.cache
+    }
+
+    /// The cache, mutable (benchmarks fill it with synthetic frame-steps).
+    pub(crate) fn cache_mut(&mut self) -> &mut KvCache {
+        &mut self.cache
     }
 
     /// Rotary table for positions `0..seq_len` with the frequencies `seq_len` calls for
@@ -405,6 +415,8 @@ impl VlaConfig {
             layers,
             norm: norm(),
             action_head: linear(self.n_readout * d, self.action_values(), true, std, device),
+            cue_head: (self.cue_classes > 0)
+                .then(|| linear(self.n_readout * d, self.cue_classes, true, std, device)),
             config: self.clone(),
         };
         // burn initializes Linear weights lazily, and a clone of an uninitialized parameter
@@ -602,6 +614,29 @@ impl<B: Backend> Vla<B> {
         self.action_head.forward(readout.reshape([batch, r * d]))
     }
 
+    /// Readout hidden states `[1, n_readout, d_model]` → the step's outputs.
+    fn step_output(&self, readout: Tensor<B, 3>) -> Result<StepOutput<B>> {
+        let cue_logits = match &self.cue_head {
+            Some(head) => {
+                let [batch, r, d] = readout.dims();
+                let logits = head
+                    .forward(readout.clone().reshape([batch, r * d]))
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| Error::shape("cue head", format!("{e:?}")))?;
+                Error::check_finite("model output (cue logits)", &logits)?;
+                Some(logits)
+            }
+            None => None,
+        };
+        Ok(StepOutput {
+            action: self.action_chunk(readout.clone())?,
+            readout,
+            cue_logits,
+        })
+    }
+
     fn action_chunk(&self, readout: Tensor<B, 3>) -> Result<ActionChunk> {
         let c = &self.config;
         let values = self
@@ -687,10 +722,7 @@ impl<B: Backend> Vla<B> {
         let [_, t, d] = hidden.dims();
         let r = self.config.n_readout;
         let readout = hidden.slice([0..1, t - r..t, 0..d]);
-        Ok(StepOutput {
-            action: self.action_chunk(readout.clone())?,
-            readout,
-        })
+        self.step_output(readout)
     }
 
     /// Runs `x` (`[1, t, d_model]`) through the backbone on top of the cache, storing the first
@@ -759,10 +791,7 @@ impl<B: Backend> Vla<B> {
         let hidden = self.backbone(x, &table, causal_bias::<B>(0, n, device))?;
         let r = self.config.n_readout;
         let readout = hidden.slice([0..1, n - r..n, 0..d]);
-        Ok(StepOutput {
-            action: self.action_chunk(readout.clone())?,
-            readout,
-        })
+        self.step_output(readout)
     }
 }
 
@@ -781,6 +810,15 @@ pub struct TrainBatch<'a> {
     pub proprio: &'a [f32],
 }
 
+/// What the training forward pass predicts at every step of every episode.
+#[derive(Clone, Debug)]
+pub struct TrainOutput<B: Backend> {
+    /// Action chunks `[batch, steps, horizon · action_dim]`.
+    pub actions: Tensor<B, 3>,
+    /// Cue-class logits `[batch, steps, cue_classes]`, if the model has a cue-recall head.
+    pub cue_logits: Option<Tensor<B, 3>>,
+}
+
 /// Where each token of one training sequence sits and what it may see.
 struct TrainLayout {
     /// Position of every token (readouts share positions with the next step's first tokens,
@@ -789,11 +827,10 @@ struct TrainLayout {
     /// Additive bias `[len, len]`: causal, except that no token sees an earlier step's readouts
     /// or the padding after a short instruction.
     bias: Vec<f32>,
-    /// Sequence index of each step's first readout token.
-    readout_starts: Vec<usize>,
 }
 
-/// Layout of a sequence whose instruction has `sinks` tokens, padded to `padded_sinks`.
+/// Layout of a sequence whose instruction has `sinks` tokens, padded to `padded_sinks`, then
+/// `steps` × (`step_tokens` step tokens, `readouts` readout tokens).
 fn train_layout(
     sinks: usize,
     padded_sinks: usize,
@@ -808,12 +845,10 @@ fn train_layout(
     group.extend(std::iter::repeat_n(PAD, padded_sinks - sinks));
     let mut positions: Vec<i64> = (0..sinks as i64).collect();
     positions.extend(std::iter::repeat_n(0, padded_sinks - sinks));
-    let mut readout_starts = Vec::with_capacity(steps);
     for k in 0..steps {
         let first = (sinks + k * step_tokens) as i64;
         positions.extend(first..first + step_tokens as i64);
         group.extend(std::iter::repeat_n(0, step_tokens));
-        readout_starts.push(group.len());
         let after = first + step_tokens as i64;
         positions.extend(after..after + readouts as i64);
         group.extend(std::iter::repeat_n(k + 1, readouts));
@@ -827,21 +862,17 @@ fn train_layout(
             }
         }
     }
-    TrainLayout {
-        positions,
-        bias,
-        readout_starts,
-    }
+    TrainLayout { positions, bias }
 }
 
 impl<B: Backend> Vla<B> {
-    /// The action chunk predicted at every step of every episode, in one forward pass (the
-    /// training path). Each step's readouts see the instruction and the step tokens up to and
-    /// including their own step, exactly as [`forward_step`](Self::forward_step) does with a
-    /// cache that evicts nothing.
+    /// The action chunk (and cue logits) predicted at every step of every episode, in one
+    /// forward pass (the training path). Each step's readouts see the instruction and the step
+    /// tokens up to and including their own step, exactly as
+    /// [`forward_step`](Self::forward_step) does with a cache that evicts nothing.
     ///
-    /// # Shapes
-    /// - output: `[batch, steps, horizon · action_dim]`
+    /// All steps are embedded in one batched call; the sequence of an episode is
+    /// `[instruction (padded), step 0 tokens, step 0 readouts, step 1 tokens, …]`.
     ///
     /// Instructions of different lengths are padded to the longest; the padding is masked from
     /// every token and positions continue from each episode's own instruction length.
@@ -853,7 +884,7 @@ impl<B: Backend> Vla<B> {
         &self,
         batch: &TrainBatch<'_>,
         device: &B::Device,
-    ) -> Result<Tensor<B, 3>> {
+    ) -> Result<TrainOutput<B>> {
         let c = &self.config;
         let n_batch = batch.instructions.len();
         let steps = batch.steps;
@@ -884,51 +915,60 @@ impl<B: Backend> Vla<B> {
             .collect::<Result<_>>()?;
         // Shorter instructions are padded to the longest; padding is masked from every token.
         let padded_sinks = ids.iter().map(Vec::len).max().unwrap_or(1);
-        // Step tokens for every (episode, step), through the same path as inference.
-        let mut step_tokens = Vec::with_capacity(n_batch * steps);
-        for e in 0..n_batch {
-            for k in 0..steps {
-                let at = e * steps + k;
-                let step = StepInput {
-                    patches: &batch.patches[at * per_step..(at + 1) * per_step],
-                    camera_present: &batch.camera_present[at * c.n_cameras..(at + 1) * c.n_cameras],
-                    proprio: &batch.proprio[at * c.proprio_dim..(at + 1) * c.proprio_dim],
-                };
-                self.check_step(&step)?;
-                step_tokens.push(self.step_tokens(&step, device));
+        let rows = n_batch * steps;
+        for at in 0..rows {
+            self.check_step(&StepInput {
+                patches: &batch.patches[at * per_step..(at + 1) * per_step],
+                camera_present: &batch.camera_present[at * c.n_cameras..(at + 1) * c.n_cameras],
+                proprio: &batch.proprio[at * c.proprio_dim..(at + 1) * c.proprio_dim],
+            })?;
+        }
+        // Step tokens of every (episode, step) in one batched embedding; missing cameras'
+        // patches are zeroed (they may hold anything), the missing embedding replaces them.
+        let n_patches = c.n_cameras * c.patches_per_camera;
+        let per_camera = c.patches_per_camera * c.patch_dim;
+        let mut values = batch.patches.to_vec();
+        for (slot, present) in batch.camera_present.iter().enumerate() {
+            if !present {
+                values[slot * per_camera..(slot + 1) * per_camera].fill(0.0);
             }
         }
-        let readout = self.readout_tokens(1);
-        let mut rows = Vec::with_capacity(n_batch);
-        for (e, episode_ids) in ids.iter().enumerate() {
-            let mut parts = vec![self.embed_instruction(episode_ids, device)];
-            if episode_ids.len() < padded_sinks {
-                parts.push(Tensor::zeros(
-                    [1, padded_sinks - episode_ids.len(), c.d_model],
-                    device,
-                ));
-            }
-            for k in 0..steps {
-                parts.push(step_tokens[e * steps + k].clone());
-                parts.push(readout.clone());
-            }
-            rows.push(Tensor::cat(parts, 1));
-        }
-        let x = Tensor::cat(rows, 0); // [batch, len, d_model]
-        let layouts: Vec<TrainLayout> = ids
+        let mask: Vec<f32> = batch
+            .camera_present
             .iter()
-            .map(|i| {
-                train_layout(
-                    i.len(),
-                    padded_sinks,
-                    steps,
-                    c.tokens_per_step(),
-                    c.n_readout,
-                )
+            .flat_map(|p| std::iter::repeat_n(if *p { 1.0 } else { 0.0 }, c.patches_per_camera))
+            .collect();
+        let step_tokens = self.embed_step(
+            float_tensor(values, [rows, n_patches, c.patch_dim], device),
+            float_tensor(mask, [rows, n_patches, 1], device),
+            float_tensor(batch.proprio.to_vec(), [rows, c.proprio_dim], device),
+        );
+        let (tps, r, d) = (c.tokens_per_step(), c.n_readout, c.d_model);
+        let chunk = tps + r;
+        let steps_x = Tensor::cat(vec![step_tokens, self.readout_tokens(rows)], 1).reshape([
+            n_batch,
+            steps * chunk,
+            d,
+        ]);
+        let instructions: Vec<Tensor<B, 3>> = ids
+            .iter()
+            .map(|episode_ids| {
+                let x = self.embed_instruction(episode_ids, device);
+                if episode_ids.len() < padded_sinks {
+                    let pad = Tensor::zeros([1, padded_sinks - episode_ids.len(), d], device);
+                    Tensor::cat(vec![x, pad], 1)
+                } else {
+                    x
+                }
             })
             .collect();
+        let x = Tensor::cat(vec![Tensor::cat(instructions, 0), steps_x], 1);
+        let layouts: Vec<TrainLayout> = ids
+            .iter()
+            .map(|i| train_layout(i.len(), padded_sinks, steps, tps, r))
+            .collect();
         let len = layouts[0].positions.len();
-        let max_position = padded_sinks + steps * c.tokens_per_step() + c.n_readout;
+        let max_position = padded_sinks + steps * tps + r;
         let positions: Vec<i64> = layouts
             .iter()
             .flat_map(|l| l.positions.iter().copied())
@@ -943,18 +983,24 @@ impl<B: Backend> Vla<B> {
             .batched_table::<B>(&positions, n_batch, device)?;
         let bias = float_tensor(bias, [n_batch, len, len], device);
         let hidden = self.backbone(x, &table, bias)?;
-        let d = c.d_model;
-        let actions: Vec<Tensor<B, 3>> = layouts[0]
-            .readout_starts
-            .iter()
-            .map(|&start| {
-                let readouts = hidden
-                    .clone()
-                    .slice([0..n_batch, start..start + c.n_readout, 0..d]);
-                self.action_head(readouts).unsqueeze_dim(1)
-            })
-            .collect();
-        Ok(Tensor::cat(actions, 1))
+        // Every step's readouts: the last `r` tokens of each step chunk.
+        let readouts = hidden
+            .slice([0..n_batch, padded_sinks..len, 0..d])
+            .reshape([rows, chunk, d])
+            .slice([0..rows, tps..chunk, 0..d])
+            .reshape([rows, r * d]);
+        let actions =
+            self.action_head
+                .forward(readouts.clone())
+                .reshape([n_batch, steps, c.action_values()]);
+        let cue_logits = self.cue_head.as_ref().map(|head| {
+            head.forward(readouts)
+                .reshape([n_batch, steps, c.cue_classes])
+        });
+        Ok(TrainOutput {
+            actions,
+            cue_logits,
+        })
     }
 }
 

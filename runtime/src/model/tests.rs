@@ -420,12 +420,13 @@ fn shipped_edge_config_is_valid() {
 /// The training forward (all steps at once, per-step readouts masked from later tokens)
 /// predicts at every step what incremental inference predicts, ≤ 1e-4 relative, for a batch
 /// of two episodes with different observations and instructions of different lengths (the
-/// shorter one padded and masked).
+/// shorter one padded and masked); with a cue-recall head, its logits match too.
 #[test]
 fn training_forward_matches_incremental_steps() {
     let device = Default::default();
-    for rope in [DEFAULT_ROPE, YARN_ROPE] {
-        let c = tiny_config(1, rope, "f32", 1 << 30);
+    for (rope, cue_classes) in [(DEFAULT_ROPE, 0), (YARN_ROPE, 3)] {
+        let mut c = tiny_config(1, rope, "f32", 1 << 30);
+        c.cue_classes = cue_classes;
         let m = model(&c, 8);
         let steps_n = 5;
         let episodes = [Steps::new(&c, steps_n, 100), Steps::new(&c, steps_n, 200)];
@@ -447,25 +448,26 @@ fn training_forward_matches_incremental_steps() {
             camera_present: &present,
             proprio: &proprio,
         };
-        let trained = m.forward_train(&batch, &device).expect("train forward");
-        assert_eq!(trained.dims(), [2, steps_n, c.action_values()]);
-        let trained = trained
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("data");
+        let out = m.forward_train(&batch, &device).expect("train forward");
+        assert_eq!(out.actions.dims(), [2, steps_n, c.action_values()]);
+        let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>();
+        let trained = host(out.actions).expect("data");
+        let cue = out.cue_logits.map(|t| host(t).expect("cue data"));
+        assert_eq!(cue.is_some(), cue_classes > 0);
         for (e, episode) in episodes.iter().enumerate() {
             let mut s = stream(&m);
             m.start_episode(instructions[e], &mut s).expect("start");
             for k in 0..steps_n {
-                let inc = m
-                    .forward_step(&episode.get(k), &mut s)
-                    .expect("step")
-                    .action
-                    .values;
+                let step = m.forward_step(&episode.get(k), &mut s).expect("step");
                 let at = (e * steps_n + k) * c.action_values();
-                let err = rel_err(&trained[at..at + c.action_values()], &inc);
+                let err = rel_err(&trained[at..at + c.action_values()], &step.action.values);
                 assert!(err <= 1e-4, "episode {e} step {k}: {err:e}");
+                assert_eq!(step.cue_logits.is_some(), cue_classes > 0);
+                if let (Some(cue), Some(inc)) = (&cue, &step.cue_logits) {
+                    let at = (e * steps_n + k) * cue_classes;
+                    let err = rel_err(&cue[at..at + cue_classes], inc);
+                    assert!(err <= 1e-4, "cue logits, episode {e} step {k}: {err:e}");
+                }
             }
         }
         // Over-long instructions and short inputs are errors.
