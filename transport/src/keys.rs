@@ -1,11 +1,12 @@
 //! Key expressions: `<prefix>/<id>/cam/<name>`, `<prefix>/<id>/joints`,
-//! `<prefix>/<id>/action`, `<prefix>/<id>/status`, with `prefix` defaulting to `robot`.
+//! `<prefix>/<id>/action`, `<prefix>/<id>/status`, `<prefix>/<id>/instruction`, with `prefix`
+//! defaulting to `robot`.
 //!
 //! [`KeySpace`] builds keys for one robot; [`KeySpace::parse`] maps a received key back to a
 //! [`Topic`] (any robot id under the prefix), which decides the message a key carries:
 //! cameras carry `sensor_msgs/CompressedImage` (or `sensor_msgs/Image` when the sample's
 //! encoding says so), joints `sensor_msgs/JointState`, action `edgevla_msgs/ActionChunk`,
-//! status `std_msgs/String`.
+//! status and instruction `std_msgs/String`.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +74,12 @@ pub enum Topic {
         /// Robot id.
         robot: String,
     },
+    /// The episode's language instruction (`std_msgs/String`); each message starts a new
+    /// episode (the node resets its context and stores the text as attention sinks).
+    Instruction {
+        /// Robot id.
+        robot: String,
+    },
 }
 
 impl Topic {
@@ -83,7 +90,7 @@ impl Topic {
             Self::Camera { .. } => MessageKind::CompressedImage,
             Self::Joints { .. } => MessageKind::JointState,
             Self::Action { .. } => MessageKind::ActionChunk,
-            Self::Status { .. } => MessageKind::String,
+            Self::Status { .. } | Self::Instruction { .. } => MessageKind::String,
         }
     }
 
@@ -161,6 +168,12 @@ impl KeySpace {
         format!("{}/status", self.base())
     }
 
+    /// `<prefix>/<id>/instruction`.
+    #[must_use]
+    pub fn instruction(&self) -> String {
+        format!("{}/instruction", self.base())
+    }
+
     /// `<prefix>/<id>/**`: everything of this robot.
     #[must_use]
     pub fn all(&self) -> String {
@@ -179,7 +192,8 @@ impl KeySpace {
 /// Maps `key` under `prefix` to its [`Topic`].
 ///
 /// # Errors
-/// [`TransportError::UnknownKey`] if `key` is not `<prefix>/<id>/{cam/<name>,joints,action,status}`.
+/// [`TransportError::UnknownKey`] if `key` is not
+/// `<prefix>/<id>/{cam/<name>,joints,action,status,instruction}`.
 pub fn parse_key(prefix: &str, key: &str) -> Result<Topic> {
     let unknown = || TransportError::UnknownKey {
         key: key.to_owned(),
@@ -205,6 +219,7 @@ pub fn parse_key(prefix: &str, key: &str) -> Result<Topic> {
         [id, "joints"] => Ok(Topic::Joints { robot: robot(id)? }),
         [id, "action"] => Ok(Topic::Action { robot: robot(id)? }),
         [id, "status"] => Ok(Topic::Status { robot: robot(id)? }),
+        [id, "instruction"] => Ok(Topic::Instruction { robot: robot(id)? }),
         _ => Err(unknown()),
     }
 }
@@ -220,6 +235,11 @@ mod tests {
         assert_eq!(ks.joints(), "robot/r1/joints");
         assert_eq!(ks.action(), "robot/r1/action");
         assert_eq!(ks.status(), "robot/r1/status");
+        assert_eq!(ks.instruction(), "robot/r1/instruction");
+        assert_eq!(
+            ks.parse("robot/r1/instruction").unwrap(),
+            Topic::Instruction { robot: "r1".into() }
+        );
         assert_eq!(ks.all(), "robot/r1/**");
         assert_eq!(
             ks.parse("robot/r1/cam/wrist").unwrap(),

@@ -5,7 +5,7 @@
 //! - [`msg`]: ROS 2 `sensor_msgs/CompressedImage`, `sensor_msgs/Image`,
 //!   `sensor_msgs/JointState`, `std_msgs/String` and `edgevla_msgs/ActionChunk` as serde
 //!   structs in CDR (the byte layout is documented there);
-//! - [`keys`]: the key space `<prefix>/<id>/{cam/<name>,joints,action,status}`;
+//! - [`keys`]: the key space `<prefix>/<id>/{cam/<name>,joints,action,status,instruction}`;
 //! - [`session`]: zenoh sessions (peer on loopback without multicast by default, or client
 //!   of a router) from a serde config;
 //! - [`pubsub`]: typed publishers with per-stream QoS, and subscribers that decode into a

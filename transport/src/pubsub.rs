@@ -404,7 +404,9 @@ impl StreamClass {
         match topic {
             Topic::Camera { .. } => Self::Frames,
             Topic::Action { .. } => Self::Actions,
-            Topic::Joints { .. } | Topic::Status { .. } => Self::Telemetry,
+            Topic::Joints { .. } | Topic::Status { .. } | Topic::Instruction { .. } => {
+                Self::Telemetry
+            }
         }
     }
 }
