@@ -69,6 +69,13 @@ pub enum Command {
   edgevla train --config edge-memory --device cuda:0 --out models/edge-memory")]
     Train(crate::train_cmd::TrainArgs),
 
+    /// Benchmarks: `bench step` times one control step against the cache length, per cache
+    /// dtype, on the CPU or a GPU (median, p99, full recompute, hardware floor).
+    #[command(after_help = "Examples:
+  edgevla bench step --frames 16,64,128,256,512 --dtype f32,int8 --threads 2 --csv out/step-cpu.csv
+  edgevla bench step --device cuda:0 --iters 200 --full --csv out/step-h200.csv")]
+    Bench(crate::bench_cmd::BenchArgs),
+
     /// Record zenoh streams into an MCAP file.
     ///
     /// One channel per key with ROS 2 schemas (`ros2msg`, message encoding `cdr`), log time =

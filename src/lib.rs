@@ -2,6 +2,7 @@
 //! they run. Each command module turns parsed arguments into calls into the workspace crates
 //! and prints the result; nothing here is numeric code of its own.
 
+mod bench_cmd;
 pub mod cli;
 mod model_cmd;
 mod progress;
@@ -23,6 +24,7 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::KvPlan(args) => model_cmd::kv_plan(&args, &mut std::io::stdout().lock()),
         cli::Command::Export(args) => model_cmd::export(&args, &mut std::io::stdout().lock()),
         cli::Command::Train(args) => train_cmd::train(&args, &mut std::io::stdout().lock()),
+        cli::Command::Bench(args) => bench_cmd::bench(&args, &mut std::io::stdout().lock()),
         cli::Command::Record(args) => transport_cmd::record(&args, &mut std::io::stdout().lock()),
         cli::Command::Replay(args) => transport_cmd::replay(&args, &mut std::io::stdout().lock()),
     }

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use burn::tensor::backend::Backend;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use runtime::kv::{KvCacheConfig, KvDtype};
+use runtime::bench::{INSTRUCTION, Observations, prefilled_stream};
+use runtime::kv::KvDtype;
 use runtime::model::{StepInput, Vla, VlaConfig};
 use runtime::rope::RopeSpec;
 
@@ -33,7 +34,6 @@ type B = burn::backend::Cuda<f32, i32>;
 const DEVICE_NAME: &str = "cuda0";
 
 const FRAMES: [usize; 4] = [16, 64, 128, 256];
-const INSTRUCTION: &str = "pick up the cube the light pointed at";
 
 fn edge_config() -> VlaConfig {
     let mut c =
@@ -43,39 +43,6 @@ fn edge_config() -> VlaConfig {
         .config;
     c.validate().expect("edge + yarn-8x");
     c
-}
-
-/// Deterministic observations for `n` steps.
-struct Observations {
-    patches: Vec<Vec<f32>>,
-    proprio: Vec<Vec<f32>>,
-    present: Vec<bool>,
-}
-
-impl Observations {
-    fn new(c: &VlaConfig, n: usize) -> Self {
-        let values = |seed: usize, len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|i| (((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0) - 1.0)
-                .collect()
-        };
-        Self {
-            patches: (0..n)
-                .map(|s| values(s, c.n_cameras * c.patches_per_camera * c.patch_dim))
-                .collect(),
-            proprio: (0..n).map(|s| values(s + 7, c.proprio_dim)).collect(),
-            present: vec![true; c.n_cameras],
-        }
-    }
-
-    fn step(&self, i: usize) -> StepInput<'_> {
-        let i = i % self.patches.len();
-        StepInput {
-            patches: &self.patches[i],
-            camera_present: &self.present,
-            proprio: &self.proprio[i],
-        }
-    }
 }
 
 fn bench_steps(criterion: &mut Criterion) {
@@ -93,24 +60,8 @@ fn bench_steps(criterion: &mut Criterion) {
     group.throughput(Throughput::Elements(c.tokens_per_step() as u64));
     for frames in FRAMES {
         for dtype in KvDtype::ALL {
-            let layout = runtime::kv::KvLayout {
-                dtype,
-                ..c.kv_layout()
-            };
-            let budget =
-                layout.total_bytes((c.max_sink_tokens() + frames * c.tokens_per_step()) as u64);
-            let cache = KvCacheConfig {
-                dtype,
-                budget_bytes: budget,
-            };
-            let mut stream = model.new_stream(&cache, &device).expect("stream");
-            model
-                .start_episode(INSTRUCTION, &mut stream)
-                .expect("start");
-            for i in 0..frames {
-                model.forward_step(&obs.step(i), &mut stream).expect("fill");
-            }
-            assert_eq!(stream.cache().frames(), frames);
+            let mut stream =
+                prefilled_stream(&model, dtype, frames, &device).expect("prefilled stream");
             let mut i = frames;
             group.bench_function(
                 BenchmarkId::new(format!("incremental-{dtype}"), frames),

@@ -249,6 +249,17 @@ impl Storage {
         }
     }
 
+    /// The first `units` element units.
+    fn view(&self, units: usize, fp8: bool) -> KvView<'_> {
+        match self {
+            Self::F32(d) => KvView::F32(&d[..units]),
+            Self::F16(d) => KvView::F16(&d[..units]),
+            Self::Bf16(d) => KvView::Bf16(&d[..units]),
+            Self::Blocks(d) if fp8 => KvView::Fp8(&d[..units]),
+            Self::Blocks(d) => KvView::Int8(&d[..units]),
+        }
+    }
+
     /// Moves the element units `src` to start at `dest` (eviction compaction).
     fn copy_within(&mut self, src: std::ops::Range<usize>, dest: usize) {
         match self {
@@ -316,6 +327,23 @@ pub fn round_trip(dtype: KvDtype, values: &[f32]) -> Result<Vec<f32>> {
     let mut out = vec![0.0; values.len()];
     storage.decode(dtype, 0, &mut out);
     Ok(out)
+}
+
+/// One layer's cached keys or values in their storage format, slots `0..len`, token-major
+/// rows of `kv_heads · head_dim` values (block formats: `kv_heads · head_dim / 32` blocks of
+/// an f16 scale, little-endian, then 32 codes).
+#[derive(Clone, Copy, Debug)]
+pub enum KvView<'a> {
+    /// f32 values.
+    F32(&'a [f32]),
+    /// IEEE half values.
+    F16(&'a [f16]),
+    /// bfloat16 values.
+    Bf16(&'a [bf16]),
+    /// q8_0 blocks.
+    Int8(&'a [u8]),
+    /// FP8 E4M3 blocks.
+    Fp8(&'a [u8]),
 }
 
 /// Which part of the context a block of tokens belongs to.
@@ -561,6 +589,17 @@ impl KvCache {
         k.decode(self.layout.dtype, 0, keys);
         v.decode(self.layout.dtype, 0, values);
         Ok(())
+    }
+
+    /// Layer `layer`'s cached keys and values (slots `0..len`, pre-RoPE) as stored, for readers
+    /// that decode as they go instead of into a full-size buffer ([`read`](Self::read)).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a layer index out of range.
+    pub fn view(&self, layer: usize) -> Result<(KvView<'_>, KvView<'_>)> {
+        let (k, v) = self.layer(layer)?;
+        let (units, fp8) = (self.len * self.unit, self.layout.dtype == KvDtype::Fp8);
+        Ok((k.view(units, fp8), v.view(units, fp8)))
     }
 
     /// Stores layer `layer`'s keys and values for the reserved block (token-major

@@ -6,12 +6,16 @@
 //! - [`model`]: the streaming VLA model (tokenizer, Llama-style backbone, action head).
 //! - [`ring`]: ring attention kernels (block attention with log-sum-exp, exact merge, zigzag
 //!   sharding, the causal ring schedule).
+//! - [`attention`]: the CPU attention kernel over the quantized cache (decoded chunk by chunk).
+//! - [`bench`]: set-up shared by the step benchmarks (pre-filled streams, step cost).
 //! - [`checkpoint`]: checkpoint save/load and HuggingFace safetensors export.
 //! - [`kv`]: the bounded, quantized KV cache and its byte arithmetic.
 //! - [`error`]: the crate's error type.
 //!
 //! No zenoh and no file or network IO here (checkpoint load/save excepted).
 
+pub mod attention;
+pub mod bench;
 pub mod checkpoint;
 pub mod error;
 pub mod host;

@@ -11,6 +11,7 @@
 //!   HuggingFace `LlamaModel` so the backbone exports to it (`crate::checkpoint`).
 
 pub mod config;
+mod host;
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -166,6 +167,8 @@ pub struct Stream<B: Backend> {
     table: Option<(RopeFrequencies, RotaryTable<B>)>,
     keys: Vec<f32>,
     values: Vec<f32>,
+    /// The CPU path's state (`None` on devices that are not the host: the tensor path).
+    host: Option<host::HostPath>,
     device: B::Device,
 }
 
@@ -178,6 +181,7 @@ impl<B: Backend> Stream<B> {
             table: None,
             keys: Vec::new(),
             values: Vec::new(),
+            host: host::HostPath::for_backend::<B>(device),
             device: device.clone(),
         }
     }
@@ -726,7 +730,9 @@ impl<B: Backend> Vla<B> {
     }
 
     /// Runs `x` (`[1, t, d_model]`) through the backbone on top of the cache, storing the first
-    /// `store` tokens as `segment`; returns final-norm hidden states `[1, t, d_model]`.
+    /// `store` tokens as `segment`; returns the final-norm hidden states of the tokens that are
+    /// not stored (the readouts), `[1, t - store, d_model]`, or of all `t` tokens when all are
+    /// stored. On the host the last layer computes only those tokens' outputs.
     fn run_cached(
         &self,
         x: Tensor<B, 3>,
@@ -737,12 +743,34 @@ impl<B: Backend> Vla<B> {
         let [_, t, _] = x.dims();
         let past = stream.cache.reserve(segment, store)?;
         let result = (|| {
+            if let Some(host) = stream.host.as_mut() {
+                host.prepare(&self.config, past + t);
+                let (last, from) = (self.layers.len() - 1, if store < t { store } else { 0 });
+                let mut x = x;
+                for (layer, block) in self.layers.iter().enumerate() {
+                    let queries_from = if layer == last { from } else { 0 };
+                    x = block.forward_cached_host(
+                        x,
+                        &mut stream.cache,
+                        host,
+                        layer,
+                        store,
+                        queries_from,
+                    )?;
+                }
+                return Ok(self.norm.forward(x));
+            }
             let table = stream.table(&self.config, past + t)?;
             let bias = causal_bias::<B>(past, t, &stream.device);
             let mut x = x;
             for (layer, block) in self.layers.iter().enumerate() {
                 x = block.forward_cached(x, stream, layer, store, &table, bias.clone())?;
             }
+            let x = if store < t {
+                x.narrow(1, store, t - store)
+            } else {
+                x
+            };
             Ok(self.norm.forward(x))
         })();
         match result {

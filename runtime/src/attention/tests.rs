@@ -1,0 +1,282 @@
+//! The host attention kernel against an f64 reference (cache decoded by `KvCache::read`, RoPE
+//! from the HuggingFace formula, plain softmax), and its decoders and exponential against the
+//! `half` / `float8` crates and `f64::exp`.
+
+use super::*;
+use crate::kv::{KvCache, KvDtype, KvLayout, Segment};
+use crate::test_util::uniform_f32;
+
+#[test]
+fn decoders_match_half_and_float8() {
+    for bits in 0..=u16::MAX {
+        let reference = half::f16::from_bits(bits);
+        if reference.is_finite() {
+            assert_eq!(
+                f16_bits_to_f32(bits).to_bits(),
+                reference.to_f32().to_bits(),
+                "f16 {bits:#06x}"
+            );
+        }
+    }
+    for bits in 0..=u8::MAX {
+        let reference = float8::F8E4M3::from_bits(bits);
+        if !reference.is_nan() {
+            assert_eq!(
+                fp8_bits_to_f32(bits).to_bits(),
+                reference.to_f32().to_bits(),
+                "fp8 {bits:#04x}"
+            );
+        }
+    }
+}
+
+/// Relative error ≤ 5e-7 over [-87, 0]; 0 below the underflow bound and for −∞.
+#[test]
+fn fast_exp_is_accurate() {
+    let mut worst = 0.0f64;
+    for k in 0..=200_000 {
+        let x = -87.0 * f64::from(k) / 200_000.0;
+        let got = f64::from(fast_exp(x as f32));
+        let want = f64::from(x as f32).exp();
+        worst = worst.max((got - want).abs() / want);
+    }
+    assert!(worst <= 5e-7, "worst relative error {worst:e}");
+    assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
+    assert_eq!(fast_exp(-100.0), 0.0);
+    assert_eq!(fast_exp(0.0), 1.0);
+}
+
+struct Case {
+    dtype: KvDtype,
+    past: usize,
+    tk: usize,
+    q_first: usize,
+    tq: usize,
+    heads: usize,
+    kv: usize,
+    hd: usize,
+    rot_pairs: usize,
+}
+
+/// f64 reference: softmax(q·kᵀ/√d)·v with keys rotated at their positions.
+fn reference(case: &Case, freqs: &RopeFrequencies, q: &[f32], k: &[f64], v: &[f64]) -> Vec<f64> {
+    let Case {
+        tq,
+        heads,
+        kv,
+        hd,
+        past,
+        q_first,
+        ..
+    } = *case;
+    let total = past + case.tk;
+    let rotate = |x: &[f64], p: usize| -> Vec<f64> {
+        let half = freqs.inv_freq.len();
+        let mut out = x.to_vec();
+        for (c, f) in freqs.inv_freq.iter().enumerate() {
+            let (sin, cos) = (p as f64 * f).sin_cos();
+            let (a, b) = (x[c], x[c + half]);
+            // HF: x·cos + rotate_half(x)·sin, rotate_half = [−x2, x1], times the factor.
+            out[c] = (a * cos - b * sin) * freqs.attention_factor;
+            out[c + half] = (b * cos + a * sin) * freqs.attention_factor;
+        }
+        out
+    };
+    let mut out = vec![0.0; tq * heads * hd];
+    for h in 0..heads {
+        let g = h / (heads / kv);
+        for i in 0..tq {
+            let qi: Vec<f64> = q[(h * tq + i) * hd..(h * tq + i + 1) * hd]
+                .iter()
+                .map(|x| f64::from(*x))
+                .collect();
+            let qi = rotate(&qi, past + q_first + i);
+            let seen = past + q_first + i + 1;
+            let scores: Vec<f64> = (0..seen.min(total))
+                .map(|t| {
+                    let kt = rotate(&k[(t * kv + g) * hd..(t * kv + g + 1) * hd], t);
+                    qi.iter().zip(&kt).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()
+                })
+                .collect();
+            let max = scores.iter().fold(f64::NEG_INFINITY, |m, s| m.max(*s));
+            let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+            let sum: f64 = weights.iter().sum();
+            for (t, w) in weights.iter().enumerate() {
+                for d in 0..hd {
+                    out[i * heads * hd + h * hd + d] += w / sum * v[(t * kv + g) * hd + d];
+                }
+            }
+        }
+    }
+    out
+}
+
+fn run_case(case: &Case, seed: u64) -> f64 {
+    let Case {
+        dtype,
+        past,
+        tk,
+        q_first,
+        tq,
+        heads,
+        kv,
+        hd,
+        rot_pairs,
+    } = *case;
+    let row = kv * hd;
+    let freqs = RopeFrequencies {
+        inv_freq: (0..rot_pairs)
+            .map(|i| 10000f64.powf(-(2.0 * i as f64) / (2.0 * rot_pairs as f64)))
+            .collect(),
+        attention_factor: 1.2,
+        head_dim: hd,
+    };
+    let rope = HostRope::new(freqs.clone(), past + tk);
+    let layout = KvLayout {
+        layers: 1,
+        kv_heads: kv,
+        head_dim: hd,
+        dtype,
+    };
+    let mut cache = KvCache::new(layout, 1 << 30, 1 << 20, 0, past.max(1)).expect("cache");
+    let cached_k = uniform_f32(seed, past * row);
+    let cached_v = uniform_f32(seed + 1, past * row);
+    if past > 0 {
+        cache.reserve(Segment::Frame, past).expect("reserve");
+        cache.write(0, &cached_k, &cached_v).expect("write");
+        cache.commit().expect("commit");
+    }
+    // Reference keys/values: the cache's own decoder (KvCache::read), then the new tokens.
+    let (mut k_dec, mut v_dec) = (Vec::new(), Vec::new());
+    cache.read(0, &mut k_dec, &mut v_dec).expect("read");
+    // New tokens: token-major for the reference, head-major for the kernel.
+    let new_k = uniform_f32(seed + 2, tk * row);
+    let new_v = uniform_f32(seed + 3, tk * row);
+    let head_major = |x: &[f32]| -> Vec<f32> {
+        let mut out = vec![0.0; x.len()];
+        for t in 0..tk {
+            for g in 0..kv {
+                out[(g * tk + t) * hd..(g * tk + t + 1) * hd]
+                    .copy_from_slice(&x[(t * kv + g) * hd..(t * kv + g + 1) * hd]);
+            }
+        }
+        out
+    };
+    let k_all: Vec<f64> = k_dec.iter().chain(&new_k).map(|x| f64::from(*x)).collect();
+    let v_all: Vec<f64> = v_dec.iter().chain(&new_v).map(|x| f64::from(*x)).collect();
+    // Queries scaled up so that the softmax is peaked (the running max matters).
+    let q: Vec<f32> = uniform_f32(seed + 4, heads * tq * hd)
+        .iter()
+        .map(|x| x * 4.0)
+        .collect();
+    let (keys, values) = cache.view(0).expect("view");
+    let (k_head, v_head) = (head_major(&new_k), head_major(&new_v));
+    let input = AttendInput {
+        q: &q,
+        k_new: &k_head,
+        v_new: &v_head,
+        keys,
+        values,
+        past,
+        tk_new: tk,
+        q_first,
+        n_heads: heads,
+        n_kv_heads: kv,
+        head_dim: hd,
+    };
+    let mut scratch = AttentionScratch::default();
+    let mut out = Vec::new();
+    attend(&input, &rope, &mut scratch, &mut out).expect("attend");
+    // A second call with the same scratch gives the same result.
+    let mut again = Vec::new();
+    attend(&input, &rope, &mut scratch, &mut again).expect("attend again");
+    assert_eq!(out, again);
+    let want = reference(case, &freqs, &q, &k_all, &v_all);
+    let diff = out
+        .iter()
+        .zip(&want)
+        .fold(0.0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+    let scale = want.iter().fold(0.0f64, |m, b| m.max(b.abs()));
+    diff / scale
+}
+
+/// Every storage format, cache lengths around the chunk size, GQA and not, partial rotary,
+/// queries that are a suffix of the new tokens: ≤ 2e-6 relative (max-abs) against f64.
+#[test]
+fn attend_matches_f64_reference() {
+    let mut seed = 10;
+    for dtype in KvDtype::ALL {
+        for past in [0, 1, 63, 64, 65, 200] {
+            for (heads, kv, hd, rot_pairs) in [(4, 2, 32, 16), (2, 2, 64, 8)] {
+                for (tk, q_first) in [(7, 0), (70, 66), (9, 3)] {
+                    let tq = tk - q_first;
+                    let case = Case {
+                        dtype,
+                        past,
+                        tk,
+                        q_first,
+                        tq,
+                        heads,
+                        kv,
+                        hd,
+                        rot_pairs,
+                    };
+                    seed += 5;
+                    let err = run_case(&case, seed);
+                    assert!(
+                        err <= 2e-6,
+                        "{dtype} past {past} heads {heads}/{kv} hd {hd} tk {tk} q_first {q_first}: {err:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mismatched_inputs_are_shape_errors() {
+    let layout = KvLayout {
+        layers: 1,
+        kv_heads: 1,
+        head_dim: 32,
+        dtype: KvDtype::F32,
+    };
+    let cache = KvCache::new(layout, 1 << 20, 1024, 0, 4).expect("cache");
+    let (keys, values) = cache.view(0).expect("view");
+    let rope = HostRope::new(
+        RopeFrequencies {
+            inv_freq: vec![1.0; 16],
+            attention_factor: 1.0,
+            head_dim: 32,
+        },
+        8,
+    );
+    let q = vec![0.0; 32 * 2];
+    let k = vec![0.0; 32 * 3];
+    let input = AttendInput {
+        q: &q,
+        k_new: &k,
+        v_new: &k,
+        keys,
+        values,
+        past: 0,
+        tk_new: 2,
+        q_first: 0,
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: 32,
+    };
+    let mut out = Vec::new();
+    let err = attend(&input, &rope, &mut AttentionScratch::default(), &mut out);
+    assert!(matches!(err, Err(Error::Shape { .. })), "{err:?}");
+    // A rope table too short for the positions.
+    let k = vec![0.0; 32 * 2];
+    let short = HostRope::new(rope.frequencies().clone(), 1);
+    let input = AttendInput {
+        k_new: &k,
+        v_new: &k,
+        ..input
+    };
+    let err = attend(&input, &short, &mut AttentionScratch::default(), &mut out);
+    assert!(matches!(err, Err(Error::Shape { .. })), "{err:?}");
+}
