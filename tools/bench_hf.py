@@ -113,7 +113,12 @@ def time_step(model, cached: int, step_tokens: int, iters: int, warmup: int, dev
             out = step(model, x, cache, cached)
             sync(device)
             elapsed = (time.perf_counter() - t0) * 1e3
-            cache.crop(cached)
+            # transformers 5.x crops by a negative count of tokens to remove (4.x: to a length).
+            extra = cache.get_seq_length() - cached
+            try:
+                cache.crop(-extra)
+            except ValueError:
+                cache.crop(cached)
             del out
             if i >= warmup:
                 samples.append(elapsed)
