@@ -69,6 +69,14 @@ pub enum Command {
   edgevla train --config edge-memory --device cuda:0 --out models/edge-memory")]
     Train(crate::train_cmd::TrainArgs),
 
+    /// Ring-attention training across devices, measured: the K/V hop bandwidth, the sharded
+    /// training forward against one device, and training throughput at N devices with N× the
+    /// sequence. Prints markdown tables.
+    #[command(after_help = "Examples:
+  edgevla ring --devices cpu:2 --model configs/model/edge.toml --steps 4 --iters 1
+  edgevla ring --devices cuda:0,1,2,3 --steps 64 --batch 1 --iters 5")]
+    Ring(crate::ring_cmd::RingArgs),
+
     /// Benchmarks: `bench step` times one control step against the cache length, per cache
     /// dtype, on the CPU or a GPU (median, p99, full recompute, hardware floor).
     #[command(after_help = "Examples:

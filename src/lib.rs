@@ -6,6 +6,7 @@ mod bench_cmd;
 pub mod cli;
 mod model_cmd;
 mod progress;
+mod ring_cmd;
 mod rope_cmd;
 mod train_cmd;
 pub mod transport_cmd;
@@ -24,6 +25,7 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::KvPlan(args) => model_cmd::kv_plan(&args, &mut std::io::stdout().lock()),
         cli::Command::Export(args) => model_cmd::export(&args, &mut std::io::stdout().lock()),
         cli::Command::Train(args) => train_cmd::train(&args, &mut std::io::stdout().lock()),
+        cli::Command::Ring(args) => ring_cmd::ring(&args, &mut std::io::stdout().lock()),
         cli::Command::Bench(args) => bench_cmd::bench(&args, &mut std::io::stdout().lock()),
         cli::Command::Record(args) => transport_cmd::record(&args, &mut std::io::stdout().lock()),
         cli::Command::Replay(args) => transport_cmd::replay(&args, &mut std::io::stdout().lock()),

@@ -28,8 +28,12 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Where to train: cpu, or cuda / cuda:N (needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
+    #[arg(long, default_value = "cpu", conflicts_with = "devices")]
     pub device: String,
+    /// Shard every sequence over several devices with ring attention: `cpu:N` (N shards on
+    /// the CPU) or `cuda:0,1,2,3`. The model and optimizer live on the first.
+    #[arg(long)]
+    pub devices: Option<String>,
     /// After training, drive the simulator closed loop on this many fresh episodes (seeds not
     /// used in training) and print the success rate.
     #[arg(long, default_value_t = 0)]
@@ -60,40 +64,85 @@ fn one() -> f32 {
 }
 
 pub(crate) fn train(args: &TrainArgs, out: &mut impl Write) -> Result<()> {
-    match args.device.as_str() {
-        "cpu" => run::<Autodiff<NdArray<f32>>>(args, Default::default(), out),
-        name => {
-            let index = match name.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest
-                    .strip_prefix(':')
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .with_context(|| format!("--device {name}: expected cpu, cuda or cuda:N"))?,
-                None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
-            };
-            train_cuda(args, index, out)
-        }
+    let (cuda, ids) = match &args.devices {
+        Some(list) => parse_devices(list)?,
+        None => parse_devices(&args.device)?,
+    };
+    if cuda {
+        train_cuda(args, &ids, out)
+    } else {
+        let devices = vec![Default::default(); ids.len()];
+        run::<Autodiff<NdArray<f32>>>(args, devices, out)
     }
 }
 
+/// Parses `cpu`, `cpu:N` (N shards on the CPU), `cuda`, `cuda:I` or `cuda:I,J,...` into
+/// (is CUDA, device indices).
+pub(crate) fn parse_devices(spec: &str) -> Result<(bool, Vec<usize>)> {
+    let bad = || format!("device `{spec}`: expected cpu, cpu:N, cuda, cuda:N or cuda:I,J,...");
+    if spec == "cpu" {
+        return Ok((false, vec![0]));
+    }
+    if spec == "cuda" {
+        return Ok((true, vec![0]));
+    }
+    if let Some(n) = spec.strip_prefix("cpu:") {
+        let n: usize = n.parse().with_context(bad)?;
+        if n == 0 {
+            bail!("{}", bad());
+        }
+        return Ok((false, vec![0; n]));
+    }
+    let list = spec.strip_prefix("cuda:").with_context(bad)?;
+    let ids: Vec<usize> = list
+        .split(',')
+        .map(|s| s.trim().parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(bad)?;
+    let mut seen = ids.clone();
+    seen.sort_unstable();
+    seen.dedup();
+    if ids.is_empty() || seen.len() != ids.len() {
+        bail!("{} (each device once)", bad());
+    }
+    Ok((true, ids))
+}
+
 #[cfg(feature = "cuda")]
-fn train_cuda(args: &TrainArgs, index: usize, out: &mut impl Write) -> Result<()> {
+fn train_cuda(args: &TrainArgs, ids: &[usize], out: &mut impl Write) -> Result<()> {
     use burn::backend::{Cuda, cuda::CudaDevice};
-    run::<Autodiff<Cuda<f32, i32>>>(args, CudaDevice { index }, out)
+    let devices = cuda_devices(ids)?;
+    run::<Autodiff<Cuda<f32, i32>>>(args, devices, out)
+}
+
+/// The CUDA devices `ids`, checked against the devices present.
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_devices(ids: &[usize]) -> Result<Vec<burn::backend::cuda::CudaDevice>> {
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    use burn::tensor::backend::Backend;
+    let available = <Cuda<f32, i32> as Backend>::device_count(0);
+    if let Some(bad) = ids.iter().find(|&&i| i >= available) {
+        bail!("cuda:{bad} does not exist: this machine has {available} CUDA device(s)");
+    }
+    Ok(ids.iter().map(|&index| CudaDevice { index }).collect())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn train_cuda(_args: &TrainArgs, index: usize, _out: &mut impl Write) -> Result<()> {
+fn train_cuda(_args: &TrainArgs, ids: &[usize], _out: &mut impl Write) -> Result<()> {
     bail!(
-        "--device cuda:{index}: this edgevla was built without the `cuda` feature (cargo build --release --features cuda)"
+        "cuda:{}: this edgevla was built without the `cuda` feature (cargo build --release --features cuda)",
+        ids.first().copied().unwrap_or(0)
     )
 }
 
 fn run<B: AutodiffBackend>(
     args: &TrainArgs,
-    device: B::Device,
+    devices: Vec<B::Device>,
     out: &mut impl Write,
 ) -> Result<()> {
+    let Some(device) = devices.first().cloned() else {
+        bail!("no device to train on");
+    };
     let text = read_named(&args.config, configs::training_preset(&args.config))?;
     let file: TrainingFile =
         toml::from_str(&text).with_context(|| format!("training config {}", args.config))?;
@@ -157,7 +206,7 @@ fn run<B: AutodiffBackend>(
                 &format!("loss {loss:.4e}, {rate:.0} tokens/s"),
             );
         },
-        &device,
+        &devices,
     )?;
     progress.finish();
     runtime::checkpoint::save(&model, &args.out)?;

@@ -37,8 +37,11 @@ pub struct Partial<B: Backend> {
 /// [`causal_bias`].
 ///
 /// # Shapes
-/// - `q`: `[batch, heads, tq, head_dim]`; `k`, `v`: `[batch, heads, tk, head_dim]`
-/// - `bias`: `[1, 1, tq, tk]`; every row must leave at least one key visible
+/// - `q`: `[batch, heads, tq, head_dim]`; `k`, `v`: `[batch, kv_heads, tk, head_dim]`, with
+///   `kv_heads` dividing `heads` (grouped-query attention: query head h reads K/V head
+///   h / (heads / kv_heads))
+/// - `bias`: `[1 or batch, 1 or heads, tq, tk]`; a row with no visible key gets a zero output
+///   and a log-sum-exp of about −87 (so it only matters if no block shows it a key)
 /// - output: [`Partial`] with `out` like `q` and `lse` `[batch, heads, tq, 1]`
 ///
 /// # Errors
@@ -51,31 +54,46 @@ pub fn block_attention<B: Backend>(
     scale: f64,
 ) -> Result<Partial<B>> {
     let [batch, heads, tq, hd] = q.dims();
-    let tk = k.dims()[2];
-    if k.dims() != [batch, heads, tk, hd] || v.dims() != [batch, heads, tk, hd] {
+    let [_, kv_heads, tk, _] = k.dims();
+    if kv_heads == 0
+        || !heads.is_multiple_of(kv_heads)
+        || k.dims() != [batch, kv_heads, tk, hd]
+        || v.dims() != [batch, kv_heads, tk, hd]
+    {
         return Err(Error::shape(
             "block attention",
             format!("q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims()),
         ));
     }
-    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale; // [batch, heads, tq, tk]
+    // Grouped K/V heads: the query heads of one K/V head are folded into its query rows.
+    let rep = heads / kv_heads;
+    let q = q.reshape([batch, kv_heads, rep * tq, hd]);
+    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale; // [batch, kv, rep·tq, tk]
     if let Some(bias) = bias {
-        if bias.dims() != [1, 1, tq, tk] {
+        let [bb, bh, bq, bk] = bias.dims();
+        if !((bb == 1 || bb == batch) && (bh == 1 || bh == heads) && bq == tq && bk == tk) {
             return Err(Error::shape(
                 "block attention",
                 format!("bias {:?} for {tq} queries and {tk} keys", bias.dims()),
             ));
         }
-        scores = scores + bias.clone();
+        let grouped = if bh == 1 { 1 } else { kv_heads };
+        let per_group = if bh == 1 { 1 } else { rep };
+        scores = (scores.reshape([batch, kv_heads, rep, tq, tk])
+            + bias.clone().reshape([bb, grouped, per_group, tq, tk]))
+        .reshape([batch, kv_heads, rep * tq, tk]);
     }
-    // The row maximum only shifts the exponent; it carries no gradient of its own.
+    // The row maximum only shifts the exponent; it carries no gradient of its own. A row that
+    // sees no key of this block (max −∞) gets out = 0 and lse = log(f32::MIN_POSITIVE) ≈ −87,
+    // which the merge weighs by e^(−87 − lse) against the blocks it does see.
     let max = scores.clone().detach().max_dim(3);
+    let max = max.clone().mask_fill(max.is_inf(), 0.0);
     let p = (scores - max.clone()).exp();
-    let sum = p.clone().sum_dim(3);
+    let sum = p.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
     let out = p.matmul(v) / sum.clone();
     Ok(Partial {
-        out,
-        lse: max + sum.log(),
+        out: out.reshape([batch, heads, tq, hd]),
+        lse: (max + sum.log()).reshape([batch, heads, tq, 1]),
     })
 }
 
@@ -151,6 +169,97 @@ pub fn zigzag_join<B: Backend>(shards: Vec<Tensor<B, 4>>) -> Result<Tensor<B, 4>
     Ok(Tensor::cat(chunks.into_iter().flatten().collect(), 2))
 }
 
+/// What query shard r may see of key shard s.
+#[derive(Clone, Debug)]
+pub enum Visibility<B: Backend> {
+    /// Nothing: the block is skipped.
+    Nothing,
+    /// Every key.
+    All,
+    /// An additive bias (0 or −∞) `[1 or batch, 1 or heads, tq, tk]`.
+    Bias(Tensor<B, 4>),
+}
+
+/// Ring attention under any mask: `q[r]`, `k[r]`, `v[r]` are shard r's tensors on
+/// `devices[r]`; `visibility(r, s)` says what shard r's queries may see of shard s's keys (a
+/// bias on `devices[r]`). At step t shard r holds the K/V of shard (r − t) mod N, attends to
+/// it, merges, and the blocks move one device along the ring. Returns shard r's output.
+///
+/// # Shapes
+/// - `q[r]`: `[batch, heads, tq_r, head_dim]`; `k[s]`, `v[s]`: `[batch, heads, tk_s, head_dim]`
+///
+/// # Errors
+/// [`Error::Shape`] if the shard counts, devices or shapes disagree, or a shard sees no block.
+pub fn ring_attention_with<B: Backend>(
+    q: Vec<Tensor<B, 4>>,
+    k: Vec<Tensor<B, 4>>,
+    v: Vec<Tensor<B, 4>>,
+    devices: &[B::Device],
+    scale: f64,
+    mut visibility: impl FnMut(usize, usize) -> Visibility<B>,
+) -> Result<Vec<Tensor<B, 4>>> {
+    let n = q.len();
+    if n == 0 || k.len() != n || v.len() != n || devices.len() != n {
+        return Err(Error::shape(
+            "ring attention",
+            format!(
+                "{} q, {} k, {} v shards on {} devices",
+                n,
+                k.len(),
+                v.len(),
+                devices.len()
+            ),
+        ));
+    }
+    let mut acc: Vec<Option<Partial<B>>> = (0..n).map(|_| None).collect();
+    let mut held: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = k.into_iter().zip(v).collect();
+    for step in 0..n {
+        for (r, (k_block, v_block)) in held.iter().enumerate() {
+            let src = (r + n - step) % n;
+            let bias = match visibility(r, src) {
+                Visibility::Nothing => continue,
+                Visibility::All => None,
+                Visibility::Bias(b) => Some(b),
+            };
+            let part = block_attention(
+                q[r].clone(),
+                k_block.clone(),
+                v_block.clone(),
+                bias.as_ref(),
+                scale,
+            )?;
+            merge_into(&mut acc[r], part);
+        }
+        if step + 1 < n {
+            held = pass_along(&held, devices);
+        }
+    }
+    acc.into_iter()
+        .enumerate()
+        .map(|(r, a)| {
+            a.map(|p| p.out)
+                .ok_or_else(|| Error::shape("ring attention", format!("shard {r} saw no keys")))
+        })
+        .collect()
+}
+
+/// One ring hop: shard r receives shard r − 1's K/V block on its own device.
+fn pass_along<B: Backend>(
+    held: &[(Tensor<B, 4>, Tensor<B, 4>)],
+    devices: &[B::Device],
+) -> Vec<(Tensor<B, 4>, Tensor<B, 4>)> {
+    let n = held.len();
+    (0..n)
+        .map(|r| {
+            let (k_block, v_block) = &held[(r + n - 1) % n];
+            (
+                k_block.clone().to_device(&devices[r]),
+                v_block.clone().to_device(&devices[r]),
+            )
+        })
+        .collect()
+}
+
 /// Causal ring attention over zigzag shards: `q[r]`, `k[r]`, `v[r]` are shard r's tensors
 /// (from [`zigzag_split`]) on `devices[r]`; returns shard r's attention output on its device.
 ///
@@ -223,16 +332,7 @@ pub fn ring_attention<B: Backend>(
             }
         }
         if step + 1 < n {
-            // Pass every block one step around the ring: shard r receives shard r−1's block.
-            let mut next = Vec::with_capacity(n);
-            for r in 0..n {
-                let (k_block, v_block) = &held[(r + n - 1) % n];
-                next.push((
-                    k_block.clone().to_device(&devices[r]),
-                    v_block.clone().to_device(&devices[r]),
-                ));
-            }
-            held = next;
+            held = pass_along(&held, devices);
         }
     }
     acc.into_iter()

@@ -848,13 +848,58 @@ pub struct TrainOutput<B: Backend> {
 }
 
 /// Where each token of one training sequence sits and what it may see.
-struct TrainLayout {
+pub(crate) struct TrainLayout {
     /// Position of every token (readouts share positions with the next step's first tokens,
     /// as at inference, where they are never cached).
-    positions: Vec<i64>,
-    /// Additive bias `[len, len]`: causal, except that no token sees an earlier step's readouts
-    /// or the padding after a short instruction.
-    bias: Vec<f32>,
+    pub(crate) positions: Vec<i64>,
+    /// Visibility group of every token (see [`visible`]).
+    pub(crate) groups: Vec<usize>,
+}
+
+/// Group of instruction padding (and of any padding appended to a sequence).
+pub(crate) const PAD_GROUP: usize = usize::MAX;
+
+/// Group ids as the device sees them (`PAD_GROUP` → −1).
+pub(crate) fn group_ids(groups: impl Iterator<Item = usize>) -> Vec<i64> {
+    groups
+        .map(|g| if g == PAD_GROUP { -1 } else { g as i64 })
+        .collect()
+}
+
+/// The training attention bias `[batch, 1, tq, tk]`, built on the device: query token i (global
+/// index `q_index[i]`, group `q_groups[e][i]`) sees key token j when it is not later
+/// (`k_index[j] ≤ q_index[i]`) and either j is context (group 0) and i is not padding, or
+/// both are in the same group (a step's readouts see each other; padding sees padding).
+/// 0 where visible, −∞ elsewhere.
+///
+/// # Shapes
+/// - `q_groups`: `[batch, tq]` (−1 for padding); `k_groups`: `[batch, tk]`
+pub(crate) fn train_bias<B: Backend>(
+    q_index: &[i64],
+    q_groups: Vec<i64>,
+    k_index: &[i64],
+    k_groups: Vec<i64>,
+    batch: usize,
+    device: &B::Device,
+) -> Tensor<B, 4> {
+    let (tq, tk) = (q_index.len(), k_index.len());
+    let shape = [batch, tq, tk];
+    let int = |values: Vec<i64>, dims: [usize; 3]| {
+        Tensor::<B, 3, Int>::from_data(TensorData::new(values, dims), device).expand(shape)
+    };
+    let qi = int(q_index.to_vec(), [1, tq, 1]);
+    let kj = int(k_index.to_vec(), [1, 1, tk]);
+    let gi = int(q_groups, [batch, tq, 1]);
+    let gj = int(k_groups, [batch, 1, tk]);
+    let causal = kj.lower_equal(qi);
+    let context = gj
+        .clone()
+        .equal_elem(0)
+        .bool_and(gi.clone().not_equal_elem(-1));
+    let mask = causal.bool_and(context.bool_or(gj.equal(gi)));
+    Tensor::<B, 3>::full(shape, f32::NEG_INFINITY, device)
+        .mask_fill(mask, 0.0)
+        .unsqueeze_dim(1)
 }
 
 /// Layout of a sequence whose instruction has `sinks` tokens, padded to `padded_sinks`, then
@@ -866,31 +911,30 @@ fn train_layout(
     step_tokens: usize,
     readouts: usize,
 ) -> TrainLayout {
-    const PAD: usize = usize::MAX;
     // Group per token: 0 for context (instruction and step tokens), k + 1 for step k's
-    // readouts, PAD for instruction padding (sees only padding; seen by nothing else).
-    let mut group = vec![0usize; sinks];
-    group.extend(std::iter::repeat_n(PAD, padded_sinks - sinks));
+    // readouts, PAD_GROUP for instruction padding.
+    let mut groups = vec![0usize; sinks];
+    groups.extend(std::iter::repeat_n(PAD_GROUP, padded_sinks - sinks));
     let mut positions: Vec<i64> = (0..sinks as i64).collect();
     positions.extend(std::iter::repeat_n(0, padded_sinks - sinks));
     for k in 0..steps {
         let first = (sinks + k * step_tokens) as i64;
         positions.extend(first..first + step_tokens as i64);
-        group.extend(std::iter::repeat_n(0, step_tokens));
+        groups.extend(std::iter::repeat_n(0, step_tokens));
         let after = first + step_tokens as i64;
         positions.extend(after..after + readouts as i64);
-        group.extend(std::iter::repeat_n(k + 1, readouts));
+        groups.extend(std::iter::repeat_n(k + 1, readouts));
     }
-    let n = group.len();
-    let mut bias = vec![f32::NEG_INFINITY; n * n];
-    for i in 0..n {
-        for j in 0..=i {
-            if (group[j] == 0 && group[i] != PAD) || group[j] == group[i] {
-                bias[i * n + j] = 0.0;
-            }
-        }
-    }
-    TrainLayout { positions, bias }
+    TrainLayout { positions, groups }
+}
+
+/// The embedded training sequence of a batch: `x` `[batch, len, d_model]`, one layout per
+/// episode, the padded instruction length.
+pub(crate) struct TrainSequence<B: Backend> {
+    pub(crate) x: Tensor<B, 3>,
+    pub(crate) layouts: Vec<TrainLayout>,
+    pub(crate) padded_sinks: usize,
+    pub(crate) steps: usize,
 }
 
 impl<B: Backend> Vla<B> {
@@ -913,6 +957,34 @@ impl<B: Backend> Vla<B> {
         batch: &TrainBatch<'_>,
         device: &B::Device,
     ) -> Result<TrainOutput<B>> {
+        let seq = self.train_sequence(batch, device)?;
+        let c = &self.config;
+        let n_batch = seq.layouts.len();
+        let len = seq.layouts[0].positions.len();
+        let max_position = seq.padded_sinks + seq.steps * c.tokens_per_step() + c.n_readout;
+        let positions: Vec<i64> = seq
+            .layouts
+            .iter()
+            .flat_map(|l| l.positions.iter().copied())
+            .collect();
+        let index: Vec<i64> = (0..len as i64).collect();
+        let groups = group_ids(seq.layouts.iter().flat_map(|l| l.groups.iter().copied()));
+        let bias = train_bias::<B>(&index, groups.clone(), &index, groups, n_batch, device)
+            .reshape([n_batch, len, len]);
+        let table = c
+            .rope
+            .frequencies(Some(max_position))
+            .batched_table::<B>(&positions, n_batch, device)?;
+        let hidden = self.backbone(seq.x, &table, bias)?;
+        Ok(self.train_heads(hidden, seq.padded_sinks, seq.steps))
+    }
+
+    /// Embeds a training batch (checked) into one sequence per episode.
+    pub(crate) fn train_sequence(
+        &self,
+        batch: &TrainBatch<'_>,
+        device: &B::Device,
+    ) -> Result<TrainSequence<B>> {
         let c = &self.config;
         let n_batch = batch.instructions.len();
         let steps = batch.steps;
@@ -995,22 +1067,26 @@ impl<B: Backend> Vla<B> {
             .iter()
             .map(|i| train_layout(i.len(), padded_sinks, steps, tps, r))
             .collect();
-        let len = layouts[0].positions.len();
-        let max_position = padded_sinks + steps * tps + r;
-        let positions: Vec<i64> = layouts
-            .iter()
-            .flat_map(|l| l.positions.iter().copied())
-            .collect();
-        let bias: Vec<f32> = layouts
-            .iter()
-            .flat_map(|l| l.bias.iter().copied())
-            .collect();
-        let table = c
-            .rope
-            .frequencies(Some(max_position))
-            .batched_table::<B>(&positions, n_batch, device)?;
-        let bias = float_tensor(bias, [n_batch, len, len], device);
-        let hidden = self.backbone(x, &table, bias)?;
+        Ok(TrainSequence {
+            x,
+            layouts,
+            padded_sinks,
+            steps,
+        })
+    }
+
+    /// The heads over the final hidden states `[batch, len, d_model]` of training sequences.
+    pub(crate) fn train_heads(
+        &self,
+        hidden: Tensor<B, 3>,
+        padded_sinks: usize,
+        steps: usize,
+    ) -> TrainOutput<B> {
+        let c = &self.config;
+        let [n_batch, len, d] = hidden.dims();
+        let (tps, r) = (c.tokens_per_step(), c.n_readout);
+        let chunk = tps + r;
+        let rows = n_batch * steps;
         // Every step's readouts: the last `r` tokens of each step chunk.
         let readouts = hidden
             .slice([0..n_batch, padded_sinks..len, 0..d])
@@ -1025,12 +1101,14 @@ impl<B: Backend> Vla<B> {
             head.forward(readouts)
                 .reshape([n_batch, steps, c.cue_classes])
         });
-        Ok(TrainOutput {
+        TrainOutput {
             actions,
             cue_logits,
-        })
+        }
     }
 }
+
+mod ring_train;
 
 #[cfg(test)]
 mod tests;

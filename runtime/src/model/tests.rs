@@ -489,3 +489,94 @@ fn training_forward_matches_incremental_steps() {
         ));
     }
 }
+
+/// The training forward with the sequence sharded over N = 1, 2, 3 (CPU) devices and ring
+/// attention equals the one-device forward: actions and cue logits, and the gradients of the
+/// loss for embedding, attention and head weights, ≤ 1e-5 relative (max-abs / max). Episodes
+/// with instructions of different lengths; the sequence is padded to a multiple of 2N.
+#[test]
+fn ring_training_forward_equals_one_device() {
+    use burn::backend::Autodiff;
+    type AB = Autodiff<B>;
+    let mut c = tiny_config(1, YARN_ROPE, "f32", 1 << 30);
+    c.cue_classes = 3;
+    let m = {
+        let _guard = INIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let device = Default::default();
+        AB::seed(&device, 21);
+        c.init::<AB>(&device)
+    };
+    let steps_n = 4;
+    let episodes = [Steps::new(&c, steps_n, 7), Steps::new(&c, steps_n, 8)];
+    let instructions = ["pick", "drop it"];
+    let (mut patches, mut present, mut proprio) = (Vec::new(), Vec::new(), Vec::new());
+    for e in &episodes {
+        for k in 0..steps_n {
+            patches.extend_from_slice(&e.patches[k]);
+            present.extend_from_slice(&e.present[k]);
+            proprio.extend_from_slice(&e.proprio[k]);
+        }
+    }
+    let batch = TrainBatch {
+        instructions: &instructions,
+        steps: steps_n,
+        patches: &patches,
+        camera_present: &present,
+        proprio: &proprio,
+    };
+    let device: burn::tensor::Device<AB> = Default::default();
+    let host = |t: Tensor<B, 2>| -> Vec<f32> {
+        t.into_data()
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .expect("data")
+    };
+    // Outputs and the gradients of a fixed linear loss of them.
+    let run = |out: TrainOutput<AB>| {
+        let actions = out.actions;
+        let cue = out.cue_logits.expect("cue head");
+        let weights = |dims: [usize; 3], seed: u64| {
+            let n = dims.iter().product();
+            float_tensor::<AB, f32, 3>(values(seed, n), dims, &device)
+        };
+        let loss = (actions.clone() * weights(actions.dims(), 1)).sum()
+            + (cue.clone() * weights(cue.dims(), 2)).sum();
+        let grads = loss.backward();
+        let flat = |t: Tensor<AB, 3>| {
+            let [a, b, d] = t.dims();
+            host(t.inner().reshape([a * b, d]))
+        };
+        let grad = |p: &Param<Tensor<AB, 2>>| host(p.grad(&grads).expect("grad"));
+        (
+            flat(actions),
+            flat(cue),
+            vec![
+                grad(&m.patch_embed.weight),
+                grad(&m.instruction_embed),
+                grad(&m.layers[0].self_attn.q_proj.weight),
+                grad(&m.layers[1].self_attn.k_proj.weight),
+                grad(&m.layers[1].mlp.down_proj.weight),
+                grad(&m.action_head.weight),
+            ],
+        )
+    };
+    let (want_actions, want_cue, want_grads) =
+        run(m.forward_train(&batch, &device).expect("one device"));
+    for n in 1..=3 {
+        let devices = vec![device; n];
+        let (actions, cue, grads) = run(m
+            .forward_train_ring(&batch, &devices)
+            .expect("ring forward"));
+        let err = rel_err(&actions, &want_actions);
+        assert!(err <= 1e-5, "N = {n}: actions {err:e}");
+        let err = rel_err(&cue, &want_cue);
+        assert!(err <= 1e-5, "N = {n}: cue logits {err:e}");
+        for (i, (g, w)) in grads.iter().zip(&want_grads).enumerate() {
+            let err = rel_err(g, w);
+            assert!(err <= 1e-5, "N = {n}: gradient {i} {err:e}");
+        }
+    }
+    assert!(m.forward_train_ring(&batch, &[]).is_err());
+}
