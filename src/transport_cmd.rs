@@ -176,7 +176,7 @@ fn seconds(s: f64, what: &str) -> Result<Duration> {
 }
 
 /// A flag that SIGINT and SIGTERM set.
-fn shutdown_flag() -> Result<Arc<AtomicBool>> {
+pub(crate) fn shutdown_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&flag)).context("installing signal handler")?;

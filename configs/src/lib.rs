@@ -62,6 +62,14 @@ pub fn training_preset(name: &str) -> Option<&'static Preset> {
     TRAINING_PRESETS.iter().find(|p| p.name == name)
 }
 
+/// Node configs (`configs/node/`), read by `edgevla node` and `edgevla demo`.
+pub const NODE_PRESETS: &[Preset] = presets!("node": "edge");
+
+/// Looks up a node config by name.
+pub fn node_preset(name: &str) -> Option<&'static Preset> {
+    NODE_PRESETS.iter().find(|p| p.name == name)
+}
+
 /// Looks up a model config by name.
 pub fn model_preset(name: &str) -> Option<&'static Preset> {
     MODEL_PRESETS.iter().find(|p| p.name == name)
@@ -84,6 +92,7 @@ mod tests {
         assert_eq!(names_on_disk("rigs"), names(RIG_PRESETS));
         assert_eq!(names_on_disk("task"), names(TASK_PRESETS));
         assert_eq!(names_on_disk("training"), names(TRAINING_PRESETS));
+        assert_eq!(names_on_disk("node"), names(NODE_PRESETS));
         assert!(rig_preset("edge-3cam").is_some());
         assert!(rope_preset("yarn-8x").is_some_and(|p| p.text.contains("yarn")));
         assert!(rope_preset("no-such").is_none());

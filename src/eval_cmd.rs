@@ -1,0 +1,339 @@
+//! `edgevla eval`: the long-context needle sweep (`trainer::needle`) for a checkpoint or a
+//! reference policy, with CSV / markdown / PNG outputs.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::backend::NdArray;
+use burn::tensor::backend::Backend;
+use clap::Args;
+use runtime::kv::KvDtype;
+use trainer::needle::report::{self, ReportMeta};
+use trainer::needle::sweep::{
+    Budget, Design, HistoryBlindFactory, ModelFactory, OracleFactory, PolicyFactory, RopeMethod,
+    SweepSpec, run_sweep,
+};
+use trainer::task::TaskConfig;
+
+use crate::model_cmd::read_named;
+
+/// Arguments of `edgevla eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint folder (config.toml + weights.mpk), as `edgevla train` writes it.
+    #[arg(long, default_value = "models/edge-memory")]
+    pub model: PathBuf,
+    /// What drives the simulator: `model` (the checkpoint), or a reference policy that checks
+    /// the harness: `oracle` (told the cue; must score 100%) or `blind` (no memory; scores at
+    /// chance, 1 / n_targets). Reference policies need no checkpoint.
+    #[arg(long, default_value = "model", value_parser = ["model", "oracle", "blind"])]
+    pub policy: String,
+    /// Task config (configs/task/*.toml, or a shipped name such as `memory`).
+    #[arg(long, default_value = "memory")]
+    pub task: String,
+    /// Output folder: cells.csv, results.md, heatmap_*.png.
+    #[arg(long, default_value = "out/eval")]
+    pub out: PathBuf,
+    /// A small sweep (lengths 1x and 2x the training length, depths 0/50/100%, 2 episodes,
+    /// methods yarn and none, KV f32 and int8, budgets full and model); any list given
+    /// explicitly still wins.
+    #[arg(long)]
+    pub quick: bool,
+    /// Episode lengths in frame-steps (history + go phase), each at least the training length
+    /// [default: the training length x 1,2,4,8,16].
+    #[arg(long, value_delimiter = ',')]
+    pub lengths: Option<Vec<usize>>,
+    /// Cue depths, fractions of the history in [0, 1] [default: 0,0.25,0.5,0.75,1].
+    #[arg(long, value_delimiter = ',')]
+    pub depths: Option<Vec<f64>>,
+    /// Episodes per (configuration, length, depth) cell [default: 20; --quick 2].
+    #[arg(long)]
+    pub episodes: Option<usize>,
+    /// Sweep seed: episode seeds derive from it, the same in every configuration.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// RoPE methods, the first is the baseline: trained (the checkpoint's own), none, pi,
+    /// ntk, dynamic, yarn; each built at the factor the length needs
+    /// [default: yarn,trained,none,pi,ntk,dynamic].
+    #[arg(long, value_delimiter = ',')]
+    pub methods: Option<Vec<RopeMethod>>,
+    /// KV cache formats, the first is the baseline: f32, f16, bf16, int8, fp8
+    /// [default: f32,f16,int8,fp8].
+    #[arg(long = "kv-dtypes", value_delimiter = ',')]
+    pub kv_dtypes: Option<Vec<KvDtype>>,
+    /// KV budgets, the first is the baseline: full (keep every frame-step), model (the
+    /// checkpoint's kv_cache.budget_bytes), window:N (sinks + N frame-steps), or bytes
+    /// [default: full,model].
+    #[arg(long, value_delimiter = ',')]
+    pub budgets: Option<Vec<Budget>>,
+    /// axes: vary one of method / dtype / budget at a time around the baseline; grid: every
+    /// combination.
+    #[arg(long, default_value = "axes")]
+    pub design: Design,
+    /// Training length in frame-steps [default: the task's episode_steps].
+    #[arg(long)]
+    pub train_length: Option<usize>,
+    /// Original context (tokens) that RoPE factors are relative to [default: the checkpoint
+    /// RoPE's original_max_position_embeddings, else its max_position_embeddings].
+    #[arg(long)]
+    pub original_context: Option<usize>,
+    /// Where the model runs: cpu, or cuda / cuda:N (needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Episodes run in parallel (each thread holds its own model copy and KV cache).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// No progress bar (logs a line every 10% instead).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The sweep the arguments ask for, defaults filled in.
+fn spec(args: &EvalArgs, task: &TaskConfig) -> SweepSpec {
+    let train_length = args.train_length.unwrap_or(task.episode_steps);
+    let quick = args.quick;
+    let multiples: &[usize] = if quick { &[1, 2] } else { &[1, 2, 4, 8, 16] };
+    SweepSpec {
+        lengths: args
+            .lengths
+            .clone()
+            .unwrap_or_else(|| multiples.iter().map(|m| m * train_length).collect()),
+        depths: args.depths.clone().unwrap_or_else(|| {
+            if quick {
+                vec![0.0, 0.5, 1.0]
+            } else {
+                vec![0.0, 0.25, 0.5, 0.75, 1.0]
+            }
+        }),
+        episodes: args.episodes.unwrap_or(if quick { 2 } else { 20 }),
+        seed: args.seed,
+        methods: args.methods.clone().unwrap_or_else(|| {
+            if quick {
+                vec![RopeMethod::Yarn, RopeMethod::None]
+            } else {
+                vec![
+                    RopeMethod::Yarn,
+                    RopeMethod::Trained,
+                    RopeMethod::None,
+                    RopeMethod::Pi,
+                    RopeMethod::Ntk,
+                    RopeMethod::Dynamic,
+                ]
+            }
+        }),
+        dtypes: args.kv_dtypes.clone().unwrap_or_else(|| {
+            if quick {
+                vec![KvDtype::F32, KvDtype::Int8]
+            } else {
+                vec![KvDtype::F32, KvDtype::F16, KvDtype::Int8, KvDtype::Fp8]
+            }
+        }),
+        budgets: args
+            .budgets
+            .clone()
+            .unwrap_or_else(|| vec![Budget::Full, Budget::Model]),
+        design: args.design,
+        train_length,
+    }
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The command line that reproduces `spec` exactly (every default spelled out).
+fn command_line(args: &EvalArgs, spec: &SweepSpec, original: Option<usize>) -> String {
+    let mut cmd = format!(
+        "edgevla eval --policy {} --model {} --task {} --out {} --lengths {} --depths {} --episodes {} --seed {} --methods {} --kv-dtypes {} --budgets {} --design {} --train-length {}",
+        args.policy,
+        args.model.display(),
+        args.task,
+        args.out.display(),
+        join(&spec.lengths),
+        join(&spec.depths),
+        spec.episodes,
+        spec.seed,
+        join(&spec.methods),
+        join(&spec.dtypes),
+        join(&spec.budgets),
+        match spec.design {
+            Design::Axes => "axes",
+            Design::Grid => "grid",
+        },
+        spec.train_length,
+    );
+    if let Some(o) = original {
+        cmd.push_str(&format!(" --original-context {o}"));
+    }
+    cmd.push_str(&format!(" --device {} --jobs {}", args.device, args.jobs));
+    cmd
+}
+
+pub(crate) fn eval(args: &EvalArgs, out: &mut impl Write) -> Result<()> {
+    match args.device.as_str() {
+        "cpu" => run::<NdArray<f32>>(args, Default::default(), out),
+        name => {
+            let index = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .with_context(|| format!("--device {name}: expected cpu, cuda or cuda:N"))?,
+                None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
+            };
+            eval_cuda(args, index, out)
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn eval_cuda(args: &EvalArgs, index: usize, out: &mut impl Write) -> Result<()> {
+    use burn::backend::{Cuda, cuda::CudaDevice};
+    let available = <Cuda<f32, i32> as Backend>::device_count(0);
+    if index >= available {
+        bail!("cuda:{index} does not exist: this machine has {available} CUDA device(s)");
+    }
+    run::<Cuda<f32, i32>>(args, CudaDevice { index }, out)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn eval_cuda(_args: &EvalArgs, index: usize, _out: &mut impl Write) -> Result<()> {
+    bail!(
+        "--device cuda:{index}: this edgevla was built without the `cuda` feature (cargo build --release --features cuda)"
+    )
+}
+
+fn run<B: Backend>(args: &EvalArgs, device: B::Device, out: &mut impl Write) -> Result<()>
+where
+    B::Device: Sync,
+{
+    let task = TaskConfig::from_toml(&read_named(&args.task, configs::task_preset(&args.task))?)
+        .with_context(|| format!("task config {}", args.task))?;
+    let spec = spec(args, &task);
+    spec.validate(&task)?;
+    let factory: Box<dyn PolicyFactory>;
+    let (policy, original) = match args.policy.as_str() {
+        "oracle" => {
+            factory = Box::new(OracleFactory);
+            ("oracle (told the cue)".to_string(), None)
+        }
+        "blind" => {
+            factory = Box::new(HistoryBlindFactory);
+            ("history-blind (no memory)".to_string(), None)
+        }
+        _ => {
+            if !args.model.join("config.toml").exists() {
+                bail!(
+                    "--model {}: no checkpoint there (config.toml + weights.mpk, as `edgevla train --out` writes)",
+                    args.model.display()
+                );
+            }
+            let model = runtime::checkpoint::load::<B>(&args.model, None, &device)
+                .with_context(|| format!("loading {}", args.model.display()))?;
+            let c = model.config();
+            let cameras = trainer::task::Task::new(&task)?.cameras().len();
+            if c.n_cameras != cameras {
+                bail!(
+                    "--model {}: the model takes {} cameras, the task's rig `{}` has {cameras}",
+                    args.model.display(),
+                    c.n_cameras,
+                    task.rig
+                );
+            }
+            let description = format!(
+                "checkpoint {} ({} layers, d_model {}, RoPE {} x{}, cue head {})",
+                args.model.display(),
+                c.n_layers,
+                c.d_model,
+                c.rope.scaling.rope_type(),
+                c.rope.factor(),
+                if c.cue_classes > 0 { "yes" } else { "no" }
+            );
+            let f = ModelFactory::new(model, args.original_context, &device);
+            let original = f.original();
+            factory = Box::new(f);
+            (description, Some(original))
+        }
+    };
+    let command = command_line(args, &spec, original);
+    let configs = spec.configs()?;
+    writeln!(out, "command: {command}")?;
+    writeln!(out, "seed: {}", spec.seed)?;
+    writeln!(
+        out,
+        "sweep: {} configurations x {} lengths x {} depths x {} episodes = {} episodes",
+        configs.len(),
+        spec.lengths.len(),
+        spec.depths.len(),
+        spec.episodes,
+        configs.len() * spec.lengths.len() * spec.depths.len() * spec.episodes
+    )?;
+    out.flush()?;
+
+    let started = Instant::now();
+    let mut bar: Option<crate::progress::Progress> = None;
+    let cells = run_sweep(&spec, &task, factory.as_ref(), args.jobs, &mut |p| {
+        let bar = bar.get_or_insert_with(|| {
+            crate::progress::bar(p.steps_total, "eval (frame-steps)", args.quiet)
+        });
+        bar.step(
+            p.steps_done,
+            &format!(
+                "{}/{} episodes, {} successes",
+                p.episodes_done, p.episodes_total, p.successes
+            ),
+        );
+    })?;
+    if let Some(bar) = &bar {
+        bar.finish();
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let meta = ReportMeta {
+        command,
+        seed: spec.seed,
+        policy,
+        train_length: spec.train_length,
+        original_context: original,
+        baseline: spec.baseline()?,
+        seconds,
+    };
+    let written = report::write_all(&args.out, &cells, &meta)?;
+    writeln!(out, "\nsuccess per configuration (all lengths and depths):")?;
+    for (config, group) in trainer::needle::sweep::by_config(&cells) {
+        let (k, n) = group
+            .iter()
+            .fold((0, 0), |(k, n), c| (k + c.successes, n + c.episodes));
+        let (lo, hi) = report::wilson(k, n, report::Z95);
+        let cue: Option<usize> = group
+            .iter()
+            .map(|c| c.cue_correct)
+            .try_fold(0, |acc, c| c.map(|c| acc + c));
+        write!(
+            out,
+            "  {:<28} {k:>5}/{n:<5} {:>5.1}% [{:.1}, {:.1}]",
+            report::config_label(&config),
+            100.0 * k as f64 / n.max(1) as f64,
+            100.0 * lo,
+            100.0 * hi
+        )?;
+        if let Some(c) = cue {
+            write!(
+                out,
+                "  cue recall {:.1}%",
+                100.0 * c as f64 / n.max(1) as f64
+            )?;
+        }
+        writeln!(out)?;
+    }
+    writeln!(out, "\n{:.1} s; wrote:", seconds)?;
+    for path in written {
+        writeln!(out, "  {}", path.display())?;
+    }
+    Ok(())
+}

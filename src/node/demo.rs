@@ -1,0 +1,437 @@
+//! `edgevla demo`: the simulator and the node in one process, each on its own zenoh session,
+//! connected over TCP loopback; and [`replay_through_node`], which drives a recording through
+//! a node (stepped: deterministic, or paced).
+
+use std::fmt::Write as _;
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use burn::tensor::backend::Backend;
+use serde::Serialize;
+use transport::clock::SystemClock;
+use transport::keys::{KeySpace, Topic, parse_key};
+use transport::msg::{ActionChunk, MessageKind};
+use transport::record::{McapRecorder, RecordLimits, RecorderConfig, peek_stamp, record_session};
+use transport::recording::Recording;
+use transport::replay::{Rate, Remap, Replayer, SteppedReplay};
+use transport::session::{SessionConfig, free_local_port, open};
+use zenoh::Wait;
+
+use super::sim::{EpisodeResult, SimOptions, SimReport, run_sim};
+use super::stats::{LatencySummary, rss_bytes};
+use super::{NodeMonitor, NodeReport, NodeSetup, run_node};
+
+/// Two zenoh peer sessions connected over loopback: (listening, connecting).
+///
+/// # Errors
+/// zenoh failures after a few retries (a free port can be taken between lookup and bind).
+pub fn loopback_pair() -> Result<(zenoh::Session, zenoh::Session)> {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_local_port()?;
+        match open(&SessionConfig::peer_listening(port)) {
+            Ok(a) => {
+                let b = open(&SessionConfig::peer_connecting(port))?;
+                transport::session::wait_for_connections(&b, 1, Duration::from_secs(10))?;
+                return Ok((a, b));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow!("no loopback port"), anyhow::Error::from))
+}
+
+/// Live numbers of a running demo.
+#[derive(Clone, Debug, Default)]
+pub struct DemoProgress {
+    /// Episodes finished.
+    pub episodes_done: u64,
+    /// Successful ones.
+    pub successes: u64,
+    /// Steps published by the simulator.
+    pub sim_steps: u64,
+    /// The node's latest report.
+    pub node: NodeReport,
+}
+
+/// Resident memory over a run, bytes.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Rss {
+    /// After setup, before the first step.
+    pub start: u64,
+    /// At the end.
+    pub end: u64,
+    /// Largest sample (one per episode).
+    pub max: u64,
+}
+
+/// What a demo run produced.
+#[derive(Clone, Debug, Serialize)]
+pub struct DemoOutcome {
+    /// Which model ran.
+    pub model: String,
+    /// The simulator's side.
+    pub sim: SimReport,
+    /// The node's final report.
+    pub node: NodeReport,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Process memory.
+    pub rss: Rss,
+    /// Messages recorded (with `record`).
+    pub recorded: Option<u64>,
+}
+
+/// Runs the simulator and the node over loopback until the simulator's episodes are done (or
+/// `shutdown`). With `record`, every message (`<prefix>/<id>/**`) is also written to that MCAP
+/// file. `progress` is called after every simulator step.
+///
+/// # Errors
+/// Session, node or simulator failures.
+pub fn run_demo<B: Backend>(
+    setup: &NodeSetup<B>,
+    model: &str,
+    sim_options: &SimOptions,
+    record: Option<&Path>,
+    shutdown: &AtomicBool,
+    progress: &mut dyn FnMut(&DemoProgress),
+) -> Result<DemoOutcome> {
+    let (node_session, sim_session) = loopback_pair()?;
+    let monitor = NodeMonitor::default();
+    let node_stop = AtomicBool::new(false);
+    let sim_stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let rss_start = rss_bytes().unwrap_or(0);
+    let rss_max = AtomicU64::new(rss_start);
+    let keys = KeySpace::new(&sim_options.prefix, &sim_options.robot_id)?;
+    let recorder_stop = AtomicBool::new(false);
+    let (node_report, sim_report, recorded) = std::thread::scope(|scope| -> Result<_> {
+        let node = scope.spawn(|| run_node(&node_session, setup, &node_stop, &monitor));
+        let recorder = match record {
+            Some(path) => {
+                let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+                let (sim_session, keys, recorder_stop) = (&sim_session, &keys, &recorder_stop);
+                let handle = scope.spawn(move || -> Result<u64> {
+                    let file = std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    let recorder = McapRecorder::new(
+                        std::io::BufWriter::new(file),
+                        RecorderConfig {
+                            prefix: sim_options.prefix.clone(),
+                            ..RecorderConfig::default()
+                        },
+                    )?;
+                    let (summary, _) = record_session(
+                        sim_session,
+                        &keys.all(),
+                        recorder,
+                        Arc::new(SystemClock::new()),
+                        RecordLimits::default(),
+                        recorder_stop,
+                        move || {
+                            let _ = ready_tx.send(());
+                        },
+                    )?;
+                    Ok(summary.messages)
+                });
+                // Wait for the subscription (or the thread's early failure).
+                let _ = ready_rx.recv_timeout(Duration::from_secs(10));
+                Some(handle)
+            }
+            None => None,
+        };
+        let state = Mutex::new(DemoProgress::default());
+        let sim_clock = SystemClock::new();
+        let stop_both = || shutdown.load(Ordering::SeqCst);
+        let sim_result = {
+            let mut on_step = |_episode: u64, _t: usize| {
+                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                s.sim_steps += 1;
+                s.node = monitor.report();
+                progress(&s);
+                if stop_both() {
+                    sim_stop.store(true, Ordering::SeqCst);
+                }
+            };
+            let mut on_episode = |e: &EpisodeResult| {
+                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                s.episodes_done += 1;
+                s.successes += u64::from(e.success);
+                rss_max.fetch_max(rss_bytes().unwrap_or(0), Ordering::Relaxed);
+            };
+            run_sim(
+                &sim_session,
+                sim_options,
+                &sim_clock,
+                &sim_stop,
+                &mut on_step,
+                &mut on_episode,
+            )
+        };
+        // Let the last action and status settle, then stop the node.
+        std::thread::sleep(Duration::from_millis(100));
+        node_stop.store(true, Ordering::SeqCst);
+        recorder_stop.store(true, Ordering::SeqCst);
+        let node_report = node
+            .join()
+            .map_err(|_| anyhow!("the node thread panicked"))??;
+        let recorded = match recorder {
+            Some(h) => Some(h.join().map_err(|_| anyhow!("the recorder panicked"))??),
+            None => None,
+        };
+        Ok((node_report, sim_result?, recorded))
+    })?;
+    let rss_end = rss_bytes().unwrap_or(0);
+    Ok(DemoOutcome {
+        model: model.to_owned(),
+        sim: sim_report,
+        node: node_report,
+        seconds: started.elapsed().as_secs_f64(),
+        rss: Rss {
+            start: rss_start,
+            end: rss_end,
+            max: rss_max.load(Ordering::Relaxed).max(rss_end),
+        },
+        recorded,
+    })
+}
+
+/// How [`replay_through_node`] feeds the recording.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Pace {
+    /// One message at a time; after each joint state, wait for the node's action stamped with
+    /// it (deterministic with `clock = "joints"`).
+    Stepped,
+    /// At a rate of the original timing, or as fast as possible.
+    Rate(Rate),
+}
+
+/// What a replay through the node produced.
+#[derive(Clone, Debug)]
+pub struct ReplayOutcome {
+    /// Every action payload the node published, as received (CDR bytes).
+    pub actions: Vec<Vec<u8>>,
+    /// The node's final report.
+    pub node: NodeReport,
+    /// Messages replayed.
+    pub published: u64,
+    /// Stepped: joint states whose action did not come within the timeout.
+    pub action_timeouts: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+}
+
+/// Replays the input messages of `recording` (cameras, joints, instructions of every robot
+/// under the node's prefix, remapped by `remap`; recorded actions and status are skipped) into
+/// a fresh node and collects the actions it publishes.
+///
+/// # Errors
+/// Session or node failures.
+pub fn replay_through_node<B: Backend>(
+    setup: &NodeSetup<B>,
+    mut recording: Recording,
+    remap: &Remap,
+    pace: Pace,
+    shutdown: &AtomicBool,
+) -> Result<ReplayOutcome> {
+    let prefix = setup.config.prefix.clone();
+    recording.messages.retain(|m| {
+        matches!(
+            parse_key(&prefix, &remap.apply(&m.key)),
+            Ok(Topic::Camera { .. } | Topic::Joints { .. } | Topic::Instruction { .. })
+        )
+    });
+    let keys = KeySpace::new(&prefix, &setup.config.robot_id)?;
+    let (node_session, driver_session) = loopback_pair()?;
+    let monitor = NodeMonitor::default();
+    let node_stop = AtomicBool::new(false);
+    let started = Instant::now();
+    let received: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+    let sink = Arc::clone(&received);
+    let _actions = driver_session
+        .declare_subscriber(keys.action())
+        .callback(move |sample: zenoh::sample::Sample| {
+            let bytes = sample.payload().to_bytes().into_owned();
+            let stamp = peek_stamp(MessageKind::ActionChunk, &bytes).map_or(0, |t| t.as_nanos());
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((stamp, bytes));
+        })
+        .wait()
+        .map_err(|e| anyhow!("declare action subscriber: {e}"))?;
+    let (node_report, published, timeouts) = std::thread::scope(|scope| -> Result<_> {
+        let node = scope.spawn(|| run_node(&node_session, setup, &node_stop, &monitor));
+        let drive = || -> Result<(u64, u64)> {
+            let mut replay = SteppedReplay::new(recording, remap);
+            let mut replayer = Replayer::new(&driver_session);
+            let unmatched = replayer.prepare(&replay, Duration::from_secs(10))?;
+            if !unmatched.is_empty() {
+                tracing::warn!(?unmatched, "no subscriber for some replayed keys");
+            }
+            let mut published = 0;
+            let mut timeouts = 0;
+            match pace {
+                Pace::Rate(rate) => {
+                    let clock = SystemClock::new();
+                    published = replayer.run_paced(&mut replay, rate, &clock, shutdown)?.published;
+                }
+                Pace::Stepped => {
+                    while !shutdown.load(Ordering::SeqCst) {
+                        let Some(item) = replay.next_item() else {
+                            break;
+                        };
+                        replayer.publish(&item)?;
+                        published += 1;
+                        let joints_stamp = match parse_key(&prefix, item.key) {
+                            Ok(Topic::Joints { .. }) => {
+                                peek_stamp(MessageKind::JointState, &item.message.data)
+                            }
+                            _ => None,
+                        };
+                        if let Some(stamp) = joints_stamp.map(|t| t.as_nanos()) {
+                            let deadline = Instant::now() + Duration::from_secs(30);
+                            loop {
+                                let done = received
+                                    .lock()
+                                    .unwrap_or_else(PoisonError::into_inner)
+                                    .iter()
+                                    .rev()
+                                    .any(|(s, _)| *s == stamp);
+                                if done {
+                                    break;
+                                }
+                                if Instant::now() >= deadline {
+                                    timeouts += 1;
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_micros(200));
+                            }
+                        }
+                    }
+                }
+            }
+            Ok((published, timeouts))
+        };
+        let driven = drive();
+        std::thread::sleep(Duration::from_millis(300));
+        node_stop.store(true, Ordering::SeqCst);
+        let node_report = node
+            .join()
+            .map_err(|_| anyhow!("the node thread panicked"))??;
+        let (published, timeouts) = driven?;
+        Ok((node_report, published, timeouts))
+    })?;
+    let actions = std::mem::take(&mut *received.lock().unwrap_or_else(PoisonError::into_inner))
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    Ok(ReplayOutcome {
+        actions,
+        node: node_report,
+        published,
+        action_timeouts: timeouts,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Reads an MCAP file (up to 4 GiB).
+///
+/// # Errors
+/// Unreadable or malformed files.
+pub fn read_mcap(path: &Path) -> Result<Recording> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(transport::recording::read_recording(Cursor::new(bytes), 4 << 30)?)
+}
+
+/// Decodes an action payload (for checks and digests).
+///
+/// # Errors
+/// Malformed CDR.
+pub fn decode_action(bytes: &[u8]) -> Result<ActionChunk> {
+    Ok(transport::msg::decode::<ActionChunk>(bytes)?)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.2} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn row(out: &mut String, name: &str, s: &LatencySummary) {
+    let _ = writeln!(
+        out,
+        "| {name:<18} | {:>9.2} | {:>9.2} | {:>9.2} | {:>9.2} |",
+        s.p50_ms, s.p99_ms, s.mean_ms, s.max_ms
+    );
+}
+
+/// The summary table `edgevla demo` prints.
+pub fn summary_table(o: &DemoOutcome) -> String {
+    let n = &o.node;
+    let mut out = String::new();
+    let episodes = o.sim.episodes.len();
+    let successes = o.sim.successes();
+    let steps: u64 = o.sim.episodes.iter().map(|e| e.steps).sum();
+    let missed: u64 = o.sim.episodes.iter().map(|e| e.actions_missed).sum();
+    let _ = writeln!(out, "model: {}", o.model);
+    let _ = writeln!(
+        out,
+        "episodes: {episodes}, success {successes}/{episodes} ({:.1}%; chance ≈ 25%), {steps} steps in {:.1} s ({:.1} steps/s)",
+        100.0 * successes as f64 / episodes.max(1) as f64,
+        o.seconds,
+        steps as f64 / o.seconds.max(1e-9)
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| stage (ms)         |       p50 |       p99 |      mean |       max |"
+    );
+    let _ = writeln!(
+        out,
+        "|--------------------|-----------|-----------|-----------|-----------|"
+    );
+    row(&mut out, "queue", &n.latency.queue);
+    row(&mut out, "vision (decode+pre)", &n.latency.vision);
+    row(&mut out, "model step", &n.latency.model);
+    row(&mut out, "publish", &n.latency.publish);
+    row(&mut out, "total", &n.latency.total);
+    let _ = writeln!(out);
+    let c = &n.cache;
+    let _ = writeln!(
+        out,
+        "KV cache: max {} of a {} budget ({:.1}%), over budget after {} steps; {} frame-steps evicted in the last episode",
+        mib(c.max_bytes),
+        mib(c.budget),
+        100.0 * c.max_bytes as f64 / c.budget.max(1) as f64,
+        c.over_budget_steps,
+        c.frames_evicted
+    );
+    let i = &n.input;
+    let dropped: u64 = i.cameras.iter().map(|c| c.dropped + c.unused).sum();
+    let decode: u64 = i.cameras.iter().map(|c| c.decode_errors).sum();
+    let held: u64 = i.cameras.iter().map(|c| c.held).sum();
+    let missing: u64 = i.cameras.iter().map(|c| c.missing).sum();
+    let _ = writeln!(
+        out,
+        "frames: {} received by zenoh, {} ring drops, {} bad payloads; sync: {} dropped/unused, {} held, {} masked, {} decode errors; steps superseded {}, actions missed by the sim {}",
+        i.subscriber.received,
+        i.subscriber.dropped,
+        i.subscriber.decode_errors + i.subscriber.wrong_encoding + i.subscriber.oversized,
+        dropped,
+        held,
+        missing,
+        decode,
+        i.steps_superseded,
+        missed
+    );
+    let _ = writeln!(
+        out,
+        "RSS: start {}, end {}, max {}",
+        mib(o.rss.start),
+        mib(o.rss.end),
+        mib(o.rss.max)
+    );
+    out
+}

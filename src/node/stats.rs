@@ -1,0 +1,281 @@
+//! Latency histograms of constant size (a node runs for days: no per-step growth) and the
+//! report types the node publishes as its status.
+
+use serde::Serialize;
+use transport::pubsub::SubscriberStats;
+
+/// Geometric buckets from 1 µs to ~1000 s, 2% wide: a quantile is exact to within 2%.
+const BUCKETS: usize = 1100;
+const GROWTH: f64 = 1.02;
+const FIRST_NS: f64 = 1_000.0;
+
+/// A latency histogram with 2%-wide geometric buckets (fixed memory).
+#[derive(Clone, Debug)]
+pub struct LatencyHist {
+    counts: Vec<u64>,
+    n: u64,
+    sum_ns: f64,
+    max_ns: u64,
+    last_ns: u64,
+}
+
+impl Default for LatencyHist {
+    fn default() -> Self {
+        Self {
+            counts: vec![0; BUCKETS],
+            n: 0,
+            sum_ns: 0.0,
+            max_ns: 0,
+            last_ns: 0,
+        }
+    }
+}
+
+impl LatencyHist {
+    /// Records one duration.
+    pub fn record(&mut self, ns: u64) {
+        let b = if (ns as f64) <= FIRST_NS {
+            0
+        } else {
+            ((ns as f64 / FIRST_NS).ln() / GROWTH.ln()).ceil() as usize
+        };
+        self.counts[b.min(BUCKETS - 1)] += 1;
+        self.n += 1;
+        self.sum_ns += ns as f64;
+        self.max_ns = self.max_ns.max(ns);
+        self.last_ns = ns;
+    }
+
+    /// Samples recorded.
+    pub fn count(&self) -> u64 {
+        self.n
+    }
+
+    /// The `q` quantile (0..=1) in nanoseconds: the upper edge of its bucket, capped at the
+    /// maximum seen; 0 when empty.
+    pub fn quantile_ns(&self, q: f64) -> f64 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        let rank = ((q * self.n as f64).ceil() as u64).clamp(1, self.n);
+        let mut seen = 0;
+        for (b, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                let edge = FIRST_NS * GROWTH.powi(b as i32);
+                return edge.min(self.max_ns as f64);
+            }
+        }
+        self.max_ns as f64
+    }
+
+    /// Summary in milliseconds.
+    pub fn summary(&self) -> LatencySummary {
+        let ms = |ns: f64| ns / 1e6;
+        LatencySummary {
+            count: self.n,
+            last_ms: ms(self.last_ns as f64),
+            mean_ms: if self.n == 0 {
+                0.0
+            } else {
+                ms(self.sum_ns / self.n as f64)
+            },
+            p50_ms: ms(self.quantile_ns(0.5)),
+            p99_ms: ms(self.quantile_ns(0.99)),
+            max_ms: ms(self.max_ns as f64),
+        }
+    }
+}
+
+/// One stage's latency, milliseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    /// The latest sample.
+    pub last_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median (within 2%).
+    pub p50_ms: f64,
+    /// 99th percentile (within 2%).
+    pub p99_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+}
+
+/// The stages of one frame-step, each timed separately.
+#[derive(Clone, Debug, Default)]
+pub struct StageHists {
+    /// Step assembled (ingest thread) → taken by the inference loop.
+    pub queue: LatencyHist,
+    /// Decode + preprocess of every camera.
+    pub vision: LatencyHist,
+    /// `Vla::forward_step` (cache eviction, attention, action head).
+    pub model: LatencyHist,
+    /// CDR encode + zenoh put of the action chunk.
+    pub publish: LatencyHist,
+    /// Step assembled → action published.
+    pub total: LatencyHist,
+}
+
+impl StageHists {
+    /// Summaries of every stage.
+    pub fn summary(&self) -> StageLatency {
+        StageLatency {
+            queue: self.queue.summary(),
+            vision: self.vision.summary(),
+            model: self.model.summary(),
+            publish: self.publish.summary(),
+            total: self.total.summary(),
+        }
+    }
+}
+
+/// Latency per stage (see [`StageHists`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct StageLatency {
+    /// Waiting for the inference loop.
+    pub queue: LatencySummary,
+    /// Decode + preprocess.
+    pub vision: LatencySummary,
+    /// Model step.
+    pub model: LatencySummary,
+    /// Action publish.
+    pub publish: LatencySummary,
+    /// End to end (assembled → published).
+    pub total: LatencySummary,
+}
+
+/// What the node is doing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// No input yet.
+    #[default]
+    Waiting,
+    /// Producing actions.
+    Running,
+    /// Inputs stopped (no frame-step for `stall_ms`).
+    Stalled,
+    /// Shut down.
+    Stopped,
+}
+
+/// The KV cache now and at its fullest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheReport {
+    /// Bytes held now.
+    pub bytes: u64,
+    /// Largest `bytes` after any step so far.
+    pub max_bytes: u64,
+    /// The hard budget.
+    pub budget: u64,
+    /// Tokens held now (sinks included).
+    pub tokens: usize,
+    /// Frame-steps held now.
+    pub frames: usize,
+    /// Frame-steps evicted in this episode.
+    pub frames_evicted: u64,
+    /// Steps after which the cache held more than its budget (must stay 0).
+    pub over_budget_steps: u64,
+}
+
+/// Per-camera input counters (sync and decode).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CameraReport {
+    /// Camera name.
+    pub name: String,
+    /// Frames that reached the synchronizer.
+    pub received: u64,
+    /// Frames used fresh in a step.
+    pub matched: u64,
+    /// Steps that reused an older frame (policy `hold`).
+    pub held: u64,
+    /// Steps without a frame (masked).
+    pub missing: u64,
+    /// Frames no step used (a newer one won, or they fell between ticks).
+    pub unused: u64,
+    /// Frames dropped at arrival (out of order, duplicate, too old).
+    pub dropped: u64,
+    /// Frames that failed to decode (the camera is masked for that step).
+    pub decode_errors: u64,
+}
+
+/// Input-side counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct InputReport {
+    /// The zenoh subscriber: samples, ring overflows, malformed payloads.
+    pub subscriber: SubscriberStats,
+    /// Per camera, rig order.
+    pub cameras: Vec<CameraReport>,
+    /// Joint states received.
+    pub joints: u64,
+    /// Steps whose proprio came from an older joint state (none within tolerance).
+    pub proprio_stale: u64,
+    /// Proprio names missing from a joint state (read as 0).
+    pub proprio_missing_names: u64,
+    /// Instructions received (episode starts).
+    pub instructions: u64,
+    /// Frame-steps assembled by the synchronizer.
+    pub steps_assembled: u64,
+    /// Assembled steps replaced by a newer one before inference took them (slow inference).
+    pub steps_superseded: u64,
+    /// Steps with no camera at all: not run (the robot gets no action for them).
+    pub steps_without_cameras: u64,
+    /// Publisher restarts detected (an input stamped `restart_ms` behind its stream).
+    pub restarts: u64,
+    /// Times the node went stalled.
+    pub stalls: u64,
+}
+
+/// The node's status (published as JSON on `<prefix>/<id>/status`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct NodeReport {
+    /// State.
+    pub state: NodeState,
+    /// Episodes started.
+    pub episodes: u64,
+    /// Actions published.
+    pub steps: u64,
+    /// Steps in the current episode.
+    pub episode_steps: u64,
+    /// Actions per second over the last status period.
+    pub rate_hz: f64,
+    /// Model steps that failed (logged; no action for that step).
+    pub model_errors: u64,
+    /// Latency per stage.
+    pub latency: StageLatency,
+    /// KV cache.
+    pub cache: CacheReport,
+    /// Inputs.
+    pub input: InputReport,
+}
+
+/// Resident set size of this process in bytes (Linux `/proc/self/statm`); `None` elsewhere.
+pub fn rss_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Quantiles of a known distribution land within the 2% bucket width.
+    #[test]
+    fn quantiles_within_two_percent() {
+        let mut h = LatencyHist::default();
+        for ms in 1..=100u64 {
+            h.record(ms * 1_000_000);
+        }
+        let s = h.summary();
+        assert_eq!(s.count, 100);
+        assert!((s.p50_ms - 50.0).abs() <= 50.0 * 0.02, "{}", s.p50_ms);
+        assert!((s.p99_ms - 99.0).abs() <= 99.0 * 0.02, "{}", s.p99_ms);
+        assert!((s.max_ms - 100.0).abs() < 1e-9);
+        assert!((s.mean_ms - 50.5).abs() < 1e-9);
+        assert_eq!(LatencyHist::default().summary().p99_ms, 0.0);
+    }
+}
