@@ -33,6 +33,14 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An output file (evaluation CSV, table, heatmap) could not be written or encoded.
+    #[error("cannot write {}: {reason}", path.display())]
+    Output {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl Error {

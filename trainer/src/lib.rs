@@ -8,11 +8,14 @@
 //! - [`task`]: the procedural multi-camera memory task (scene, renderer, expert, closed-loop
 //!   simulator, needle-in-a-haystack episodes), deterministic from a seed.
 //! - [`eval`]: closed-loop evaluation of a model on the task's simulator.
+//! - [`needle`]: the long-context sweep (needle-in-a-haystack over length × depth, RoPE
+//!   methods, KV formats and budgets) for any policy, with CSV / markdown / PNG outputs.
 //! - [`error`]: the crate's error type.
 
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod needle;
 pub mod task;
 pub mod train;
 

@@ -833,6 +833,15 @@ impl Sim {
         Self::from_task(Task::new(config)?, seed, Timing::Needle { depth, history })
     }
 
+    /// A needle episode (see [`Episode::needle`]) on an already built task (saves rebuilding
+    /// the task's cameras and coverage per episode in sweeps).
+    ///
+    /// # Errors
+    /// As [`Episode::needle`].
+    pub fn needle_with_task(task: Task, seed: u64, depth: f64, history: usize) -> Result<Self> {
+        Self::from_task(task, seed, Timing::Needle { depth, history })
+    }
+
     /// The episode of `seed` on an already built task (saves re-validating per episode).
     ///
     /// # Errors
