@@ -122,6 +122,45 @@ pub enum Command {
   edgevla replay run.mcap --step --connect tcp/127.0.0.1:7447
   z_get -s robot/replay/step      # (any zenoh client) asks for the next message")]
     Replay(crate::transport_cmd::ReplayArgs),
+
+    /// The on-robot node: cameras + joints in over zenoh, time-synced frame-steps, the model
+    /// over its bounded KV cache, action chunks and a JSON status out. Runs until Ctrl-C, then
+    /// prints its final report as JSON.
+    ///
+    /// Keys: <prefix>/<id>/cam/<name> (CompressedImage or Image), joints (JointState),
+    /// instruction (String: starts an episode) in; action (ActionChunk), status (String, JSON)
+    /// out. The config (configs/node/) names the rig, the model, the clock and the KV cache.
+    #[command(after_help = "Examples:
+  edgevla node                                        # shipped config `edge`, CPU
+  edgevla node --model models/edge-memory --listen tcp/127.0.0.1:7447
+  edgevla node --config configs/node/edge.toml --clock joints --connect tcp/127.0.0.1:7447
+  edgevla node --device cuda:0 --mode client --connect tcp/10.0.0.2:7447")]
+    Node(crate::node_cmd::NodeArgs),
+
+    /// The memory task as a live robot over zenoh: JPEG frames per camera and joint states per
+    /// control step, the node's action chunks applied closed loop; one JSON line per episode.
+    ///
+    /// lock-step waits for the action of step t before publishing step t+1 (deterministic, as
+    /// fast as the node); real-time steps every control period and executes action chunks.
+    #[command(after_help = "Examples:
+  edgevla node --clock joints --listen tcp/127.0.0.1:7447 &
+  edgevla sim --connect tcp/127.0.0.1:7447 --episodes 5
+  edgevla sim --connect tcp/127.0.0.1:7447 --mode real-time --episodes 2")]
+    Sim(crate::node_cmd::SimArgs),
+
+    /// Simulator + node in one process over loopback zenoh: live progress, then a summary
+    /// table (success rate, latency per stage, KV cache vs budget, drops, memory).
+    ///
+    /// Uses models/edge-memory when it exists (else an untrained random init, with a warning).
+    /// --record writes the run to MCAP; --replay FILE drives a recording through the node
+    /// instead (stepped: deterministic) and prints a digest of the action messages.
+    #[command(after_help = "Examples:
+  edgevla demo
+  edgevla demo --episodes 20 --json
+  edgevla demo --mode real-time --episodes 2
+  edgevla demo --episodes 2 --record run.mcap && edgevla demo --replay run.mcap
+  edgevla demo --replay real.mcap --rate 1.0 --config my-rig-node.toml")]
+    Demo(crate::node_cmd::DemoArgs),
 }
 
 /// Arguments of `edgevla rope`.
