@@ -123,6 +123,21 @@ pub enum Command {
   z_get -s robot/replay/step      # (any zenoh client) asks for the next message")]
     Replay(crate::transport_cmd::ReplayArgs),
 
+    /// Convert a recorded dataset folder into an MCAP recording plus a matching rig config.
+    ///
+    /// Reads EuRoC ASL folders (camera PNGs + data.csv + sensor.yaml, IMU CSV) and LeRobot v2.1
+    /// episodes (frames + episode.csv + info.json + tasks.jsonl); the layout is detected unless
+    /// --format names it. Frames pass through byte for byte (CompressedImage) or decoded
+    /// (--images raw); joints, IMU, actions and the instruction become JointState, Imu,
+    /// ActionChunk and String messages with the dataset's timestamps as log and publish times.
+    /// Prints a JSON summary.
+    #[command(after_help = "Examples:
+  edgevla import --from ../shared/data/euroc_stereo --out euroc.mcap --rig-out euroc-rig.toml
+  edgevla import --from ../shared/data/g1_pick_bottle --out g1.mcap --rig-out g1-rig.toml
+  edgevla import --from MH_01_easy/mav0 --format euroc --robot-id mav --out mh01.mcap --quiet
+  edgevla replay g1.mcap --rate max")]
+    Import(crate::import_cmd::ImportArgs),
+
     /// The on-robot node: cameras + joints in over zenoh, time-synced frame-steps, the model
     /// over its bounded KV cache, action chunks and a JSON status out. Runs until Ctrl-C, then
     /// prints its final report as JSON.

@@ -5,6 +5,7 @@
 mod bench_cmd;
 pub mod cli;
 mod eval_cmd;
+pub mod import_cmd;
 mod model_cmd;
 pub mod node;
 mod node_cmd;
@@ -33,6 +34,7 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Bench(args) => bench_cmd::bench(&args, &mut std::io::stdout().lock()),
         cli::Command::Record(args) => transport_cmd::record(&args, &mut std::io::stdout().lock()),
         cli::Command::Replay(args) => transport_cmd::replay(&args, &mut std::io::stdout().lock()),
+        cli::Command::Import(args) => import_cmd::run(&args, &mut std::io::stdout().lock()),
         cli::Command::Node(args) => node_cmd::node(&args, &mut std::io::stdout().lock()),
         cli::Command::Sim(args) => node_cmd::sim(&args, &mut std::io::stdout().lock()),
         cli::Command::Demo(args) => node_cmd::demo(&args, &mut std::io::stdout().lock()),
