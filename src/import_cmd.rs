@@ -357,7 +357,7 @@ fn write_items(plan: &Plan, args: &ImportArgs, path: &Path) -> Result<Counts> {
         };
         *topics.entry(key.to_owned()).or_insert(0) += 1;
         let done = done as u64 + 1;
-        if done % 16 == 0 || done == total {
+        if done.is_multiple_of(16) || done == total {
             bar.step(done, key);
         }
     }
@@ -554,7 +554,7 @@ pub(crate) fn seconds_to_ns(text: &str) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("{text:?} is not a number of seconds"))?;
-    if !(s.is_finite() && s >= 0.0 && s < 1.8e10) {
+    if !(0.0..1.8e10).contains(&s) {
         bail!("{text:?} is not a non-negative time in seconds");
     }
     // In range (checked above), so the cast neither saturates nor wraps.
