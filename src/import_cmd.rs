@@ -600,7 +600,10 @@ mod tests {
     fn toml_numbers_and_strings() {
         assert_eq!(toml_f64(20.0), "20.0");
         assert_eq!(toml_f64(458.654), "458.654");
-        assert_eq!(toml_str("a\"b"), "\"a\\\"b\"");
+        for text in ["a\"b", "it's", "c:\\x", "plain"] {
+            let doc: toml::Table = toml::from_str(&format!("x = {}", toml_str(text))).unwrap();
+            assert_eq!(doc["x"].as_str(), Some(text));
+        }
         assert!(sniff(b"GIF89a").is_err());
         assert_eq!(sniff(b"\xff\xd8\xff\xe0").unwrap(), Encoding::Jpeg);
     }
