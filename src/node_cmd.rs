@@ -207,7 +207,10 @@ fn node_on<B: Backend>(
     shutdown: &AtomicBool,
 ) -> Result<crate::node::NodeReport> {
     let (setup, source) = setup::<B>(config.clone(), args.model.model.as_deref(), device)?;
-    eprintln!("edgevla node: {source}; listening on {}/{}/**", config.prefix, config.robot_id);
+    eprintln!(
+        "edgevla node: {source}; listening on {}/{}/**",
+        config.prefix, config.robot_id
+    );
     let session = transport::session::open(session_config)?;
     run_node(&session, &setup, shutdown, &NodeMonitor::default())
 }
@@ -270,7 +273,13 @@ pub(crate) fn demo(args: &DemoArgs, out: &mut impl Write) -> Result<()> {
             #[cfg(feature = "cuda")]
             {
                 use burn::backend::{Cuda, cuda::CudaDevice};
-                demo_on::<Cuda<f32, i32>>(config.clone(), args, CudaDevice { index }, &shutdown, out)
+                demo_on::<Cuda<f32, i32>>(
+                    config.clone(),
+                    args,
+                    CudaDevice { index },
+                    &shutdown,
+                    out,
+                )
             }
             #[cfg(not(feature = "cuda"))]
             {

@@ -6,6 +6,8 @@
 //! runs in every episode; the closed-loop test uses the shipped checkpoint
 //! (models/edge-memory) instead when it exists and then also asserts success above chance.
 
+#![allow(clippy::expect_used)] // helpers outside #[test] fns set up fixtures; failing is the point
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -48,7 +50,8 @@ dtype = "int8"
 budget_bytes = 18000
 "#;
 
-const SHORT_TASK: &str = "episode_steps = 16\ncue_start = [1, 1]\ncue_steps = 1\ngo_delay = [1, 2]\nreach_steps = 11\n";
+const SHORT_TASK: &str =
+    "episode_steps = 16\ncue_start = [1, 1]\ncue_steps = 1\ngo_delay = [1, 2]\nreach_steps = 11\n";
 
 /// A tiny random model saved as a checkpoint (what the node loads like a trained one).
 fn tiny_checkpoint(dir: &Path) -> PathBuf {
@@ -84,14 +87,24 @@ fn sim_drives_node_closed_loop_over_loopback() {
         Some(dir) => (dir, 16, true),
         None => (tiny_checkpoint(tmp.path()), 3, false),
     };
-    let (node, source) =
-        setup::<B>(node_config(ClockMode::Joints), Some(&checkpoint), Default::default())
-            .expect("node setup");
+    let (node, source) = setup::<B>(
+        node_config(ClockMode::Joints),
+        Some(&checkpoint),
+        Default::default(),
+    )
+    .expect("node setup");
     let task = TaskConfig::default();
     let steps_per_episode = task.episode_steps as u64;
     let sim = SimOptions::new("edge", task, episodes);
-    let outcome = run_demo(&node, &source, &sim, None, &AtomicBool::new(false), &mut |_| {})
-        .expect("demo run");
+    let outcome = run_demo(
+        &node,
+        &source,
+        &sim,
+        None,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .expect("demo run");
     let total = episodes * steps_per_episode;
     // Simulator side: every step published and acted on with the node's chunk for it.
     assert_eq!(outcome.sim.episodes.len() as u64, episodes);
@@ -118,11 +131,20 @@ fn sim_drives_node_closed_loop_over_loopback() {
     for cam in &n.input.cameras {
         assert_eq!(cam.received, total, "{cam:?}");
         assert_eq!(cam.matched, total, "{cam:?}");
-        assert_eq!(cam.held + cam.missing + cam.unused + cam.dropped, 0, "{cam:?}");
+        assert_eq!(
+            cam.held + cam.missing + cam.unused + cam.dropped,
+            0,
+            "{cam:?}"
+        );
         assert_eq!(cam.decode_errors, 0, "{cam:?}");
     }
     // Latency of every stage recorded once per step.
-    for s in [n.latency.vision, n.latency.model, n.latency.publish, n.latency.total] {
+    for s in [
+        n.latency.vision,
+        n.latency.model,
+        n.latency.publish,
+        n.latency.total,
+    ] {
         assert_eq!(s.count, total);
         assert!(s.p50_ms > 0.0 && s.p50_ms <= s.p99_ms && s.p99_ms <= s.max_ms * 1.0001);
     }
@@ -130,7 +152,10 @@ fn sim_drives_node_closed_loop_over_loopback() {
     assert_eq!(n.cache.over_budget_steps, 0);
     assert!(n.cache.max_bytes <= n.cache.budget && n.cache.max_bytes > 0);
     if !trained {
-        assert!(n.cache.frames_evicted > 0, "the tiny budget must force eviction");
+        assert!(
+            n.cache.frames_evicted > 0,
+            "the tiny budget must force eviction"
+        );
         eprintln!(
             "plumbing only (no models/edge-memory): {}/{} successes with a random model",
             outcome.sim.successes(),
@@ -149,14 +174,24 @@ fn sim_drives_node_closed_loop_over_loopback() {
 fn replayed_demo_gives_byte_identical_actions() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
-    let (node, source) =
-        setup::<B>(node_config(ClockMode::Joints), Some(&checkpoint), Default::default())
-            .expect("node setup");
+    let (node, source) = setup::<B>(
+        node_config(ClockMode::Joints),
+        Some(&checkpoint),
+        Default::default(),
+    )
+    .expect("node setup");
     let task = TaskConfig::from_toml(SHORT_TASK).expect("short task");
     let sim = SimOptions::new("edge", task, 2);
     let mcap = tmp.path().join("run.mcap");
-    let live = run_demo(&node, &source, &sim, Some(&mcap), &AtomicBool::new(false), &mut |_| {})
-        .expect("recorded demo");
+    let live = run_demo(
+        &node,
+        &source,
+        &sim,
+        Some(&mcap),
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .expect("recorded demo");
     assert_eq!(live.node.steps, 32);
     let recording = read_mcap(&mcap).expect("read recording");
     let recorded_actions: Vec<Vec<u8>> = recording
@@ -181,7 +216,10 @@ fn replayed_demo_gives_byte_identical_actions() {
     assert_eq!(a.action_timeouts, 0);
     assert_eq!(a.actions.len(), 32);
     assert_eq!(a.node.input.instructions, 2);
-    assert!(a.actions == b.actions, "two replays published different action bytes");
+    assert!(
+        a.actions == b.actions,
+        "two replays published different action bytes"
+    );
     assert!(
         a.actions == recorded_actions,
         "the replay's actions differ from the live run's"
@@ -267,7 +305,8 @@ enum Frames {
 impl Robot {
     fn start(&self, text: &str) {
         for c in &self.cams {
-            c.wait_for_subscriber(Duration::from_secs(10)).expect("node subscribed");
+            c.wait_for_subscriber(Duration::from_secs(10))
+                .expect("node subscribed");
         }
         self.joints
             .wait_for_subscriber(Duration::from_secs(10))
@@ -339,14 +378,16 @@ impl Robot {
 fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
-    let (node, _) =
-        setup::<B>(node_config(ClockMode::Joints), Some(&checkpoint), Default::default())
-            .expect("node setup");
+    let (node, _) = setup::<B>(
+        node_config(ClockMode::Joints),
+        Some(&checkpoint),
+        Default::default(),
+    )
+    .expect("node setup");
     let port = transport::session::free_local_port().expect("port");
-    let node_session = transport::session::open(&transport::session::SessionConfig::peer_listening(
-        port,
-    ))
-    .expect("node session");
+    let node_session =
+        transport::session::open(&transport::session::SessionConfig::peer_listening(port))
+            .expect("node session");
     let robot_session = connect(port);
     let monitor = NodeMonitor::default();
     let stop = AtomicBool::new(false);
@@ -388,7 +429,8 @@ fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
         let mut acted = 0;
         let mut r2 = robot(connect(port));
         for c in &r2.cams {
-            c.wait_for_subscriber(Duration::from_secs(10)).expect("node subscribed");
+            c.wait_for_subscriber(Duration::from_secs(10))
+                .expect("node subscribed");
         }
         for k in 0..10 {
             acted += u64::from(r2.step(k, Frames::All));

@@ -59,14 +59,16 @@ pub struct DemoProgress {
 }
 
 /// Resident memory over a run, bytes.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Rss {
     /// After setup, before the first step.
     pub start: u64,
     /// At the end.
     pub end: u64,
-    /// Largest sample (one per episode).
+    /// Largest sample (one per episode and one per 1000 steps).
     pub max: u64,
+    /// `(simulator steps, bytes)` every 1000 steps.
+    pub trace: Vec<(u64, u64)>,
 }
 
 /// What a demo run produced.
@@ -107,6 +109,7 @@ pub fn run_demo<B: Backend>(
     let started = Instant::now();
     let rss_start = rss_bytes().unwrap_or(0);
     let rss_max = AtomicU64::new(rss_start);
+    let rss_trace = Mutex::new(Vec::new());
     let keys = KeySpace::new(&sim_options.prefix, &sim_options.robot_id)?;
     let recorder_stop = AtomicBool::new(false);
     let (node_report, sim_report, recorded) = std::thread::scope(|scope| -> Result<_> {
@@ -151,6 +154,14 @@ pub fn run_demo<B: Backend>(
             let mut on_step = |_episode: u64, _t: usize| {
                 let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
                 s.sim_steps += 1;
+                if s.sim_steps % 1000 == 0 {
+                    let rss = rss_bytes().unwrap_or(0);
+                    rss_max.fetch_max(rss, Ordering::Relaxed);
+                    rss_trace
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push((s.sim_steps, rss));
+                }
                 s.node = monitor.report();
                 progress(&s);
                 if stop_both() {
@@ -195,6 +206,9 @@ pub fn run_demo<B: Backend>(
             start: rss_start,
             end: rss_end,
             max: rss_max.load(Ordering::Relaxed).max(rss_end),
+            trace: rss_trace
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner),
         },
         recorded,
     })
@@ -209,6 +223,9 @@ pub enum Pace {
     /// At a rate of the original timing, or as fast as possible.
     Rate(Rate),
 }
+
+/// Action payloads with their stamps, in arrival order.
+type StampedPayloads = Vec<(u64, Vec<u8>)>;
 
 /// What a replay through the node produced.
 #[derive(Clone, Debug)]
@@ -250,7 +267,7 @@ pub fn replay_through_node<B: Backend>(
     let monitor = NodeMonitor::default();
     let node_stop = AtomicBool::new(false);
     let started = Instant::now();
-    let received: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+    let received: Arc<Mutex<StampedPayloads>> = Arc::default();
     let sink = Arc::clone(&received);
     let _actions = driver_session
         .declare_subscriber(keys.action())
@@ -277,7 +294,9 @@ pub fn replay_through_node<B: Backend>(
             match pace {
                 Pace::Rate(rate) => {
                     let clock = SystemClock::new();
-                    published = replayer.run_paced(&mut replay, rate, &clock, shutdown)?.published;
+                    published = replayer
+                        .run_paced(&mut replay, rate, &clock, shutdown)?
+                        .published;
                 }
                 Pace::Stepped => {
                     while !shutdown.load(Ordering::SeqCst) {
@@ -344,7 +363,10 @@ pub fn replay_through_node<B: Backend>(
 /// Unreadable or malformed files.
 pub fn read_mcap(path: &Path) -> Result<Recording> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(transport::recording::read_recording(Cursor::new(bytes), 4 << 30)?)
+    Ok(transport::recording::read_recording(
+        Cursor::new(bytes),
+        4 << 30,
+    )?)
 }
 
 /// Decodes an action payload (for checks and digests).
@@ -362,7 +384,7 @@ fn mib(bytes: u64) -> String {
 fn row(out: &mut String, name: &str, s: &LatencySummary) {
     let _ = writeln!(
         out,
-        "| {name:<18} | {:>9.2} | {:>9.2} | {:>9.2} | {:>9.2} |",
+        "| {name:<20} | {:>9.2} | {:>9.2} | {:>9.2} | {:>9.2} |",
         s.p50_ms, s.p99_ms, s.mean_ms, s.max_ms
     );
 }
@@ -386,14 +408,14 @@ pub fn summary_table(o: &DemoOutcome) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| stage (ms)         |       p50 |       p99 |      mean |       max |"
+        "| stage (ms)           |       p50 |       p99 |      mean |       max |"
     );
     let _ = writeln!(
         out,
-        "|--------------------|-----------|-----------|-----------|-----------|"
+        "|----------------------|-----------|-----------|-----------|-----------|"
     );
     row(&mut out, "queue", &n.latency.queue);
-    row(&mut out, "vision (decode+pre)", &n.latency.vision);
+    row(&mut out, "vision (decode+prep)", &n.latency.vision);
     row(&mut out, "model step", &n.latency.model);
     row(&mut out, "publish", &n.latency.publish);
     row(&mut out, "total", &n.latency.total);
@@ -409,22 +431,23 @@ pub fn summary_table(o: &DemoOutcome) -> String {
         c.frames_evicted
     );
     let i = &n.input;
+    let frames: u64 = i.cameras.iter().map(|c| c.received).sum();
     let dropped: u64 = i.cameras.iter().map(|c| c.dropped + c.unused).sum();
     let decode: u64 = i.cameras.iter().map(|c| c.decode_errors).sum();
     let held: u64 = i.cameras.iter().map(|c| c.held).sum();
     let missing: u64 = i.cameras.iter().map(|c| c.missing).sum();
     let _ = writeln!(
         out,
-        "frames: {} received by zenoh, {} ring drops, {} bad payloads; sync: {} dropped/unused, {} held, {} masked, {} decode errors; steps superseded {}, actions missed by the sim {}",
-        i.subscriber.received,
+        "inputs: {frames} frames, {} joint states, {} instructions; zenoh ring drops {}, bad payloads {}",
+        i.joints,
+        i.instructions,
         i.subscriber.dropped,
         i.subscriber.decode_errors + i.subscriber.wrong_encoding + i.subscriber.oversized,
-        dropped,
-        held,
-        missing,
-        decode,
-        i.steps_superseded,
-        missed
+    );
+    let _ = writeln!(
+        out,
+        "frames dropped/unused by sync {dropped}, held {held}, masked {missing}, decode errors {decode}; steps superseded {}, steps without cameras {}, restarts {}; actions missed by the sim {missed}",
+        i.steps_superseded, i.steps_without_cameras, i.restarts,
     );
     let _ = writeln!(
         out,
@@ -433,5 +456,14 @@ pub fn summary_table(o: &DemoOutcome) -> String {
         mib(o.rss.end),
         mib(o.rss.max)
     );
+    if o.rss.trace.len() > 1 {
+        let samples: Vec<String> = o
+            .rss
+            .trace
+            .iter()
+            .map(|(_, b)| format!("{:.1}", *b as f64 / 1048576.0))
+            .collect();
+        let _ = writeln!(out, "RSS every 1000 steps (MiB): {}", samples.join(" "));
+    }
     out
 }

@@ -53,7 +53,7 @@ use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberStats};
 use vision::{
     EncodedFrame, Encoding, ManualClock, PreprocessConfig, Rig, Slot, Step, StepAssembler,
     VisionPipeline,
-};                                                   
+};
 
 pub use config::{ClockMode, NodeConfig};
 pub use stats::{NodeReport, NodeState};
@@ -251,7 +251,10 @@ struct Ingest {
 }
 
 impl Ingest {
-    fn new_assembler(rig: &Rig, clock: &ManualClock) -> Result<StepAssembler<EncodedFrame, ManualClock>> {
+    fn new_assembler(
+        rig: &Rig,
+        clock: &ManualClock,
+    ) -> Result<StepAssembler<EncodedFrame, ManualClock>> {
         Ok(StepAssembler::new(&rig.sync, rig.n_cams(), clock.clone())?)
     }
 
@@ -273,7 +276,11 @@ impl Ingest {
             .flatten()
             .is_some_and(|n| stamp.saturating_add(threshold) <= n);
         if back {
-            tracing::warn!(stream, stamp, "input stamps jumped back: publisher restart, resetting sync");
+            tracing::warn!(
+                stream,
+                stamp,
+                "input stamps jumped back: publisher restart, resetting sync"
+            );
             self.newest.iter_mut().for_each(|n| *n = None);
             self.base = None;
             self.reset_sync()?;
@@ -359,7 +366,12 @@ impl Ingest {
                         .proprio
                         .iter()
                         .map(|n| {
-                            match js.name.iter().position(|x| x == n).and_then(|i| js.position.get(i)) {
+                            match js
+                                .name
+                                .iter()
+                                .position(|x| x == n)
+                                .and_then(|i| js.position.get(i))
+                            {
                                 Some(&x) => x as f32,
                                 None => {
                                     missing += 1;
@@ -438,11 +450,7 @@ impl Ingest {
     }
 }
 
-fn ingest_loop(
-    mut ingest: Ingest,
-    subscriber: &Subscriber,
-    shutdown: &AtomicBool,
-) -> Result<()> {
+fn ingest_loop(mut ingest: Ingest, subscriber: &Subscriber, shutdown: &AtomicBool) -> Result<()> {
     while !shutdown.load(Ordering::SeqCst) {
         if let Some(message) = subscriber.recv_timeout(Duration::from_millis(5)) {
             ingest.handle(message)?;
@@ -463,7 +471,10 @@ pub struct NodeMonitor(Arc<Mutex<NodeReport>>);
 impl NodeMonitor {
     /// The latest report.
     pub fn report(&self) -> NodeReport {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn set(&self, report: NodeReport) {
@@ -501,7 +512,11 @@ impl<B: Backend> Inference<'_, B> {
         self.report.episodes += 1;
         self.report.episode_steps = 0;
         self.episode_active = true;
-        tracing::info!(episode = self.report.episodes, instruction = text, "episode started");
+        tracing::info!(
+            episode = self.report.episodes,
+            instruction = text,
+            "episode started"
+        );
         Ok(())
     }
 
@@ -646,9 +661,7 @@ pub fn run_node<B: Backend>(
     )?;
     let actions = Publisher::<ActionChunk>::declare(session, &keys.action(), StreamClass::Actions)?;
     let status = Publisher::<StringMsg>::declare(session, &keys.status(), StreamClass::Telemetry)?;
-    let cache_config = config
-        .kv_cache
-        .unwrap_or(setup.model.config().kv_cache);
+    let cache_config = config.kv_cache.unwrap_or(setup.model.config().kv_cache);
     let stream = setup
         .model
         .new_stream(&cache_config, &setup.device)
@@ -735,7 +748,10 @@ pub fn run_node<B: Backend>(
             inf.report.state = state;
             let status_due = now - last_status >= status_every;
             if stepped || status_due {
-                let ingest_counters = counters.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                let ingest_counters = counters
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
                 let superseded = mailbox.lock().superseded;
                 inf.refresh(&ingest_counters, superseded, subscriber.stats());
             }
@@ -761,7 +777,10 @@ pub fn run_node<B: Backend>(
         }
         outcome
     });
-    let ingest_counters = counters.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let ingest_counters = counters
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let superseded = mailbox.lock().superseded;
     inf.refresh(&ingest_counters, superseded, subscriber.stats());
     inf.report.state = NodeState::Stopped;

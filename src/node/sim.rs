@@ -163,7 +163,8 @@ pub fn run_sim(
         .collect::<transport::Result<Vec<_>>>()?;
     let joints = Publisher::<JointState>::declare(session, &keys.joints(), StreamClass::Telemetry)?;
     // Episode starts must not be lost: lossless QoS.
-    let instruction = Publisher::<StringMsg>::declare(session, &keys.instruction(), StreamClass::Bulk)?;
+    let instruction =
+        Publisher::<StringMsg>::declare(session, &keys.instruction(), StreamClass::Bulk)?;
     let wall: Arc<dyn Clock> = Arc::new(transport::clock::SystemClock::new());
     let actions = Subscriber::declare(
         session,
@@ -175,10 +176,11 @@ pub fn run_sim(
         },
         wall,
     )?;
-    for p in cams.iter().map(|p| p as &dyn Waitable).chain([
-        &joints as &dyn Waitable,
-        &instruction as &dyn Waitable,
-    ]) {
+    for p in cams
+        .iter()
+        .map(|p| p as &dyn Waitable)
+        .chain([&joints as &dyn Waitable, &instruction as &dyn Waitable])
+    {
         p.wait(options.wait_for_node)
             .context("no node subscribed to the simulator's keys")?;
     }
@@ -221,7 +223,13 @@ pub fn run_sim(
                 frame_id: frame_id.to_owned(),
             };
             for ((img, publisher), name) in step.images.iter().zip(&cams).zip(&names) {
-                jpeg(img, step.width, step.height, options.jpeg_quality, &mut jpeg_buf)?;
+                jpeg(
+                    img,
+                    step.width,
+                    step.height,
+                    options.jpeg_quality,
+                    &mut jpeg_buf,
+                )?;
                 publisher.publish(&CompressedImage {
                     header: header(name),
                     format: "jpeg".to_owned(),
@@ -295,7 +303,9 @@ pub fn run_sim(
                 break;
             }
             let applied = match chunk {
-                Some(values) if values.len() >= ACTION_DIM && values[..2].iter().all(|v| v.is_finite()) => {
+                Some(values)
+                    if values.len() >= ACTION_DIM && values[..2].iter().all(|v| v.is_finite()) =>
+                {
                     result.actions_applied += 1;
                     values
                 }
