@@ -458,3 +458,113 @@ fn connect(port: u16) -> zenoh::Session {
         .expect("connected");
     session
 }
+
+fn shared_data() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("EDGEVLA_REQUIRE_SHARED").is_none(),
+        "EDGEVLA_REQUIRE_SHARED is set but {} is missing",
+        dir.display()
+    );
+    eprintln!("skipped: {} not found", dir.display());
+    None
+}
+
+/// The real recordings of `../shared/data` (imported with `edgevla import`) replayed at their
+/// original timing into a node with the edge model's sizes (random weights, cameras as the
+/// recording's rig has): robustness and timing only, the model was not trained on them.
+#[test]
+fn real_recordings_replay_through_the_node() {
+    let Some(data) = shared_data() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (folder, robot) in [("g1_pick_bottle", "g1"), ("euroc_stereo", "euroc")] {
+        let mcap = tmp.path().join(format!("{robot}.mcap"));
+        let rig = tmp.path().join(format!("{robot}-rig.toml"));
+        let from = data.join(folder);
+        let args = [
+            "edgevla",
+            "import",
+            "--from",
+            from.to_str().expect("utf-8 path"),
+            "--out",
+            mcap.to_str().expect("utf-8 path"),
+            "--rig-out",
+            rig.to_str().expect("utf-8 path"),
+        ];
+        let cli = <edgevla::cli::Cli as clap::Parser>::try_parse_from(args).expect("import args");
+        edgevla::run(cli).expect("import");
+        let rig_cams = vision::Rig::load(&rig).expect("imported rig").n_cams();
+        let model = configs::model_preset("edge")
+            .expect("edge model")
+            .text
+            .replace("n_cameras = 3", &format!("n_cameras = {rig_cams}"));
+        let model_path = tmp.path().join(format!("{robot}-model.toml"));
+        std::fs::write(&model_path, model).expect("write model config");
+        let mut config = node_config(ClockMode::Source);
+        config.robot_id = robot.into();
+        config.rig = rig.to_str().expect("utf-8 path").into();
+        config.model = model_path.to_str().expect("utf-8 path").into();
+        config.proprio = Vec::new(); // JointState.position as sent, zero-padded
+        config.kv_cache = None;
+        let (node, _) = setup::<B>(config, None, Default::default()).expect("node setup");
+        let recording = read_mcap(&mcap).expect("read recording");
+        let frames = recording
+            .messages
+            .iter()
+            .filter(|m| m.key.contains("/cam/"))
+            .count() as u64;
+        let out = replay_through_node(
+            &node,
+            recording,
+            &Remap::default(),
+            Pace::Rate("1.0".parse().expect("rate")),
+            &AtomicBool::new(false),
+        )
+        .expect("replay");
+        let n = &out.node;
+        eprintln!(
+            "{robot}: {} frames over {:.1} s, {} actions; per step ms p50/p99: vision {:.2}/{:.2}, model {:.1}/{:.1}, total {:.1}/{:.1}; superseded {}, held {}, masked {}, proprio stale {}, cache {} of {} bytes",
+            frames,
+            out.seconds,
+            out.actions.len(),
+            n.latency.vision.p50_ms,
+            n.latency.vision.p99_ms,
+            n.latency.model.p50_ms,
+            n.latency.model.p99_ms,
+            n.latency.total.p50_ms,
+            n.latency.total.p99_ms,
+            n.input.steps_superseded,
+            n.input.cameras.iter().map(|c| c.held).sum::<u64>(),
+            n.input.cameras.iter().map(|c| c.missing).sum::<u64>(),
+            n.input.proprio_stale,
+            n.cache.max_bytes,
+            n.cache.budget,
+        );
+        let received: u64 = n.input.cameras.iter().map(|c| c.received).sum();
+        assert_eq!(
+            received, frames,
+            "{robot}: every frame reached the synchronizer"
+        );
+        assert!(
+            n.steps > 0 && out.actions.len() as u64 == n.steps,
+            "{robot}: {n:?}"
+        );
+        assert_eq!(n.model_errors, 0);
+        assert_eq!(n.input.subscriber.decode_errors, 0);
+        assert!(
+            n.input.cameras.iter().all(|c| c.decode_errors == 0),
+            "{n:?}"
+        );
+        assert_eq!(n.cache.over_budget_steps, 0);
+        assert_eq!(n.input.restarts, 0);
+        for a in &out.actions {
+            let chunk = edgevla::node::demo::decode_action(a).expect("action decodes");
+            assert!(chunk.values.iter().all(|v| v.is_finite()));
+        }
+    }
+}
