@@ -110,7 +110,7 @@ pub(crate) fn parse_devices(spec: &str) -> Result<(bool, Vec<usize>)> {
 
 #[cfg(feature = "cuda")]
 fn train_cuda(args: &TrainArgs, ids: &[usize], out: &mut impl Write) -> Result<()> {
-    use burn::backend::{Cuda, cuda::CudaDevice};
+    use burn::backend::Cuda;
     let devices = cuda_devices(ids)?;
     run::<Autodiff<Cuda<f32, i32>>>(args, devices, out)
 }

@@ -47,7 +47,7 @@ pub fn rig_preset(name: &str) -> Option<&'static Preset> {
 }
 
 /// Task configs (`configs/task/`), parsed by `trainer::task::TaskConfig`.
-pub const TASK_PRESETS: &[Preset] = presets!("task": "memory");
+pub const TASK_PRESETS: &[Preset] = presets!("task": "memory", "memory-short");
 
 /// Looks up a task config by name.
 pub fn task_preset(name: &str) -> Option<&'static Preset> {
@@ -55,7 +55,7 @@ pub fn task_preset(name: &str) -> Option<&'static Preset> {
 }
 
 /// Training configs (`configs/training/`), read by `edgevla train`.
-pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory");
+pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short");
 
 /// Looks up a training config by name.
 pub fn training_preset(name: &str) -> Option<&'static Preset> {

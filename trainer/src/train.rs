@@ -216,7 +216,9 @@ pub fn batch_loss<B: Backend>(
     let action_loss = if batch.weights.is_empty() {
         per_step.mean()
     } else {
-        if batch.weights.len() != n * steps || batch.weights.iter().any(|w| !(*w >= 0.0)) {
+        if batch.weights.len() != n * steps
+            || batch.weights.iter().any(|w| !w.is_finite() || *w < 0.0)
+        {
             return Err(Error::Input {
                 what: "step weights",
                 reason: format!("need {} finite weights ≥ 0", n * steps),
