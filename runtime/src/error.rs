@@ -36,6 +36,14 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// A device failed to execute or synchronize.
+    #[error("device error in {op}: {reason}")]
+    Device {
+        /// The operation that needed the device.
+        op: &'static str,
+        /// The backend's report.
+        reason: String,
+    },
     /// File IO failed.
     #[error("{path}: {source}")]
     Io {

@@ -213,6 +213,7 @@ pub fn ring_attention_with<B: Backend>(
     }
     let mut acc: Vec<Option<Partial<B>>> = (0..n).map(|_| None).collect();
     let mut held: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = k.into_iter().zip(v).collect();
+    let mut sent = Vec::with_capacity(n);
     for step in 0..n {
         for (r, (k_block, v_block)) in held.iter().enumerate() {
             let src = (r + n - step) % n;
@@ -231,9 +232,11 @@ pub fn ring_attention_with<B: Backend>(
             merge_into(&mut acc[r], part);
         }
         if step + 1 < n {
-            held = pass_along(&held, devices);
+            let next = pass_along(&held, devices);
+            sent.push(std::mem::replace(&mut held, next));
         }
     }
+    release_after_sync::<B, _>(devices, (sent, held))?;
     acc.into_iter()
         .enumerate()
         .map(|(r, a)| {
@@ -241,6 +244,21 @@ pub fn ring_attention_with<B: Backend>(
                 .ok_or_else(|| Error::shape("ring attention", format!("shard {r} saw no keys")))
         })
         .collect()
+}
+
+/// Waits for every device, then drops `keep`: the sources of device-to-device copies. A copy
+/// between CUDA devices is queued (NCCL, on its own stream) and returns at once; releasing its
+/// source before the copy has run could let the allocator hand that memory to the next kernel,
+/// so transfer sources are held until the devices are synchronized.
+pub(crate) fn release_after_sync<B: Backend, T>(devices: &[B::Device], keep: T) -> Result<()> {
+    for device in devices {
+        B::sync(device).map_err(|e| Error::Device {
+            op: "ring transfer",
+            reason: format!("{e:?}"),
+        })?;
+    }
+    drop(keep);
+    Ok(())
 }
 
 /// One ring hop: shard r receives shard r − 1's K/V block on its own device.
@@ -309,6 +327,7 @@ pub fn ring_attention<B: Backend>(
     let diagonal: Vec<Tensor<B, 4>> = devices.iter().map(|d| causal_bias(c, d)).collect();
     let mut acc: Vec<[Option<Partial<B>>; 2]> = (0..n).map(|_| [None, None]).collect();
     let mut held: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = k.into_iter().zip(v).collect();
+    let mut sent = Vec::with_capacity(n);
     for step in 0..n {
         for (r, (k_block, v_block)) in held.iter().enumerate() {
             let src = (r + n - step) % n; // the shard these K/V came from
@@ -332,9 +351,11 @@ pub fn ring_attention<B: Backend>(
             }
         }
         if step + 1 < n {
-            held = pass_along(&held, devices);
+            let next = pass_along(&held, devices);
+            sent.push(std::mem::replace(&mut held, next));
         }
     }
+    release_after_sync::<B, _>(devices, (sent, held))?;
     acc.into_iter()
         .enumerate()
         .map(|(r, [a, b])| match (a, b) {

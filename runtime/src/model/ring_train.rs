@@ -8,7 +8,8 @@
 //! with [`ring_attention_with`]: K/V blocks travel around the ring and every shard merges its
 //! partial results exactly. The training mask (causal; readouts seen only by themselves;
 //! padding seen by nothing else) becomes one bias per (query shard, key shard) pair, built on
-//! the device once per batch and shared by all layers.
+//! the device once per batch and shared by all layers. The sources of device-to-device copies
+//! are held until the devices synchronize (see `ring::release_after_sync`).
 
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -83,8 +84,12 @@ impl<B: Backend> Vla<B> {
         let shard_len = 2 * chunk;
         let mut xs = Vec::with_capacity(n);
         let mut tables = Vec::with_capacity(n);
+        // Sources of device-to-device copies, held until the devices synchronize.
+        let mut sources = Vec::with_capacity(2 * n);
         for (r, device) in devices.iter().enumerate() {
-            xs.push(shard_of(&x, r, n, chunk).to_device(device));
+            let shard = shard_of(&x, r, n, chunk);
+            xs.push(shard.clone().to_device(device));
+            sources.push(shard);
             let p: Vec<i64> = positions
                 .iter()
                 .flat_map(|p| tokens[r].iter().map(|&t| p[t]))
@@ -151,11 +156,14 @@ impl<B: Backend> Vla<B> {
         // Back on the home device, in sequence order, without the padding.
         let mut chunks: Vec<Option<Tensor<B, 3>>> = (0..2 * n).map(|_| None).collect();
         for (r, x) in xs.into_iter().enumerate() {
-            let h = replicas[r].norm.forward(x).to_device(home);
+            let normed = replicas[r].norm.forward(x);
+            let h = normed.clone().to_device(home);
+            sources.push(normed);
             chunks[r] = Some(h.clone().narrow(1, 0, chunk));
             chunks[2 * n - 1 - r] = Some(h.narrow(1, chunk, chunk));
         }
         let hidden = Tensor::cat(chunks.into_iter().flatten().collect(), 1).narrow(1, 0, len);
+        crate::ring::release_after_sync::<B, _>(devices, sources)?;
         Ok(self.train_heads(hidden, seq.padded_sinks, seq.steps))
     }
 }
