@@ -172,22 +172,12 @@ fn bench_step(args: &StepArgs, out: &mut impl Write) -> Result<()> {
             );
         }
     }
-    match args.device.as_str() {
-        "cpu" => {
+    match crate::device::parse_device(&args.device)? {
+        None => {
             use burn::backend::NdArray;
             run::<NdArray<f32>>(args, Default::default(), "cpu", out)
         }
-        name => {
-            let index = match name.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest
-                    .strip_prefix(':')
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .with_context(|| format!("--device {name}: expected cpu, cuda or cuda:N"))?,
-                None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
-            };
-            bench_cuda(args, index, out)
-        }
+        Some(index) => bench_cuda(args, index, out),
     }
 }
 
@@ -199,9 +189,7 @@ fn bench_cuda(args: &StepArgs, index: usize, out: &mut impl Write) -> Result<()>
 
 #[cfg(not(feature = "cuda"))]
 fn bench_cuda(_args: &StepArgs, index: usize, _out: &mut impl Write) -> Result<()> {
-    bail!(
-        "--device cuda:{index}: this edgevla was built without the `cuda` feature (cargo build --release --features cuda)"
-    )
+    Err(crate::device::no_cuda(index))
 }
 
 fn sync<B: Backend>(device: &B::Device) -> Result<()> {

@@ -176,37 +176,22 @@ fn command_line(args: &EvalArgs, spec: &SweepSpec, original: Option<usize>) -> S
 }
 
 pub(crate) fn eval(args: &EvalArgs, out: &mut impl Write) -> Result<()> {
-    match args.device.as_str() {
-        "cpu" => run::<NdArray<f32>>(args, Default::default(), out),
-        name => {
-            let index = match name.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest
-                    .strip_prefix(':')
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .with_context(|| format!("--device {name}: expected cpu, cuda or cuda:N"))?,
-                None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
-            };
-            eval_cuda(args, index, out)
-        }
+    match crate::device::parse_device(&args.device)? {
+        None => run::<NdArray<f32>>(args, Default::default(), out),
+        Some(index) => eval_cuda(args, index, out),
     }
 }
 
 #[cfg(feature = "cuda")]
 fn eval_cuda(args: &EvalArgs, index: usize, out: &mut impl Write) -> Result<()> {
-    use burn::backend::{Cuda, cuda::CudaDevice};
-    let available = <Cuda<f32, i32> as Backend>::device_count(0);
-    if index >= available {
-        bail!("cuda:{index} does not exist: this machine has {available} CUDA device(s)");
-    }
-    run::<Cuda<f32, i32>>(args, CudaDevice { index }, out)
+    use burn::backend::Cuda;
+    let device = crate::device::cuda_device(index)?;
+    run::<Cuda<f32, i32>>(args, device, out)
 }
 
 #[cfg(not(feature = "cuda"))]
 fn eval_cuda(_args: &EvalArgs, index: usize, _out: &mut impl Write) -> Result<()> {
-    bail!(
-        "--device cuda:{index}: this edgevla was built without the `cuda` feature (cargo build --release --features cuda)"
-    )
+    Err(crate::device::no_cuda(index))
 }
 
 fn run<B: Backend>(args: &EvalArgs, device: B::Device, out: &mut impl Write) -> Result<()>

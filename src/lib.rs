@@ -4,6 +4,7 @@
 
 mod bench_cmd;
 pub mod cli;
+mod device;
 mod eval_cmd;
 pub mod import_cmd;
 mod model_cmd;

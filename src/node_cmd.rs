@@ -122,35 +122,6 @@ pub struct DemoArgs {
     pub quiet: bool,
 }
 
-/// Runs `f` on the backend `device` names.
-fn with_device<R>(
-    device: &str,
-    cpu: impl FnOnce(burn::backend::ndarray::NdArrayDevice) -> Result<R>,
-    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))] cuda: impl FnOnce(usize) -> Result<R>,
-) -> Result<R> {
-    match device {
-        "cpu" => cpu(Default::default()),
-        name => {
-            let index = match name.strip_prefix("cuda") {
-                Some("") => 0,
-                Some(rest) => rest
-                    .strip_prefix(':')
-                    .and_then(|i| i.parse::<usize>().ok())
-                    .with_context(|| format!("--device {name}: expected cpu, cuda or cuda:N"))?,
-                None => bail!("--device {name}: expected cpu, cuda or cuda:N"),
-            };
-            #[cfg(feature = "cuda")]
-            {
-                cuda(index)
-            }
-            #[cfg(not(feature = "cuda"))]
-            bail!(
-                "--device cuda:{index}: this edgevla was built without the `cuda` feature (cargo build --release --features cuda)"
-            )
-        }
-    }
-}
-
 fn task_config(name: &str) -> Result<TaskConfig> {
     TaskConfig::from_toml(&read_named(name, configs::task_preset(name))?)
         .with_context(|| format!("task config {name}"))
@@ -168,35 +139,30 @@ pub(crate) fn node(args: &NodeArgs, out: &mut impl Write) -> Result<()> {
     }
     let session_config = args.zenoh.session_config()?;
     let shutdown = shutdown_flag()?;
-    let report = with_device(
-        &args.model.device,
-        |device| node_on::<NdArray<f32>>(&config, args, &session_config, device, &shutdown),
-        |index| {
-            #[cfg(feature = "cuda")]
-            {
-                use burn::backend::{Cuda, cuda::CudaDevice};
-                node_on::<Cuda<f32, i32>>(
-                    &config,
-                    args,
-                    &session_config,
-                    CudaDevice { index },
-                    &shutdown,
-                )
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                let _ = index;
-                unreachable_cuda()
-            }
-        },
-    )?;
+    let report = match crate::device::parse_device(&args.model.device)? {
+        None => node_on::<NdArray<f32>>(
+            &config,
+            args,
+            &session_config,
+            Default::default(),
+            &shutdown,
+        )?,
+        #[cfg(feature = "cuda")]
+        Some(index) => {
+            let device = crate::device::cuda_device(index)?;
+            node_on::<burn::backend::Cuda<f32, i32>>(
+                &config,
+                args,
+                &session_config,
+                device,
+                &shutdown,
+            )?
+        }
+        #[cfg(not(feature = "cuda"))]
+        Some(index) => return Err(crate::device::no_cuda(index)),
+    };
     writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
     Ok(())
-}
-
-#[cfg(not(feature = "cuda"))]
-fn unreachable_cuda<R>() -> Result<R> {
-    bail!("built without the `cuda` feature")
 }
 
 fn node_on<B: Backend>(
@@ -266,28 +232,16 @@ pub(crate) fn sim(args: &SimArgs, out: &mut impl Write) -> Result<()> {
 pub(crate) fn demo(args: &DemoArgs, out: &mut impl Write) -> Result<()> {
     let config = NodeConfig::load(&args.model.config)?;
     let shutdown = shutdown_flag()?;
-    with_device(
-        &args.model.device,
-        |device| demo_on::<NdArray<f32>>(config.clone(), args, device, &shutdown, out),
-        |index| {
-            #[cfg(feature = "cuda")]
-            {
-                use burn::backend::{Cuda, cuda::CudaDevice};
-                demo_on::<Cuda<f32, i32>>(
-                    config.clone(),
-                    args,
-                    CudaDevice { index },
-                    &shutdown,
-                    out,
-                )
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                let _ = index;
-                unreachable_cuda()
-            }
-        },
-    )
+    match crate::device::parse_device(&args.model.device)? {
+        None => demo_on::<NdArray<f32>>(config, args, Default::default(), &shutdown, out),
+        #[cfg(feature = "cuda")]
+        Some(index) => {
+            let device = crate::device::cuda_device(index)?;
+            demo_on::<burn::backend::Cuda<f32, i32>>(config, args, device, &shutdown, out)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Some(index) => Err(crate::device::no_cuda(index)),
+    }
 }
 
 fn demo_on<B: Backend>(

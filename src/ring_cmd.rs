@@ -43,7 +43,7 @@ pub struct RingArgs {
 }
 
 pub(crate) fn ring(args: &RingArgs, out: &mut impl Write) -> Result<()> {
-    let (cuda, ids) = crate::train_cmd::parse_devices(&args.devices)?;
+    let (cuda, ids) = crate::device::parse_devices(&args.devices)?;
     if cuda {
         ring_cuda(args, &ids, out)
     } else {
@@ -55,7 +55,7 @@ pub(crate) fn ring(args: &RingArgs, out: &mut impl Write) -> Result<()> {
 #[cfg(feature = "cuda")]
 fn ring_cuda(args: &RingArgs, ids: &[usize], out: &mut impl Write) -> Result<()> {
     use burn::backend::Cuda;
-    let devices = crate::train_cmd::cuda_devices(ids)?;
+    let devices = crate::device::cuda_devices(ids)?;
     run::<Autodiff<Cuda<f32, i32>>>(args, &devices, out)
 }
 
@@ -158,14 +158,14 @@ fn run<B: AutodiffBackend>(
             sync::<B::InnerBackend>(&[src.clone(), dst.clone()])?;
             let started = Instant::now();
             let first = t.clone().to_device(dst);
-            sync::<B::InnerBackend>(&[dst.clone()])?;
+            sync::<B::InnerBackend>(std::slice::from_ref(dst))?;
             let first_ms = started.elapsed().as_secs_f64() * 1e3;
             drop(first);
             let mut times = Vec::new();
             for _ in 0..10 {
                 let started = Instant::now();
                 let copy = t.clone().to_device(dst);
-                sync::<B::InnerBackend>(&[dst.clone()])?;
+                sync::<B::InnerBackend>(std::slice::from_ref(dst))?;
                 times.push(started.elapsed().as_secs_f64());
                 drop(copy);
             }

@@ -65,8 +65,8 @@ fn one() -> f32 {
 
 pub(crate) fn train(args: &TrainArgs, out: &mut impl Write) -> Result<()> {
     let (cuda, ids) = match &args.devices {
-        Some(list) => parse_devices(list)?,
-        None => parse_devices(&args.device)?,
+        Some(list) => crate::device::parse_devices(list)?,
+        None => crate::device::parse_devices(&args.device)?,
     };
     if cuda {
         train_cuda(args, &ids, out)
@@ -76,63 +76,16 @@ pub(crate) fn train(args: &TrainArgs, out: &mut impl Write) -> Result<()> {
     }
 }
 
-/// Parses `cpu`, `cpu:N` (N shards on the CPU), `cuda`, `cuda:I` or `cuda:I,J,...` into
-/// (is CUDA, device indices).
-pub(crate) fn parse_devices(spec: &str) -> Result<(bool, Vec<usize>)> {
-    let bad = || format!("device `{spec}`: expected cpu, cpu:N, cuda, cuda:N or cuda:I,J,...");
-    if spec == "cpu" {
-        return Ok((false, vec![0]));
-    }
-    if spec == "cuda" {
-        return Ok((true, vec![0]));
-    }
-    if let Some(n) = spec.strip_prefix("cpu:") {
-        let n: usize = n.parse().with_context(bad)?;
-        if n == 0 {
-            bail!("{}", bad());
-        }
-        return Ok((false, vec![0; n]));
-    }
-    let list = spec.strip_prefix("cuda:").with_context(bad)?;
-    let ids: Vec<usize> = list
-        .split(',')
-        .map(|s| s.trim().parse::<usize>())
-        .collect::<std::result::Result<_, _>>()
-        .with_context(bad)?;
-    let mut seen = ids.clone();
-    seen.sort_unstable();
-    seen.dedup();
-    if ids.is_empty() || seen.len() != ids.len() {
-        bail!("{} (each device once)", bad());
-    }
-    Ok((true, ids))
-}
-
 #[cfg(feature = "cuda")]
 fn train_cuda(args: &TrainArgs, ids: &[usize], out: &mut impl Write) -> Result<()> {
     use burn::backend::Cuda;
-    let devices = cuda_devices(ids)?;
+    let devices = crate::device::cuda_devices(ids)?;
     run::<Autodiff<Cuda<f32, i32>>>(args, devices, out)
-}
-
-/// The CUDA devices `ids`, checked against the devices present.
-#[cfg(feature = "cuda")]
-pub(crate) fn cuda_devices(ids: &[usize]) -> Result<Vec<burn::backend::cuda::CudaDevice>> {
-    use burn::backend::{Cuda, cuda::CudaDevice};
-    use burn::tensor::backend::Backend;
-    let available = <Cuda<f32, i32> as Backend>::device_count(0);
-    if let Some(bad) = ids.iter().find(|&&i| i >= available) {
-        bail!("cuda:{bad} does not exist: this machine has {available} CUDA device(s)");
-    }
-    Ok(ids.iter().map(|&index| CudaDevice { index }).collect())
 }
 
 #[cfg(not(feature = "cuda"))]
 fn train_cuda(_args: &TrainArgs, ids: &[usize], _out: &mut impl Write) -> Result<()> {
-    bail!(
-        "cuda:{}: this edgevla was built without the `cuda` feature (cargo build --release --features cuda)",
-        ids.first().copied().unwrap_or(0)
-    )
+    Err(crate::device::no_cuda(ids.first().copied().unwrap_or(0)))
 }
 
 fn run<B: AutodiffBackend>(
