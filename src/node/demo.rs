@@ -186,6 +186,11 @@ pub fn run_demo<B: Backend>(
         // Let the last action and status settle, then stop the node.
         std::thread::sleep(Duration::from_millis(100));
         node_stop.store(true, Ordering::SeqCst);
+        if recorder.is_some() {
+            // The recorder stops without draining its queue: give it time to write the last
+            // messages (the final actions and status) first.
+            std::thread::sleep(Duration::from_millis(500));
+        }
         recorder_stop.store(true, Ordering::SeqCst);
         let node_report = node
             .join()

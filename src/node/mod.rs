@@ -283,6 +283,9 @@ impl Ingest {
             );
             self.newest.iter_mut().for_each(|n| *n = None);
             self.base = None;
+            // The old time base is gone: until the restarted stream's first joint state
+            // (clock `joints`) or its first stamp (clock `source`) nothing is due.
+            self.clock.set(0);
             self.reset_sync()?;
             self.lock_counters().restarts += 1;
         }
