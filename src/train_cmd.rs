@@ -166,6 +166,11 @@ fn run<B: AutodiffBackend>(
     let metrics_path = args.out.join("metrics.csv");
     std::fs::write(&metrics_path, metrics)
         .with_context(|| format!("writing {}", metrics_path.display()))?;
+    trainer::plot::write_loss_png(
+        &report.losses,
+        &format!("training loss: {}", args.config),
+        &args.out.join("loss.png"),
+    )?;
     if args.eval_episodes > 0 {
         use burn::module::AutodiffModule;
         // Evaluation seeds start far from the training ones.

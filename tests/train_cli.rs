@@ -77,6 +77,7 @@ fn train_writes_a_loadable_checkpoint() {
         "quiet progress lines: {stderr}"
     );
     assert!(out.join("weights.mpk").exists() && out.join("config.toml").exists());
+    assert!(out.join("metrics.csv").exists() && out.join("loss.png").exists());
 
     let export = Command::new(env!("CARGO_BIN_EXE_edgevla"))
         .args([

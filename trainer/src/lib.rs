@@ -5,6 +5,7 @@
 //! - [`train`]: the single-device training loop (AdamW on the action-chunk MSE of every step).
 //! - [`data`]: training batches from the task (parallel episode generation, loss weights,
 //!   cue labels, a background prefetcher).
+//! - [`plot`]: the loss curve of a training run as a PNG.
 //! - [`task`]: the procedural multi-camera memory task (scene, renderer, expert, closed-loop
 //!   simulator, needle-in-a-haystack episodes), deterministic from a seed.
 //! - [`eval`]: closed-loop evaluation of a model on the task's simulator.
@@ -16,6 +17,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod needle;
+pub mod plot;
 pub mod task;
 pub mod train;
 

@@ -206,14 +206,15 @@ pub fn write_png(map: &Heatmap, path: &Path) -> Result<()> {
 }
 
 /// An RGB8 buffer to blit glyphs into (clipped at the edges).
-struct Canvas<'a> {
-    buf: &'a mut [u8],
-    w: u32,
-    h: u32,
+pub(crate) struct Canvas<'a> {
+    pub(crate) buf: &'a mut [u8],
+    pub(crate) w: u32,
+    pub(crate) h: u32,
 }
 
 impl Canvas<'_> {
-    fn text(&mut self, x: u32, y: u32, text: &str, ink: [u8; 3]) {
+    /// Writes `text` in 8×8 glyphs with its top-left corner at `(x, y)`.
+    pub(crate) fn text(&mut self, x: u32, y: u32, text: &str, ink: [u8; 3]) {
         for (i, ch) in text.chars().enumerate() {
             let code = if ch.is_ascii() {
                 ch as usize
