@@ -6,12 +6,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, NdArray};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Deserialize;
 use trainer::data::{Prefetch, StepWeights};
 use trainer::task::TaskConfig;
-use trainer::train::TrainConfig;
+use trainer::train::{Resume, TrainConfig};
 
 use crate::model_cmd::read_named;
 
@@ -41,6 +42,56 @@ pub struct TrainArgs {
     /// No progress bar (logs a line every 10% instead).
     #[arg(long)]
     pub quiet: bool,
+    /// Continue the run whose checkpoint folder this is (weights, optimizer state and
+    /// iterations done, as every `edgevla train` writes them) up to the config's iterations;
+    /// the same config (model, data seed, schedule) must be given.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Stop after this iteration of the schedule (the checkpoint records it; continue with
+    /// --resume), e.g. to split a long run over several sessions.
+    #[arg(long, value_name = "N")]
+    pub stop_after: Option<usize>,
+}
+
+/// What a checkpoint folder records about the run that wrote it (`train_state.toml`).
+#[derive(Debug, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrainState {
+    /// Optimizer steps done.
+    iterations_done: usize,
+}
+
+const STATE_FILE: &str = "train_state.toml";
+const OPTIMIZER_STEM: &str = "optimizer"; // the recorder adds `.mpk`
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::<FullPrecisionSettings>::new()
+}
+
+/// The model, optimizer state, iterations done and earlier metrics of the run in `dir`.
+fn load_resume<B: AutodiffBackend>(
+    dir: &std::path::Path,
+    config: &runtime::model::VlaConfig,
+    device: &B::Device,
+) -> Result<(runtime::model::Vla<B>, Resume<B>, String)> {
+    let model = runtime::checkpoint::load::<B>(dir, Some(config), device)
+        .with_context(|| format!("--resume {}", dir.display()))?;
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("--resume: reading {}", state_path.display()))?;
+    let state: TrainState = toml::from_str(&text)
+        .with_context(|| format!("--resume: {} is not a training state", state_path.display()))?;
+    let optimizer = Recorder::<B>::load(&recorder(), dir.join(OPTIMIZER_STEM), device)
+        .map_err(|e| anyhow::anyhow!("--resume: optimizer state in {}: {e}", dir.display()))?;
+    let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap_or_default();
+    Ok((
+        model,
+        Resume {
+            done: state.iterations_done,
+            optimizer,
+        },
+        metrics,
+    ))
 }
 
 /// `configs/training/*.toml`.
@@ -123,7 +174,24 @@ fn run<B: AutodiffBackend>(
     }
 
     B::seed(&device, file.seed);
-    let model = model_config.init::<B>(&device);
+    let (model, resume, earlier_metrics) = match &args.resume {
+        Some(dir) => {
+            let (model, resume, metrics) = load_resume::<B>(dir, &model_config, &device)?;
+            (model, Some(resume), metrics)
+        }
+        None => (model_config.init::<B>(&device), None, String::new()),
+    };
+    let start = resume.as_ref().map_or(0, |r| r.done);
+    let until = args
+        .stop_after
+        .unwrap_or(optimizer.iterations)
+        .min(optimizer.iterations);
+    if until <= start {
+        bail!(
+            "nothing to train: the run is at iteration {start} and would stop at {until} (of {})",
+            optimizer.iterations
+        );
+    }
     let base_seed = file.seed.wrapping_mul(1_000_003);
     // Episodes are rendered on the CPU's cores two batches ahead of the device.
     let mut prefetch = Prefetch::start(
@@ -133,23 +201,30 @@ fn run<B: AutodiffBackend>(
         StepWeights {
             go: file.go_step_weight,
         },
-        0..optimizer.iterations,
+        start..until,
         2,
     );
     let tokens_per_batch = (file.batch_size
         * (model_config.max_sink_tokens()
             + task.episode_steps * (model_config.tokens_per_step() + model_config.n_readout)))
         as f64;
-    let mut progress = crate::progress::bar(optimizer.iterations as u64, "training", args.quiet);
+    let mut progress = crate::progress::bar(until as u64, "training", args.quiet);
     let started = Instant::now();
-    let mut metrics = String::from("iteration,loss,learning_rate,elapsed_s,tokens_per_s\n");
-    let (model, report) = trainer::train::train(
+    let header = "iteration,loss,learning_rate,elapsed_s,tokens_per_s\n";
+    let mut metrics = if earlier_metrics.starts_with(header) {
+        earlier_metrics
+    } else {
+        String::from(header)
+    };
+    let (model, report, optimizer_state) = trainer::train::train_resumable(
         model,
         &optimizer,
+        resume,
+        until,
         |iteration| prefetch.get(iteration),
         |iteration, loss| {
             let elapsed = started.elapsed().as_secs_f64();
-            let rate = tokens_per_batch * (iteration + 1) as f64 / elapsed.max(1e-9);
+            let rate = tokens_per_batch * (iteration + 1 - start) as f64 / elapsed.max(1e-9);
             metrics.push_str(&format!(
                 "{iteration},{loss:e},{:e},{elapsed:.3},{rate:.1}\n",
                 optimizer.learning_rate_at(iteration)
@@ -164,10 +239,23 @@ fn run<B: AutodiffBackend>(
     progress.finish();
     runtime::checkpoint::save(&model, &args.out)?;
     let metrics_path = args.out.join("metrics.csv");
-    std::fs::write(&metrics_path, metrics)
+    std::fs::write(&metrics_path, &metrics)
         .with_context(|| format!("writing {}", metrics_path.display()))?;
+    Recorder::<B>::record(&recorder(), optimizer_state, args.out.join(OPTIMIZER_STEM))
+        .map_err(|e| anyhow::anyhow!("writing the optimizer state: {e}"))?;
+    let state = toml::to_string(&TrainState {
+        iterations_done: until,
+    })?;
+    std::fs::write(args.out.join(STATE_FILE), state)
+        .with_context(|| format!("writing {}", args.out.join(STATE_FILE).display()))?;
+    // The curve of the whole run, earlier iterations of a resumed run included.
+    let all_losses: Vec<f64> = metrics
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').nth(1)?.parse().ok())
+        .collect();
     trainer::plot::write_loss_png(
-        &report.losses,
+        &all_losses,
         &format!("training loss: {}", args.config),
         &args.out.join("loss.png"),
     )?;

@@ -7,7 +7,8 @@
 //! loop trains on the synthetic task, on recorded data, or on a fixed batch in tests. Ring
 //! attention across devices (`runtime::ring`) is not wired into this loop yet.
 
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
@@ -121,6 +122,28 @@ pub struct TrainReport {
     pub losses: Vec<f64>,
 }
 
+/// The optimizer of the training loop.
+pub type TrainOptimizer<B> = OptimizerAdaptor<AdamW, Vla<B>, B>;
+/// Its state (AdamW moments per parameter), saved with a checkpoint for resuming.
+pub type OptimizerRecord<B> = <TrainOptimizer<B> as Optimizer<Vla<B>, B>>::Record;
+
+/// Where a resumed run starts: the iterations already done and the optimizer's state then.
+pub struct Resume<B: AutodiffBackend> {
+    /// Iterations completed before.
+    pub done: usize,
+    /// The optimizer state after them.
+    pub optimizer: OptimizerRecord<B>,
+}
+
+impl<B: AutodiffBackend> std::fmt::Debug for Resume<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resume")
+            .field("done", &self.done)
+            .field("optimizer_entries", &self.optimizer.len())
+            .finish()
+    }
+}
+
 /// Trains `model` for `config.iterations` steps on the batches `next_batch` returns;
 /// `on_step(iteration, loss)` is called after every step (progress bars, logging). With more
 /// than one device the sequence is sharded over `devices` (ring attention,
@@ -132,10 +155,39 @@ pub struct TrainReport {
 pub fn train<B: AutodiffBackend>(
     model: Vla<B>,
     config: &TrainConfig,
+    next_batch: impl FnMut(usize) -> Result<Batch>,
+    on_step: impl FnMut(usize, f64),
+    devices: &[B::Device],
+) -> Result<(Vla<B>, TrainReport)> {
+    train_resumable(
+        model,
+        config,
+        None,
+        config.iterations,
+        next_batch,
+        on_step,
+        devices,
+    )
+    .map(|(model, report, _)| (model, report))
+}
+
+/// [`train`] from iteration `resume.done` with the optimizer state `resume.optimizer` (or from
+/// the start) up to iteration `until` (at most `config.iterations`), returning the optimizer
+/// state at the end too. Iterations keep their absolute numbers (batches, learning-rate
+/// schedule, `on_step`); the report holds the new ones only. So a run stopped at `until` and
+/// resumed continues exactly where it stopped.
+///
+/// # Errors
+/// As [`train`]; [`Error::Config`] if `resume.done` is not below `config.iterations`.
+pub fn train_resumable<B: AutodiffBackend>(
+    model: Vla<B>,
+    config: &TrainConfig,
+    resume: Option<Resume<B>>,
+    until: usize,
     mut next_batch: impl FnMut(usize) -> Result<Batch>,
     mut on_step: impl FnMut(usize, f64),
     devices: &[B::Device],
-) -> Result<(Vla<B>, TrainReport)> {
+) -> Result<(Vla<B>, TrainReport, OptimizerRecord<B>)> {
     config.validate()?;
     let mut optimizer_config = AdamWConfig::new().with_weight_decay(config.weight_decay as f32);
     if let Some(clip) = config.grad_clip_norm {
@@ -143,11 +195,27 @@ pub fn train<B: AutodiffBackend>(
             burn::grad_clipping::GradientClippingConfig::Norm(clip as f32),
         ));
     }
-    let mut optimizer = optimizer_config.init::<B, Vla<B>>();
+    let mut optimizer: TrainOptimizer<B> = optimizer_config.init::<B, Vla<B>>();
+    let start = match resume {
+        Some(resume) => {
+            if resume.done >= config.iterations {
+                return Err(Error::config(
+                    "iterations",
+                    format!(
+                        "the run to resume already did {} of {} iterations",
+                        resume.done, config.iterations
+                    ),
+                ));
+            }
+            optimizer = optimizer.load_record(resume.optimizer);
+            resume.done
+        }
+        None => 0,
+    };
     let mut model = model;
     let mut report = TrainReport::default();
     let action_values = model.config().action_values();
-    for iteration in 0..config.iterations {
+    for iteration in start..until.min(config.iterations) {
         let batch = next_batch(iteration)?;
         let n = batch.instructions.len();
         if batch.actions.len() != n * batch.steps * action_values {
@@ -175,7 +243,7 @@ pub fn train<B: AutodiffBackend>(
         report.losses.push(value);
         on_step(iteration, value);
     }
-    Ok((model, report))
+    Ok((model, report, optimizer.to_record()))
 }
 
 /// The training loss of `model` on `batch`: the step-weighted mean squared action error, plus
