@@ -199,44 +199,23 @@ pub fn ring_attention_with<B: Backend>(
     mut visibility: impl FnMut(usize, usize) -> Visibility<B>,
 ) -> Result<Vec<Tensor<B, 4>>> {
     let n = q.len();
-    if n == 0 || k.len() != n || v.len() != n || devices.len() != n {
-        return Err(Error::shape(
-            "ring attention",
-            format!(
-                "{} q, {} k, {} v shards on {} devices",
-                n,
-                k.len(),
-                v.len(),
-                devices.len()
-            ),
-        ));
-    }
     let mut acc: Vec<Option<Partial<B>>> = (0..n).map(|_| None).collect();
-    let mut held: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = k.into_iter().zip(v).collect();
-    let mut sent = Vec::with_capacity(n);
-    for step in 0..n {
-        for (r, (k_block, v_block)) in held.iter().enumerate() {
-            let src = (r + n - step) % n;
-            let bias = match visibility(r, src) {
-                Visibility::Nothing => continue,
-                Visibility::All => None,
-                Visibility::Bias(b) => Some(b),
-            };
-            let part = block_attention(
-                q[r].clone(),
-                k_block.clone(),
-                v_block.clone(),
-                bias.as_ref(),
-                scale,
-            )?;
-            merge_into(&mut acc[r], part);
-        }
-        if step + 1 < n {
-            let next = pass_along(&held, devices);
-            sent.push(std::mem::replace(&mut held, next));
-        }
-    }
-    release_after_sync::<B, _>(devices, (sent, held))?;
+    ring_schedule(q.len(), k, v, devices, |r, src, k_block, v_block| {
+        let bias = match visibility(r, src) {
+            Visibility::Nothing => return Ok(()),
+            Visibility::All => None,
+            Visibility::Bias(b) => Some(b),
+        };
+        let part = block_attention(
+            q[r].clone(),
+            k_block.clone(),
+            v_block.clone(),
+            bias.as_ref(),
+            scale,
+        )?;
+        merge_into(&mut acc[r], part);
+        Ok(())
+    })?;
     acc.into_iter()
         .enumerate()
         .map(|(r, a)| {
@@ -244,6 +223,47 @@ pub fn ring_attention_with<B: Backend>(
                 .ok_or_else(|| Error::shape("ring attention", format!("shard {r} saw no keys")))
         })
         .collect()
+}
+
+/// Checks that there are as many q, k and v shards as devices, and at least one.
+fn check_shard_counts(q: usize, k: usize, v: usize, devices: usize) -> Result<()> {
+    if q == 0 || k != q || v != q || devices != q {
+        return Err(Error::shape(
+            "ring attention",
+            format!("{q} q, {k} k, {v} v shards on {devices} devices"),
+        ));
+    }
+    Ok(())
+}
+
+/// The ring schedule shared by the ring variants: at step t shard r holds the K/V block of
+/// shard (r − t) mod N, `attend(r, src, k_block, v_block)` does shard r's work on it, and the
+/// blocks then move one device along the ring; the transfers' sources are held until the
+/// devices synchronize at the end.
+///
+/// # Errors
+/// [`Error::Shape`] for shard counts that disagree (`n` is the number of query shards);
+/// whatever `attend` returns; [`Error::Device`] if a device fails to synchronize.
+fn ring_schedule<B: Backend>(
+    n: usize,
+    k: Vec<Tensor<B, 4>>,
+    v: Vec<Tensor<B, 4>>,
+    devices: &[B::Device],
+    mut attend: impl FnMut(usize, usize, &Tensor<B, 4>, &Tensor<B, 4>) -> Result<()>,
+) -> Result<()> {
+    check_shard_counts(n, k.len(), v.len(), devices.len())?;
+    let mut held: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = k.into_iter().zip(v).collect();
+    let mut sent = Vec::with_capacity(n);
+    for step in 0..n {
+        for (r, (k_block, v_block)) in held.iter().enumerate() {
+            attend(r, (r + n - step) % n, k_block, v_block)?;
+        }
+        if step + 1 < n {
+            let next = pass_along(&held, devices);
+            sent.push(std::mem::replace(&mut held, next));
+        }
+    }
+    release_after_sync::<B, _>(devices, (sent, held))
 }
 
 /// Waits for every device, then drops `keep`: the sources of device-to-device copies. A copy
@@ -294,18 +314,7 @@ pub fn ring_attention<B: Backend>(
     scale: f64,
 ) -> Result<Vec<Tensor<B, 4>>> {
     let n = q.len();
-    if n == 0 || k.len() != n || v.len() != n || devices.len() != n {
-        return Err(Error::shape(
-            "ring attention",
-            format!(
-                "{} q, {} k, {} v shards on {} devices",
-                n,
-                k.len(),
-                v.len(),
-                devices.len()
-            ),
-        ));
-    }
+    check_shard_counts(n, k.len(), v.len(), devices.len())?;
     let dims = q[0].dims();
     if [&q, &k, &v]
         .iter()
@@ -326,36 +335,27 @@ pub fn ring_attention<B: Backend>(
         .collect();
     let diagonal: Vec<Tensor<B, 4>> = devices.iter().map(|d| causal_bias(c, d)).collect();
     let mut acc: Vec<[Option<Partial<B>>; 2]> = (0..n).map(|_| [None, None]).collect();
-    let mut held: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = k.into_iter().zip(v).collect();
-    let mut sent = Vec::with_capacity(n);
-    for step in 0..n {
-        for (r, (k_block, v_block)) in held.iter().enumerate() {
-            let src = (r + n - step) % n; // the shard these K/V came from
-            for (qi, q_chunk) in chunks_of(r).into_iter().enumerate() {
-                for (ki, k_chunk) in chunks_of(src).into_iter().enumerate() {
-                    // Earlier chunks are fully visible, the own chunk causally, later ones not at all.
-                    let bias = match k_chunk.cmp(&q_chunk) {
-                        std::cmp::Ordering::Greater => continue,
-                        std::cmp::Ordering::Equal => Some(&diagonal[r]),
-                        std::cmp::Ordering::Less => None,
-                    };
-                    let part = block_attention(
-                        q_chunks[r][qi].clone(),
-                        k_block.clone().narrow(2, ki * c, c),
-                        v_block.clone().narrow(2, ki * c, c),
-                        bias,
-                        scale,
-                    )?;
-                    merge_into(&mut acc[r][qi], part);
-                }
+    ring_schedule(n, k, v, devices, |r, src, k_block, v_block| {
+        for (qi, q_chunk) in chunks_of(r).into_iter().enumerate() {
+            for (ki, k_chunk) in chunks_of(src).into_iter().enumerate() {
+                // Earlier chunks are fully visible, the own chunk causally, later ones not at all.
+                let bias = match k_chunk.cmp(&q_chunk) {
+                    std::cmp::Ordering::Greater => continue,
+                    std::cmp::Ordering::Equal => Some(&diagonal[r]),
+                    std::cmp::Ordering::Less => None,
+                };
+                let part = block_attention(
+                    q_chunks[r][qi].clone(),
+                    k_block.clone().narrow(2, ki * c, c),
+                    v_block.clone().narrow(2, ki * c, c),
+                    bias,
+                    scale,
+                )?;
+                merge_into(&mut acc[r][qi], part);
             }
         }
-        if step + 1 < n {
-            let next = pass_along(&held, devices);
-            sent.push(std::mem::replace(&mut held, next));
-        }
-    }
-    release_after_sync::<B, _>(devices, (sent, held))?;
+        Ok(())
+    })?;
     acc.into_iter()
         .enumerate()
         .map(|(r, [a, b])| match (a, b) {
