@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use vision::{PreprocessConfig, Preprocessor};
 
 use crate::error::{Error, Result};
-use crate::task::{Episode, Step, TaskConfig};
+use crate::task::{Episode, TaskConfig};
 use crate::train::Batch;
 
 /// Per-step loss weighting of a batch.
@@ -38,22 +38,6 @@ struct EpisodeRows {
     cameras: usize,
 }
 
-fn step_patches(step: &Step, pre: &mut Preprocessor, out: &mut Vec<f32>) -> Result<()> {
-    let per = pre.output_len();
-    for img in &step.images {
-        let image = vision::Image::from_raw(
-            step.width,
-            step.height,
-            vision::PixelFormat::Rgb8,
-            img.clone(),
-        )?;
-        let at = out.len();
-        out.resize(at + per, 0.0);
-        pre.process(&image, &mut out[at..])?;
-    }
-    Ok(())
-}
-
 fn episode_rows(
     task: &TaskConfig,
     seed: u64,
@@ -74,7 +58,7 @@ fn episode_rows(
         cameras: episode.steps.first().map_or(0, |s| s.images.len()),
     };
     for (t, step) in episode.steps.iter().enumerate() {
-        step_patches(step, &mut pre, &mut rows.patches)?;
+        step.append_patches(&mut pre, &mut rows.patches)?;
         rows.proprio.extend_from_slice(&step.proprio);
         rows.actions.extend_from_slice(&step.expert_action);
         rows.weights.push(if t >= episode.go_step {

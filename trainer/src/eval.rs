@@ -5,7 +5,7 @@
 use burn::tensor::backend::Backend;
 use runtime::kv::KvCacheConfig;
 use runtime::model::{StepInput, Vla};
-use vision::PreprocessConfig;
+use vision::{PreprocessConfig, Preprocessor};
 
 use crate::error::Result;
 use crate::task::{Sim, Task, TaskConfig};
@@ -47,7 +47,8 @@ pub fn closed_loop<B: Backend>(
         budget_bytes: layout.total_bytes(c.max_cached_tokens() as u64),
     };
     let task = Task::new(task_config)?;
-    let preprocess = PreprocessConfig::default();
+    let mut preprocess = Preprocessor::new(PreprocessConfig::default())?;
+    let mut patches = Vec::new();
     let mut stream = model.new_stream(&cache, device)?;
     let mut report = EvalReport::default();
     for seed in seeds {
@@ -56,7 +57,8 @@ pub fn closed_loop<B: Backend>(
         let recalled;
         loop {
             let step = sim.observe();
-            let patches = step.patches(&preprocess)?;
+            patches.clear();
+            step.append_patches(&mut preprocess, &mut patches)?;
             let present = vec![true; step.images.len()];
             let out = model.forward_step(
                 &StepInput {

@@ -32,7 +32,7 @@ mod tests;
 use burn::tensor::backend::Backend;
 use runtime::kv::KvCacheConfig;
 use runtime::model::{StepInput, Stream, Vla};
-use vision::PreprocessConfig;
+use vision::{PreprocessConfig, Preprocessor};
 
 use crate::error::{Error, Result};
 use crate::task::{PROPRIO_DIM, Sim, Step};
@@ -198,7 +198,9 @@ impl Policy for HistoryBlind {
 pub struct ModelPolicy<B: Backend> {
     model: Vla<B>,
     stream: Stream<B>,
-    preprocess: PreprocessConfig,
+    preprocess: Preprocessor,
+    /// The current frame-step's patches (reused).
+    patches: Vec<f32>,
     present: Vec<bool>,
 }
 
@@ -213,7 +215,8 @@ impl<B: Backend> ModelPolicy<B> {
         Ok(Self {
             model,
             stream,
-            preprocess: PreprocessConfig::default(),
+            preprocess: Preprocessor::new(PreprocessConfig::default())?,
+            patches: Vec::new(),
             present,
         })
     }
@@ -240,10 +243,11 @@ impl<B: Backend> Policy for ModelPolicy<B> {
             what: "model observation",
             reason: "no rendered frame".into(),
         })?;
-        let patches = frame.patches(&self.preprocess)?;
+        self.patches.clear();
+        frame.append_patches(&mut self.preprocess, &mut self.patches)?;
         let out = self.model.forward_step(
             &StepInput {
-                patches: &patches,
+                patches: &self.patches,
                 camera_present: &self.present,
                 proprio: &obs.proprio,
             },

@@ -740,14 +740,25 @@ impl Step {
     /// # Errors
     /// [`Error::Vision`] for an invalid `config` or an image the preprocessor rejects.
     pub fn patches(&self, config: &PreprocessConfig) -> Result<Vec<f32>> {
-        let mut pre = Preprocessor::new(config.clone())?;
-        let per = pre.output_len();
-        let mut out = vec![0.0f32; per * self.images.len()];
-        for (img, chunk) in self.images.iter().zip(out.chunks_exact_mut(per)) {
-            let image = Image::from_raw(self.width, self.height, PixelFormat::Rgb8, img.clone())?;
-            pre.process(&image, chunk)?;
-        }
+        let mut out = Vec::new();
+        self.append_patches(&mut Preprocessor::new(config.clone())?, &mut out)?;
         Ok(out)
+    }
+
+    /// Appends [`patches`](Self::patches) to `out` with an existing preprocessor (episodes
+    /// reuse one instead of building one per step).
+    ///
+    /// # Errors
+    /// [`Error::Vision`] for an image the preprocessor rejects.
+    pub fn append_patches(&self, pre: &mut Preprocessor, out: &mut Vec<f32>) -> Result<()> {
+        let per = pre.output_len();
+        for img in &self.images {
+            let image = Image::from_raw(self.width, self.height, PixelFormat::Rgb8, img.clone())?;
+            let at = out.len();
+            out.resize(at + per, 0.0);
+            pre.process(&image, &mut out[at..])?;
+        }
+        Ok(())
     }
 }
 
