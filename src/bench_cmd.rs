@@ -192,19 +192,15 @@ fn bench_cuda(_args: &StepArgs, index: usize, _out: &mut impl Write) -> Result<(
     Err(crate::device::no_cuda(index))
 }
 
-fn sync<B: Backend>(device: &B::Device) -> Result<()> {
-    B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))
-}
-
 /// Median seconds of `iters` runs of `f` (after one untimed), each followed by a device sync.
 fn time_op<B: Backend>(device: &B::Device, iters: usize, mut f: impl FnMut()) -> Result<f64> {
     f();
-    sync::<B>(device)?;
+    crate::device::sync::<B>(std::slice::from_ref(device))?;
     let mut samples = Vec::with_capacity(iters);
     for _ in 0..iters {
         let start = Instant::now();
         f();
-        sync::<B>(device)?;
+        crate::device::sync::<B>(std::slice::from_ref(device))?;
         samples.push(start.elapsed().as_secs_f64());
     }
     Ok(Timing::of(&mut samples).median)

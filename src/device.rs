@@ -64,6 +64,17 @@ pub(crate) fn cuda_devices(ids: &[usize]) -> Result<Vec<burn::backend::cuda::Cud
     Ok(ids.iter().map(|&index| CudaDevice { index }).collect())
 }
 
+/// Waits until every device in `devices` has finished its queued work (timing, transfers).
+///
+/// # Errors
+/// The backend's report if a device fails.
+pub(crate) fn sync<B: burn::tensor::backend::Backend>(devices: &[B::Device]) -> Result<()> {
+    for device in devices {
+        B::sync(device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
+    }
+    Ok(())
+}
+
 /// CUDA device `index`, checked against the devices present.
 ///
 /// # Errors

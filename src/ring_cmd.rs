@@ -116,13 +116,6 @@ fn to_host<B: Backend>(t: Tensor<B, 3>) -> Result<Vec<f32>> {
         .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
 }
 
-fn sync<B: Backend>(devices: &[B::Device]) -> Result<()> {
-    for d in devices {
-        B::sync(d).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
-    }
-    Ok(())
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -155,17 +148,17 @@ fn run<B: AutodiffBackend>(
         for r in 0..n_max {
             let (src, dst) = (&devices[r], &devices[(r + 1) % n_max]);
             let t: Tensor<B::InnerBackend, 1> = float_tensor(vec![1.0f32; values], [values], src);
-            sync::<B::InnerBackend>(&[src.clone(), dst.clone()])?;
+            crate::device::sync::<B::InnerBackend>(&[src.clone(), dst.clone()])?;
             let started = Instant::now();
             let first = t.clone().to_device(dst);
-            sync::<B::InnerBackend>(std::slice::from_ref(dst))?;
+            crate::device::sync::<B::InnerBackend>(std::slice::from_ref(dst))?;
             let first_ms = started.elapsed().as_secs_f64() * 1e3;
             drop(first);
             let mut times = Vec::new();
             for _ in 0..10 {
                 let started = Instant::now();
                 let copy = t.clone().to_device(dst);
-                sync::<B::InnerBackend>(std::slice::from_ref(dst))?;
+                crate::device::sync::<B::InnerBackend>(std::slice::from_ref(dst))?;
                 times.push(started.elapsed().as_secs_f64());
                 drop(copy);
             }
@@ -224,11 +217,11 @@ fn run<B: AutodiffBackend>(
                 + data.steps * (config.tokens_per_step() + config.n_readout));
         let mut times = Vec::new();
         for i in 0..args.iters + 2 {
-            sync::<B>(shards)?;
+            crate::device::sync::<B>(shards)?;
             let started = Instant::now();
             let TrainOutput { actions, .. } = model.forward_train_ring(&data.batch(), shards)?;
             let grads = actions.powi_scalar(2).mean().backward();
-            sync::<B>(shards)?;
+            crate::device::sync::<B>(shards)?;
             drop(grads);
             if i >= 2 {
                 times.push(started.elapsed().as_secs_f64());
