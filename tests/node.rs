@@ -80,8 +80,21 @@ fn shipped_model() -> Option<PathBuf> {
 }
 
 /// sim → zenoh → node → zenoh → sim, lock-step, a few episodes: every stage's counters agree.
+/// These tests run one at a time: each drives a node and a simulator over loopback zenoh. Run
+/// side by side on a 2-core machine, the lock-step demo lost a step now and then (31 of 32
+/// actions, after the simulator's 30 s action timeout), likely because frames published with
+/// `CongestionControl::Drop` were dropped under the load; the cause is open (issue 7's note).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 #[test]
 fn sim_drives_node_closed_loop_over_loopback() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let (checkpoint, episodes, trained) = match shipped_model() {
         Some(dir) => (dir, 16, true),
@@ -172,6 +185,7 @@ fn sim_drives_node_closed_loop_over_loopback() {
 /// messages.
 #[test]
 fn replayed_demo_gives_byte_identical_actions() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
     let (node, source) = setup::<B>(
@@ -375,6 +389,7 @@ impl Robot {
 /// publisher restart (stamps from the start again), reports each, and recovers.
 #[test]
 fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
     let (node, _) = setup::<B>(
@@ -488,6 +503,7 @@ fn shared_data() -> Option<PathBuf> {
 /// recording's rig has): robustness and timing only, the model was not trained on them.
 #[test]
 fn real_recordings_replay_through_the_node() {
+    let _serial = serial();
     let Some(data) = shared_data() else {
         return;
     };
@@ -582,6 +598,7 @@ fn real_recordings_replay_through_the_node() {
 /// `edgevla node` stops cleanly on SIGINT (Ctrl-C) and prints its final report.
 #[test]
 fn node_command_stops_cleanly_on_ctrl_c() {
+    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let model = tmp.path().join("tiny-model.toml");
     std::fs::write(&model, TINY_MODEL).expect("write model");
