@@ -51,6 +51,14 @@ pub struct TrainArgs {
     /// --resume), e.g. to split a long run over several sessions.
     #[arg(long, value_name = "N")]
     pub stop_after: Option<usize>,
+    /// Stop once this many seconds of training have passed (after the iteration running
+    /// then), saving a checkpoint that --resume continues: fits a run into a time slot.
+    #[arg(long, value_name = "SECONDS")]
+    pub time_limit: Option<f64>,
+    /// Start from the weights of this checkpoint (same architecture) with a fresh optimizer
+    /// and schedule: fine-tuning, or a second stage of a recipe.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub init: Option<PathBuf>,
 }
 
 /// What a checkpoint folder records about the run that wrote it (`train_state.toml`).
@@ -179,8 +187,21 @@ fn run<B: AutodiffBackend>(
             let (model, resume, metrics) = load_resume::<B>(dir, &model_config, &device)?;
             (model, Some(resume), metrics)
         }
-        None => (model_config.init::<B>(&device), None, String::new()),
+        None => match &args.init {
+            Some(dir) => (
+                runtime::checkpoint::load::<B>(dir, Some(&model_config), &device)
+                    .with_context(|| format!("--init {}", dir.display()))?,
+                None,
+                String::new(),
+            ),
+            None => (model_config.init::<B>(&device), None, String::new()),
+        },
     };
+    if let Some(limit) = args.time_limit
+        && !(limit.is_finite() && limit > 0.0)
+    {
+        bail!("--time-limit must be a positive number of seconds, got {limit}");
+    }
     let start = resume.as_ref().map_or(0, |r| r.done);
     let until = args
         .stop_after
@@ -233,10 +254,20 @@ fn run<B: AutodiffBackend>(
                 iteration as u64 + 1,
                 &format!("loss {loss:.4e}, {rate:.0} tokens/s"),
             );
+            args.time_limit.is_none_or(|limit| elapsed < limit)
         },
         &devices,
     )?;
     progress.finish();
+    let done = start + report.losses.len();
+    if done < until {
+        writeln!(
+            out,
+            "time limit reached after iteration {done} of {}: continue with --resume {}",
+            optimizer.iterations,
+            args.out.display()
+        )?;
+    }
     runtime::checkpoint::save(&model, &args.out)?;
     let metrics_path = args.out.join("metrics.csv");
     std::fs::write(&metrics_path, &metrics)
@@ -244,7 +275,7 @@ fn run<B: AutodiffBackend>(
     Recorder::<B>::record(&recorder(), optimizer_state, args.out.join(OPTIMIZER_STEM))
         .map_err(|e| anyhow::anyhow!("writing the optimizer state: {e}"))?;
     let state = toml::to_string(&TrainState {
-        iterations_done: until,
+        iterations_done: done,
     })?;
     std::fs::write(args.out.join(STATE_FILE), state)
         .with_context(|| format!("writing {}", args.out.join(STATE_FILE).display()))?;

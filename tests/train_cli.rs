@@ -215,4 +215,75 @@ fn resume_continues_where_a_stopped_run_ended() {
     assert!(!run.status.success());
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("nothing to train"), "{err}");
+
+    // A time limit stops after the iteration running when it passes and leaves a checkpoint
+    // that --resume continues to the end.
+    let (limited, finished) = (out("limited"), out("finished"));
+    let run = train(&[
+        "--config",
+        &config,
+        "--time-limit",
+        "1e-9",
+        "--out",
+        &limited,
+    ]);
+    let said = String::from_utf8_lossy(&run.stdout).into_owned();
+    ok(run);
+    assert!(
+        said.contains("time limit reached after iteration 1 of 4"),
+        "{said}"
+    );
+    assert_eq!(losses(&limited).len(), 1);
+    ok(train(&[
+        "--config", &config, "--resume", &limited, "--out", &finished,
+    ]));
+    let c = losses(&finished);
+    assert_eq!(c.len(), 4);
+    assert!(((a[0] - c[0]) / a[0]).abs() <= 1e-4, "{} vs {}", a[0], c[0]);
+    let run = train(&["--config", &config, "--time-limit", "0", "--out", &out("t")]);
+    assert!(!run.status.success());
+
+    // --init starts from a checkpoint's weights with a fresh schedule: the same architecture
+    // only, and not together with --resume.
+    let (init, again) = (out("init"), out("again"));
+    ok(train(&[
+        "--config", &config, "--init", &whole, "--out", &init,
+    ]));
+    assert_eq!(losses(&init).len(), 4);
+    ok(train(&[
+        "--config", &config, "--init", &whole, "--out", &again,
+    ]));
+    assert_eq!(
+        losses(&init),
+        losses(&again),
+        "--init runs are deterministic"
+    );
+    assert!(
+        losses(&init)[0] < a[0],
+        "trained weights start lower than a fresh init: {} vs {}",
+        losses(&init)[0],
+        a[0]
+    );
+    let run = train(&[
+        "--config",
+        &other_config,
+        "--init",
+        &whole,
+        "--out",
+        &out("w"),
+    ]);
+    assert!(!run.status.success());
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(err.contains("another model architecture"), "{err}");
+    let run = train(&[
+        "--config",
+        &config,
+        "--init",
+        &whole,
+        "--resume",
+        &first,
+        "--out",
+        &out("v"),
+    ]);
+    assert!(!run.status.success());
 }

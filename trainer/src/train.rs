@@ -156,7 +156,7 @@ pub fn train<B: AutodiffBackend>(
     model: Vla<B>,
     config: &TrainConfig,
     next_batch: impl FnMut(usize) -> Result<Batch>,
-    on_step: impl FnMut(usize, f64),
+    mut on_step: impl FnMut(usize, f64),
     devices: &[B::Device],
 ) -> Result<(Vla<B>, TrainReport)> {
     train_resumable(
@@ -165,7 +165,10 @@ pub fn train<B: AutodiffBackend>(
         None,
         config.iterations,
         next_batch,
-        on_step,
+        |iteration, loss| {
+            on_step(iteration, loss);
+            true
+        },
         devices,
     )
     .map(|(model, report, _)| (model, report))
@@ -175,7 +178,8 @@ pub fn train<B: AutodiffBackend>(
 /// the start) up to iteration `until` (at most `config.iterations`), returning the optimizer
 /// state at the end too. Iterations keep their absolute numbers (batches, learning-rate
 /// schedule, `on_step`); the report holds the new ones only. So a run stopped at `until` and
-/// resumed continues exactly where it stopped.
+/// resumed continues exactly where it stopped. `on_step` returns whether to go on: `false`
+/// ends the run after that iteration (a time limit), as if `until` had been reached there.
 ///
 /// # Errors
 /// As [`train`]; [`Error::Config`] if `resume.done` is not below `config.iterations`.
@@ -185,7 +189,7 @@ pub fn train_resumable<B: AutodiffBackend>(
     resume: Option<Resume<B>>,
     until: usize,
     mut next_batch: impl FnMut(usize) -> Result<Batch>,
-    mut on_step: impl FnMut(usize, f64),
+    mut on_step: impl FnMut(usize, f64) -> bool,
     devices: &[B::Device],
 ) -> Result<(Vla<B>, TrainReport, OptimizerRecord<B>)> {
     config.validate()?;
@@ -241,7 +245,9 @@ pub fn train_resumable<B: AutodiffBackend>(
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(config.learning_rate_at(iteration), model, grads);
         report.losses.push(value);
-        on_step(iteration, value);
+        if !on_step(iteration, value) {
+            break;
+        }
     }
     Ok((model, report, optimizer.to_record()))
 }
