@@ -115,6 +115,10 @@ struct TrainingFile {
     /// Loss weight of the go-phase steps relative to the steps before the go signal.
     #[serde(default = "one")]
     go_step_weight: f32,
+    /// Noise (rad/s) on the recorded expert's executed commands (the task's `expert_noise`),
+    /// for this training run's episodes only.
+    #[serde(default)]
+    expert_noise: Option<f64>,
     optimizer: TrainConfig,
 }
 
@@ -170,8 +174,14 @@ fn run<B: AutodiffBackend>(
     if let Some(name) = &file.rope {
         crate::model_cmd::apply_rope_preset(&mut model_config, name)?;
     }
-    let task = TaskConfig::from_toml(&read_named(&file.task, configs::task_preset(&file.task))?)
-        .with_context(|| format!("task config {}", file.task))?;
+    let mut task =
+        TaskConfig::from_toml(&read_named(&file.task, configs::task_preset(&file.task))?)
+            .with_context(|| format!("task config {}", file.task))?;
+    if let Some(noise) = file.expert_noise {
+        task.expert_noise = noise;
+        task.validate()
+            .with_context(|| format!("training config {}", args.config))?;
+    }
 
     if optimizer.cue_loss_weight > 0.0 && model_config.cue_classes == 0 {
         // The auxiliary cue loss needs the cue-recall head: one class per target pad.

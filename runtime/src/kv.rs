@@ -630,6 +630,35 @@ impl KvCache {
         Ok(())
     }
 
+    /// Decodes layer `layer`'s reserved block as [`write`](Self::write) stored it (rounded to
+    /// the cache's format) into `keys` and `values`, each `tokens · kv_heads · head_dim` long,
+    /// token-major.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] without a reservation, for a layer out of range, or for slices of
+    /// another length.
+    pub fn read_pending(&self, layer: usize, keys: &mut [f32], values: &mut [f32]) -> Result<()> {
+        let Some((_, tokens)) = self.pending else {
+            return Err(Error::shape("kv read", "no reserved block"));
+        };
+        let want = tokens * self.layout.row_values();
+        if keys.len() != want || values.len() != want {
+            return Err(Error::shape(
+                "kv read",
+                format!(
+                    "expected {want} values, got {} keys and {} values",
+                    keys.len(),
+                    values.len()
+                ),
+            ));
+        }
+        let (k, v) = self.layer(layer)?;
+        let first = self.len * self.unit;
+        k.decode(self.layout.dtype, first, keys);
+        v.decode(self.layout.dtype, first, values);
+        Ok(())
+    }
+
     /// Makes the reserved block part of the context.
     ///
     /// # Errors

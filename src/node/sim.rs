@@ -155,11 +155,16 @@ pub fn run_sim(
     let keys = KeySpace::new(&options.prefix, &options.robot_id)?;
     let task = Task::new(&options.task).context("task config")?;
     let names: Vec<String> = task.cameras().iter().map(|c| c.name.clone()).collect();
+    // Real time: a late frame is worth nothing, so frames may be dropped under congestion.
+    // Lock-step: the simulator waits for the node's action on every frame-step, so a dropped
+    // frame would leave a step the node never acts on; frames go lossless.
+    let frame_class = match options.mode {
+        SimMode::LockStep => StreamClass::Bulk,
+        SimMode::RealTime => StreamClass::Frames,
+    };
     let cams = names
         .iter()
-        .map(|n| {
-            Publisher::<CompressedImage>::declare(session, &keys.camera(n)?, StreamClass::Frames)
-        })
+        .map(|n| Publisher::<CompressedImage>::declare(session, &keys.camera(n)?, frame_class))
         .collect::<transport::Result<Vec<_>>>()?;
     let joints = Publisher::<JointState>::declare(session, &keys.joints(), StreamClass::Telemetry)?;
     // Episode starts must not be lost: lossless QoS.

@@ -63,6 +63,10 @@ use rng::SplitMix64;
 
 /// Values per proprio vector.
 pub const PROPRIO_DIM: usize = 8;
+/// The random stream of the recorded expert's command noise (`expert_noise`), apart from the
+/// episode's plan.
+const NOISE_STREAM: u64 = 0x6E6F_6973_65; // "noise"
+
 /// Values per action.
 pub const ACTION_DIM: usize = 4;
 
@@ -174,6 +178,12 @@ pub struct TaskConfig {
     pub horizon: usize,
     /// Success radius around the target, metres.
     pub success_tolerance: f64,
+    /// Training data only: standard deviation (rad/s) of Gaussian noise added to the joint
+    /// commands the recorded expert executes, not to its labels. Recorded episodes then visit
+    /// states off the expert's own path, each labelled with the expert's correction from there
+    /// (noise injection, "DART", Laskey et al. 2017), so a cloned policy learns to recover from
+    /// its own errors. 0 = the plain expert. Simulators and evaluation never add it.
+    pub expert_noise: f64,
     /// Table and targets.
     pub scene: SceneConfig,
     /// The arm.
@@ -206,6 +216,7 @@ impl Default for TaskConfig {
             n_distractors: 4,
             horizon: 8,
             success_tolerance: 0.03,
+            expert_noise: 0.0,
             scene: SceneConfig::default(),
             arm: ArmConfig::default(),
         }
@@ -311,6 +322,9 @@ impl TaskConfig {
         }
         if !(self.success_tolerance.is_finite() && self.success_tolerance > 0.0) {
             return Err(cfg_err("success_tolerance", "must be positive"));
+        }
+        if !(self.expert_noise.is_finite() && self.expert_noise >= 0.0) {
+            return Err(cfg_err("expert_noise", "must be a finite number ≥ 0"));
         }
         let s = &self.scene;
         let positive = [
@@ -1153,13 +1167,23 @@ impl Sim {
     }
 
     /// Runs the expert from the current step to the end, recording every step.
+    /// With `expert_noise`, the executed commands (not the recorded labels) are perturbed.
     fn run_expert(mut self) -> Result<Episode> {
         let mut steps = Vec::with_capacity(self.plan.total);
+        let sigma = self.task.config.expert_noise;
+        let mut noise = SplitMix64::new(self.plan.seed, NOISE_STREAM);
+        let mut executed = Vec::new();
         loop {
             let step = self.observe();
             let last = self.is_last();
             if !last {
-                self.step(&step.expert_action)?;
+                executed.clone_from(&step.expert_action);
+                if sigma > 0.0 {
+                    for command in &mut executed[..2] {
+                        *command += (sigma * noise.normal()) as f32;
+                    }
+                }
+                self.step(&executed)?;
             }
             steps.push(step);
             if last {
@@ -1178,6 +1202,53 @@ mod tests {
     fn default_config_equals_shipped_file() {
         let parsed = TaskConfig::from_toml(TaskConfig::DEFAULT_TOML).unwrap();
         assert_eq!(parsed, TaskConfig::default());
+    }
+
+    /// With `expert_noise` the recorded run leaves the expert's path (deterministically per
+    /// seed), and every label is still the expert's command from the state actually recorded:
+    /// the first action of each chunk is `kp (goal - q)` (clamped) with `q` from that step's
+    /// proprio and `goal` the rest pose before the go step, the target's IK after.
+    #[test]
+    fn expert_noise_perturbs_the_path_not_the_labels() {
+        let mut config = TaskConfig::from_toml(
+            "episode_steps = 32\ncue_start = [1, 4]\ngo_delay = [3, 8]\nreach_steps = 17\n",
+        )
+        .unwrap();
+        let clean = Episode::generate(&config, 5).unwrap();
+        config.expert_noise = 0.5;
+        let noisy = Episode::generate(&config, 5).unwrap();
+        assert_eq!(
+            noisy,
+            Episode::generate(&config, 5).unwrap(),
+            "deterministic"
+        );
+        assert_eq!(clean.target, noisy.target);
+        let moved = clean
+            .steps
+            .iter()
+            .zip(&noisy.steps)
+            .filter(|(a, b)| (a.proprio[0] - b.proprio[0]).abs() > 1e-3)
+            .count();
+        assert!(moved > 20, "only {moved} steps off the clean path");
+        let arm = &config.arm;
+        let task = Task::new(&config).unwrap();
+        let rest = arm.inverse(arm.rest_xy).unwrap();
+        let target = arm.inverse(task.targets()[noisy.target]).unwrap();
+        for (t, step) in noisy.steps.iter().enumerate() {
+            let goal = if t >= noisy.go_step { target } else { rest };
+            let q = [f64::from(step.proprio[0]), f64::from(step.proprio[1])];
+            for j in 0..2 {
+                let want =
+                    (arm.kp * (goal[j] - q[j])).clamp(-arm.max_joint_speed, arm.max_joint_speed);
+                let got = f64::from(step.expert_action[j]);
+                assert!(
+                    (got - want).abs() < 1e-3,
+                    "step {t} joint {j}: label {got} vs {want}"
+                );
+            }
+        }
+        config.expert_noise = -1.0;
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod config;
 mod host;
+mod mirror;
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -169,6 +170,8 @@ pub struct Stream<B: Backend> {
     values: Vec<f32>,
     /// The CPU path's state (`None` on devices that are not the host: the tensor path).
     host: Option<host::HostPath>,
+    /// The tensor path's copy of the cache on the device (see [`mirror`]).
+    mirror: Option<mirror::Mirror<B>>,
     device: B::Device,
 }
 
@@ -182,8 +185,16 @@ impl<B: Backend> Stream<B> {
             keys: Vec::new(),
             values: Vec::new(),
             host: host::HostPath::for_backend::<B>(device),
+            mirror: None,
             device: device.clone(),
         }
+    }
+
+    /// Runs this stream through the tensor path (the one non-host devices take) even on the
+    /// host backend: tests and benchmarks compare the two paths on the CPU.
+    #[doc(hidden)]
+    pub fn use_tensor_path(&mut self) {
+        self.host = None;
     }
 
     /// The cache (bytes, frames, stats).
@@ -191,8 +202,10 @@ impl<B: Backend> Stream<B> {
         &self.cache
     }
 
-    /// The cache, mutable (benchmarks fill it with synthetic frame-steps).
+    /// The cache, mutable (benchmarks fill it with synthetic frame-steps). The device copy is
+    /// dropped and rebuilt from the cache at the next step.
     pub(crate) fn cache_mut(&mut self) -> &mut KvCache {
+        self.mirror = None;
         &mut self.cache
     }
 
@@ -216,16 +229,21 @@ impl<B: Backend> Stream<B> {
 }
 
 /// Additive attention bias `[1, tq, past + tq]`: query `i` (at position `past + i`) sees keys
-/// `0..=past + i`.
+/// `0..=past + i`. Only the `tq × tq` block of the new tokens is uploaded; the zeros over the
+/// `past` cached keys are filled on the device.
 pub(crate) fn causal_bias<B: Backend>(past: usize, tq: usize, device: &B::Device) -> Tensor<B, 3> {
-    let tk = past + tq;
-    let mut bias = vec![0.0f32; tq * tk];
+    let mut block = vec![0.0f32; tq * tq];
     for i in 0..tq {
-        for b in &mut bias[i * tk + past + i + 1..(i + 1) * tk] {
+        for b in &mut block[i * tq + i + 1..(i + 1) * tq] {
             *b = f32::NEG_INFINITY;
         }
     }
-    float_tensor(bias, [1, tq, tk], device)
+    let block = float_tensor(block, [1, tq, tq], device);
+    if past == 0 {
+        block
+    } else {
+        Tensor::cat(vec![Tensor::zeros([1, tq, past], device), block], 2)
+    }
 }
 
 impl<B: Backend> Attention<B> {
@@ -318,54 +336,27 @@ impl<B: Backend> Block<B> {
     fn forward_cached(
         &self,
         x: Tensor<B, 3>,
-        stream: &mut Stream<B>,
-        layer: usize,
-        store: usize,
+        cached: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+        past: usize,
         table: &RotaryTable<B>,
         bias: Tensor<B, 3>,
-    ) -> Result<Tensor<B, 3>> {
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 4>, Tensor<B, 4>)> {
         let attn_cfg = &self.self_attn;
-        let (kv, hd) = (attn_cfg.n_kv_heads, attn_cfg.head_dim);
         let [_, tq, _] = x.dims();
-        let past = stream.cache.len();
-        let device = x.device();
         let (q, k_new, v_new) = attn_cfg.project(self.input_layernorm.forward(x.clone()));
-        let (k_all, v_all) = if past == 0 {
-            (k_new.clone(), v_new.clone())
-        } else {
-            stream
-                .cache
-                .read(layer, &mut stream.keys, &mut stream.values)?;
-            // The decoded buffers move into the tensors (one copy fewer than cloning them).
-            let cached = |values: Vec<f32>| {
-                float_tensor::<B, f32, 4>(values, [1, past, kv, hd], &device).swap_dims(1, 2) // [1, kv, past, hd]
-            };
-            let (k_cached, v_cached) = (
-                cached(std::mem::take(&mut stream.keys)),
-                cached(std::mem::take(&mut stream.values)),
-            );
-            (
+        let (k_all, v_all) = match cached {
+            Some((k_cached, v_cached)) => (
                 Tensor::cat(vec![k_cached, k_new.clone()], 2),
                 Tensor::cat(vec![v_cached, v_new.clone()], 2),
-            )
+            ),
+            None => (k_new.clone(), v_new.clone()),
         };
         let q = table.narrow(past, tq)?.apply(q)?;
         let k_all = table.apply(k_all)?;
         let attn = attn_cfg.attend(q, k_all, v_all, bias);
-        if store > 0 {
-            let host = |t: Tensor<B, 4>| -> Result<Vec<f32>> {
-                t.narrow(2, 0, store)
-                    .swap_dims(1, 2) // [1, store, kv, hd], token-major
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .map_err(|e| Error::shape("kv write", format!("{e:?}")))
-            };
-            let (k_host, v_host) = (host(k_new)?, host(v_new)?);
-            stream.cache.write(layer, &k_host, &v_host)?;
-        }
         let x = x + attn;
-        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
+        let x = x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x));
+        Ok((x, k_new, v_new))
     }
 }
 
@@ -741,6 +732,7 @@ impl<B: Backend> Vla<B> {
         stream: &mut Stream<B>,
     ) -> Result<Tensor<B, 3>> {
         let [_, t, _] = x.dims();
+        let before = stream.cache.len();
         let past = stream.cache.reserve(segment, store)?;
         let result = (|| {
             if let Some(host) = stream.host.as_mut() {
@@ -762,10 +754,16 @@ impl<B: Backend> Vla<B> {
             }
             let table = stream.table(&self.config, past + t)?;
             let bias = causal_bias::<B>(past, t, &stream.device);
+            stream.sync_mirror(before)?;
             let mut x = x;
+            let mut new_kv = Vec::with_capacity(self.layers.len());
             for (layer, block) in self.layers.iter().enumerate() {
-                x = block.forward_cached(x, stream, layer, store, &table, bias.clone())?;
+                let cached = stream.mirror.as_ref().and_then(|m| m.layer(layer));
+                let (y, k, v) = block.forward_cached(x, cached, past, &table, bias.clone())?;
+                x = y;
+                new_kv.push((k, v));
             }
+            stream.store_new(new_kv, store)?;
             let x = if store < t {
                 x.narrow(1, store, t - store)
             } else {
@@ -780,6 +778,8 @@ impl<B: Backend> Vla<B> {
             }
             Err(e) => {
                 stream.cache.abort();
+                // Rebuilt from the cache at the next step.
+                stream.mirror = None;
                 Err(e)
             }
         }

@@ -237,6 +237,55 @@ fn quantized_cache_attention_error() {
     }
 }
 
+/// The tensor path (what a GPU runs: the cache mirrored on the device, only new tokens
+/// uploaded) equals the host path step by step, for every cache format, through evictions
+/// (a budget of 4 frame-steps, 10 steps), a cache touched from outside (the device copy is
+/// rebuilt) and a second episode on the same stream: actions and readouts ≤ 1e-4 relative.
+#[test]
+fn tensor_path_equals_host_path() {
+    for kv_heads in [1, 2] {
+        for dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Int8, KvDtype::Fp8] {
+            let mut c = tiny_config(kv_heads, YARN_ROPE, "f32", 1 << 30);
+            c.kv_cache.dtype = dtype;
+            let budget = c
+                .kv_layout()
+                .total_bytes((5 + 4 * c.tokens_per_step()) as u64);
+            c.kv_cache.budget_bytes = budget;
+            let m = model(&c, 7);
+            let steps = Steps::new(&c, 10, 5);
+            let (mut host, mut tensor) = (stream(&m), stream(&m));
+            tensor.use_tensor_path();
+            for (episode, n) in [("pick", 10), ("place", 3)] {
+                m.start_episode(episode, &mut host).expect("start");
+                m.start_episode(episode, &mut tensor).expect("start");
+                for i in 0..n {
+                    if i == 6 {
+                        // The cache touched from outside (as the step benchmark fills it):
+                        // the device copy is rebuilt from it.
+                        let _ = tensor.cache_mut();
+                    }
+                    let a = m.forward_step(&steps.get(i), &mut host).expect("host step");
+                    let b = m
+                        .forward_step(&steps.get(i), &mut tensor)
+                        .expect("tensor step");
+                    let e = rel_err(&flat(b.readout), &flat(a.readout));
+                    let ea = rel_err(&b.action.values, &a.action.values);
+                    assert!(
+                        e <= 1e-4 && ea <= 1e-4,
+                        "{dtype} kv_heads {kv_heads} {episode} step {i}: readout {e:e}, action {ea:e}"
+                    );
+                    assert_eq!(host.cache().len(), tensor.cache().len());
+                    assert!(tensor.cache().bytes() <= budget);
+                }
+                if episode == "pick" {
+                    assert_eq!(tensor.cache().stats().frames_evicted, 6);
+                }
+            }
+            assert_eq!(host.cache().stats(), tensor.cache().stats());
+        }
+    }
+}
+
 /// End to end: the readouts after 8 steps with each cache dtype vs the f32 cache (same model).
 #[test]
 fn quantized_cache_model_error() {

@@ -34,6 +34,13 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// Standard normal (Box-Muller, one value per two uniforms).
+    pub(crate) fn normal(&mut self) -> f64 {
+        let u = 1.0 - self.unit(); // (0, 1]: ln is finite
+        let v = self.unit();
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+
     /// Uniform in `[0, 1)` with 53 random bits.
     pub(crate) fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
