@@ -30,8 +30,9 @@ pub struct EvalArgs {
     /// chance, 1 / n_targets). Reference policies need no checkpoint.
     #[arg(long, default_value = "model", value_parser = ["model", "oracle", "blind"])]
     pub policy: String,
-    /// Task config (configs/task/*.toml, or a shipped name such as `memory`).
-    #[arg(long, default_value = "memory")]
+    /// Task config (configs/task/*.toml, or a shipped name such as `memory`); the default is
+    /// the shipped model's task with the go phase of its longest training episodes.
+    #[arg(long, default_value = "memory-short-needle")]
     pub task: String,
     /// Output folder: cells.csv, results.md, heatmap_*.png.
     #[arg(long, default_value = "out/eval")]

@@ -80,10 +80,8 @@ fn shipped_model() -> Option<PathBuf> {
 }
 
 /// sim → zenoh → node → zenoh → sim, lock-step, a few episodes: every stage's counters agree.
-/// These tests run one at a time: each drives a node and a simulator over loopback zenoh. Run
-/// side by side on a 2-core machine, the lock-step demo lost a step now and then (31 of 32
-/// actions, after the simulator's 30 s action timeout), likely because frames published with
-/// `CongestionControl::Drop` were dropped under the load; the cause is open (issue 7's note).
+/// These tests run one at a time: each drives a node and a simulator over loopback zenoh, and
+/// side by side on a 2-core machine their timings would be those of a machine under load.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -106,7 +104,9 @@ fn sim_drives_node_closed_loop_over_loopback() {
         Default::default(),
     )
     .expect("node setup");
-    let task = TaskConfig::default();
+    // The task the shipped model was trained on (32-step episodes).
+    let task = TaskConfig::from_toml(include_str!("../configs/task/memory-short.toml"))
+        .expect("memory-short task");
     let steps_per_episode = task.episode_steps as u64;
     let sim = SimOptions::new("edge", task, episodes);
     let outcome = run_demo(

@@ -47,7 +47,8 @@ pub fn rig_preset(name: &str) -> Option<&'static Preset> {
 }
 
 /// Task configs (`configs/task/`), parsed by `trainer::task::TaskConfig`.
-pub const TASK_PRESETS: &[Preset] = presets!("task": "memory", "memory-short");
+pub const TASK_PRESETS: &[Preset] =
+    presets!("task": "memory", "memory-short", "memory-short-needle");
 
 /// Looks up a task config by name.
 pub fn task_preset(name: &str) -> Option<&'static Preset> {
@@ -55,7 +56,7 @@ pub fn task_preset(name: &str) -> Option<&'static Preset> {
 }
 
 /// Training configs (`configs/training/`), read by `edgevla train`.
-pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short");
+pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short", "edge-memory-stage2", "edge-memory-stage3", "edge-memory-stage4");
 
 /// Looks up a training config by name.
 pub fn training_preset(name: &str) -> Option<&'static Preset> {
