@@ -65,7 +65,7 @@ use rng::SplitMix64;
 pub const PROPRIO_DIM: usize = 8;
 /// The random stream of the recorded expert's command noise (`expert_noise`), apart from the
 /// episode's plan.
-const NOISE_STREAM: u64 = 0x6E6F_6973_65; // "noise"
+const NOISE_STREAM: u64 = 0x006E_6F69_7365; // "noise"
 
 /// Values per action.
 pub const ACTION_DIM: usize = 4;
