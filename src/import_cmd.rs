@@ -524,12 +524,9 @@ pub(crate) fn rig_name(dir: &Path) -> String {
     }
 }
 
-/// `<prefix>/<id>/imu/<name>`: outside the key space `transport::keys` parses (no IMU topic
-/// there yet), so the recorder's [`McapRecorder::write_typed`] gives it the `sensor_msgs/Imu`
-/// schema explicitly.
+/// `<prefix>/<id>/imu/<name>` (`sensor_msgs/Imu`).
 pub(crate) fn imu_key(keys: &KeySpace, name: &str) -> Result<String> {
-    transport::keys::check_chunk(name)?;
-    Ok(format!("{}/{}/imu/{name}", keys.prefix, keys.robot_id))
+    Ok(keys.imu(name)?)
 }
 
 /// `<prefix>/<id>/instruction`: the task's language instruction (`std_msgs/String`).

@@ -609,20 +609,7 @@ impl KvCache {
     /// [`Error::Shape`] without a reservation, for a layer out of range, or for slices that
     /// are not `tokens · kv_heads · head_dim` long.
     pub fn write(&mut self, layer: usize, keys: &[f32], values: &[f32]) -> Result<()> {
-        let Some((_, tokens)) = self.pending else {
-            return Err(Error::shape("kv write", "no reserved block"));
-        };
-        let want = tokens * self.layout.row_values();
-        if keys.len() != want || values.len() != want {
-            return Err(Error::shape(
-                "kv write",
-                format!(
-                    "expected {want} values, got {} keys and {} values",
-                    keys.len(),
-                    values.len()
-                ),
-            ));
-        }
+        self.check_pending("kv write", keys.len(), values.len())?;
         self.layer(layer)?;
         let (dtype, first) = (self.layout.dtype, self.len * self.unit);
         self.keys[layer].encode(dtype, first, keys);
@@ -638,24 +625,26 @@ impl KvCache {
     /// [`Error::Shape`] without a reservation, for a layer out of range, or for slices of
     /// another length.
     pub fn read_pending(&self, layer: usize, keys: &mut [f32], values: &mut [f32]) -> Result<()> {
-        let Some((_, tokens)) = self.pending else {
-            return Err(Error::shape("kv read", "no reserved block"));
-        };
-        let want = tokens * self.layout.row_values();
-        if keys.len() != want || values.len() != want {
-            return Err(Error::shape(
-                "kv read",
-                format!(
-                    "expected {want} values, got {} keys and {} values",
-                    keys.len(),
-                    values.len()
-                ),
-            ));
-        }
+        self.check_pending("kv read", keys.len(), values.len())?;
         let (k, v) = self.layer(layer)?;
         let first = self.len * self.unit;
         k.decode(self.layout.dtype, first, keys);
         v.decode(self.layout.dtype, first, values);
+        Ok(())
+    }
+
+    /// That a block is reserved and `keys` / `values` values fill it exactly.
+    fn check_pending(&self, what: &'static str, keys: usize, values: usize) -> Result<()> {
+        let Some((_, tokens)) = self.pending else {
+            return Err(Error::shape(what, "no reserved block"));
+        };
+        let want = tokens * self.layout.row_values();
+        if keys != want || values != want {
+            return Err(Error::shape(
+                what,
+                format!("expected {want} values, got {keys} keys and {values} values"),
+            ));
+        }
         Ok(())
     }
 

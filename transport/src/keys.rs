@@ -59,6 +59,13 @@ pub enum Topic {
         /// Camera name.
         name: String,
     },
+    /// An inertial measurement unit (`sensor_msgs/Imu`).
+    Imu {
+        /// Robot id.
+        robot: String,
+        /// IMU name.
+        name: String,
+    },
     /// Joint states.
     Joints {
         /// Robot id.
@@ -88,6 +95,7 @@ impl Topic {
     pub fn default_kind(&self) -> MessageKind {
         match self {
             Self::Camera { .. } => MessageKind::CompressedImage,
+            Self::Imu { .. } => MessageKind::Imu,
             Self::Joints { .. } => MessageKind::JointState,
             Self::Action { .. } => MessageKind::ActionChunk,
             Self::Status { .. } | Self::Instruction { .. } => MessageKind::String,
@@ -144,6 +152,15 @@ impl KeySpace {
         Ok(format!("{}/cam/{name}", self.base()))
     }
 
+    /// `<prefix>/<id>/imu/<name>`.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidKeyChunk`] if `name` is not a plain chunk.
+    pub fn imu(&self, name: &str) -> Result<String> {
+        check_chunk(name)?;
+        Ok(format!("{}/imu/{name}", self.base()))
+    }
+
     /// `<prefix>/<id>/cam/*`: every camera of this robot.
     #[must_use]
     pub fn all_cameras(&self) -> String {
@@ -193,7 +210,7 @@ impl KeySpace {
 ///
 /// # Errors
 /// [`TransportError::UnknownKey`] if `key` is not
-/// `<prefix>/<id>/{cam/<name>,joints,action,status,instruction}`.
+/// `<prefix>/<id>/{cam/<name>,imu/<name>,joints,action,status,instruction}`.
 pub fn parse_key(prefix: &str, key: &str) -> Result<Topic> {
     let unknown = || TransportError::UnknownKey {
         key: key.to_owned(),
@@ -216,6 +233,13 @@ pub fn parse_key(prefix: &str, key: &str) -> Result<Topic> {
                 name: (*name).to_owned(),
             })
         }
+        [id, "imu", name] => {
+            check_chunk(name).map_err(|_| unknown())?;
+            Ok(Topic::Imu {
+                robot: robot(id)?,
+                name: (*name).to_owned(),
+            })
+        }
         [id, "joints"] => Ok(Topic::Joints { robot: robot(id)? }),
         [id, "action"] => Ok(Topic::Action { robot: robot(id)? }),
         [id, "status"] => Ok(Topic::Status { robot: robot(id)? }),
@@ -233,6 +257,15 @@ mod tests {
         let ks = KeySpace::new("robot", "r1").unwrap();
         assert_eq!(ks.camera("wrist").unwrap(), "robot/r1/cam/wrist");
         assert_eq!(ks.joints(), "robot/r1/joints");
+        assert_eq!(ks.imu("imu0").unwrap(), "robot/r1/imu/imu0");
+        assert_eq!(
+            ks.parse("robot/r1/imu/imu0").unwrap(),
+            Topic::Imu {
+                robot: "r1".into(),
+                name: "imu0".into()
+            }
+        );
+        assert!(ks.imu("a/b").is_err());
         assert_eq!(ks.action(), "robot/r1/action");
         assert_eq!(ks.status(), "robot/r1/status");
         assert_eq!(ks.instruction(), "robot/r1/instruction");

@@ -404,9 +404,10 @@ impl StreamClass {
         match topic {
             Topic::Camera { .. } => Self::Frames,
             Topic::Action { .. } => Self::Actions,
-            Topic::Joints { .. } | Topic::Status { .. } | Topic::Instruction { .. } => {
-                Self::Telemetry
-            }
+            Topic::Imu { .. }
+            | Topic::Joints { .. }
+            | Topic::Status { .. }
+            | Topic::Instruction { .. } => Self::Telemetry,
         }
     }
 }
