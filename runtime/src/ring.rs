@@ -161,8 +161,10 @@ pub fn zigzag_join<B: Backend>(shards: Vec<Tensor<B, 4>>) -> Result<Tensor<B, 4>
     }
     let c = len / 2;
     let mut chunks: Vec<Option<Tensor<B, 4>>> = vec![None; 2 * n];
+    let sources: Vec<B::Device> = shards.iter().map(Tensor::device).collect();
+    sync_all::<B>(&sources)?;
     for (r, shard) in shards.into_iter().enumerate() {
-        let shard = shard.to_device(&device);
+        let shard = fenced::<B, _>(&device, || shard.to_device(&device))?;
         chunks[r] = Some(shard.clone().narrow(2, 0, c));
         chunks[2 * n - 1 - r] = Some(shard.narrow(2, c, c));
     }
@@ -238,8 +240,7 @@ fn check_shard_counts(q: usize, k: usize, v: usize, devices: usize) -> Result<()
 
 /// The ring schedule shared by the ring variants: at step t shard r holds the K/V block of
 /// shard (r − t) mod N, `attend(r, src, k_block, v_block)` does shard r's work on it, and the
-/// blocks then move one device along the ring; the transfers' sources are held until the
-/// devices synchronize at the end.
+/// blocks then move one device along the ring (fenced copies: [`fenced`]).
 ///
 /// # Errors
 /// [`Error::Shape`] for shard counts that disagree (`n` is the number of query shards);
@@ -253,47 +254,61 @@ fn ring_schedule<B: Backend>(
 ) -> Result<()> {
     check_shard_counts(n, k.len(), v.len(), devices.len())?;
     let mut held: Vec<(Tensor<B, 4>, Tensor<B, 4>)> = k.into_iter().zip(v).collect();
-    let mut sent = Vec::with_capacity(n);
     for step in 0..n {
         for (r, (k_block, v_block)) in held.iter().enumerate() {
             attend(r, (r + n - step) % n, k_block, v_block)?;
         }
         if step + 1 < n {
-            let next = pass_along(&held, devices);
-            sent.push(std::mem::replace(&mut held, next));
+            held = pass_along(&held, devices)?;
         }
     }
-    release_after_sync::<B, _>(devices, (sent, held))
+    Ok(())
 }
 
-/// Waits for every device, then drops `keep`: the sources of device-to-device copies. A copy
-/// between CUDA devices is queued (NCCL, on its own stream) and returns at once; releasing its
-/// source before the copy has run could let the allocator hand that memory to the next kernel,
-/// so transfer sources are held until the devices are synchronized.
-pub(crate) fn release_after_sync<B: Backend, T>(devices: &[B::Device], keep: T) -> Result<()> {
-    for device in devices {
-        B::sync(device).map_err(|e| Error::Device {
-            op: "ring transfer",
-            reason: format!("{e:?}"),
-        })?;
-    }
-    drop(keep);
-    Ok(())
+/// Waits for the work queued on every device.
+pub(crate) fn sync_all<B: Backend>(devices: &[B::Device]) -> Result<()> {
+    devices.iter().try_for_each(sync_device::<B>)
+}
+
+fn sync_device<B: Backend>(device: &B::Device) -> Result<()> {
+    B::sync(device).map_err(|e| Error::Device {
+        op: "ring transfer",
+        reason: format!("{e:?}"),
+    })
+}
+
+/// Runs `copy` (device-to-device copies onto `to`) and waits for `to`.
+///
+/// Why the waits, from burn-cubecl 0.21 / cubecl-cuda 0.10's sources: a copy between CUDA
+/// devices is queued as an NCCL send on the source's communication stream and a receive on
+/// the destination's, and returns at once. The receive buffer is taken from the destination's
+/// memory pool without waiting for the kernels still queued there (memory is free as soon as
+/// no handle refers to it), and the source, or the contiguous temporary burn makes of a strided
+/// view, may be reused before the send has read it. So a batch of copies starts with the
+/// devices involved idle ([`sync_all`]), and each copy is waited for before the next: the
+/// destination's compute stream waits for the receive, which completes only once the send has
+/// read everything. On one CPU device `to_device` is a no-op and so are the waits.
+pub(crate) fn fenced<B: Backend, T>(to: &B::Device, copy: impl FnOnce() -> T) -> Result<T> {
+    let out = copy();
+    sync_device::<B>(to)?;
+    Ok(out)
 }
 
 /// One ring hop: shard r receives shard r − 1's K/V block on its own device.
 fn pass_along<B: Backend>(
     held: &[(Tensor<B, 4>, Tensor<B, 4>)],
     devices: &[B::Device],
-) -> Vec<(Tensor<B, 4>, Tensor<B, 4>)> {
+) -> Result<Vec<(Tensor<B, 4>, Tensor<B, 4>)>> {
     let n = held.len();
+    sync_all::<B>(devices)?;
     (0..n)
         .map(|r| {
             let (k_block, v_block) = &held[(r + n - 1) % n];
-            (
-                k_block.clone().to_device(&devices[r]),
-                v_block.clone().to_device(&devices[r]),
-            )
+            let to = &devices[r];
+            Ok((
+                fenced::<B, _>(to, || k_block.clone().to_device(to))?,
+                fenced::<B, _>(to, || v_block.clone().to_device(to))?,
+            ))
         })
         .collect()
 }

@@ -8,8 +8,8 @@
 //! with [`ring_attention_with`]: K/V blocks travel around the ring and every shard merges its
 //! partial results exactly. The training mask (causal; readouts seen only by themselves;
 //! padding seen by nothing else) becomes one bias per (query shard, key shard) pair, built on
-//! the device once per batch and shared by all layers. The sources of device-to-device copies
-//! are held until the devices synchronize (see `ring::release_after_sync`).
+//! the device once per batch and shared by all layers. Device-to-device copies start with the
+//! devices idle and wait for each copy (see `ring::fenced`).
 
 use burn::module::Module;
 use burn::tensor::Tensor;
@@ -17,7 +17,7 @@ use burn::tensor::backend::Backend;
 
 use super::{PAD_GROUP, TrainBatch, TrainOutput, Vla, group_ids, train_bias};
 use crate::error::{Error, Result};
-use crate::ring::{Visibility, ring_attention_with};
+use crate::ring::{Visibility, fenced, ring_attention_with, sync_all};
 
 /// Global token indices of zigzag shard `r` of `n` over chunks of `chunk` tokens.
 fn shard_tokens(r: usize, n: usize, chunk: usize) -> Vec<usize> {
@@ -84,12 +84,12 @@ impl<B: Backend> Vla<B> {
         let shard_len = 2 * chunk;
         let mut xs = Vec::with_capacity(n);
         let mut tables = Vec::with_capacity(n);
-        // Sources of device-to-device copies, held until the devices synchronize.
-        let mut sources = Vec::with_capacity(2 * n);
+        // Device-to-device copies start with the devices idle and wait for each copy
+        // (`ring::fenced` says why).
+        sync_all::<B>(devices)?;
         for (r, device) in devices.iter().enumerate() {
             let shard = shard_of(&x, r, n, chunk);
-            xs.push(shard.clone().to_device(device));
-            sources.push(shard);
+            xs.push(fenced::<B, _>(device, || shard.to_device(device))?);
             let p: Vec<i64> = positions
                 .iter()
                 .flat_map(|p| tokens[r].iter().map(|&t| p[t]))
@@ -124,10 +124,11 @@ impl<B: Backend> Vla<B> {
             })
             .collect();
         // The weights on every device (a differentiable copy; device 0's is the model itself).
+        sync_all::<B>(devices)?;
         let replicas: Vec<Vla<B>> = devices
             .iter()
-            .map(|device| self.clone().to_device(device))
-            .collect();
+            .map(|device| fenced::<B, _>(device, || self.clone().to_device(device)))
+            .collect::<Result<_>>()?;
         let scale = 1.0 / (hd as f64).sqrt();
         for layer in 0..c.n_layers {
             let mut qs = Vec::with_capacity(n);
@@ -155,15 +156,18 @@ impl<B: Backend> Vla<B> {
         }
         // Back on the home device, in sequence order, without the padding.
         let mut chunks: Vec<Option<Tensor<B, 3>>> = (0..2 * n).map(|_| None).collect();
-        for (r, x) in xs.into_iter().enumerate() {
-            let normed = replicas[r].norm.forward(x);
-            let h = normed.clone().to_device(home);
-            sources.push(normed);
+        let normed: Vec<Tensor<B, 3>> = xs
+            .into_iter()
+            .enumerate()
+            .map(|(r, x)| replicas[r].norm.forward(x))
+            .collect();
+        sync_all::<B>(devices)?;
+        for (r, x) in normed.into_iter().enumerate() {
+            let h = fenced::<B, _>(home, || x.to_device(home))?;
             chunks[r] = Some(h.clone().narrow(1, 0, chunk));
             chunks[2 * n - 1 - r] = Some(h.narrow(1, chunk, chunk));
         }
         let hidden = Tensor::cat(chunks.into_iter().flatten().collect(), 1).narrow(1, 0, len);
-        crate::ring::release_after_sync::<B, _>(devices, sources)?;
         Ok(self.train_heads(hidden, seq.padded_sinks, seq.steps))
     }
 }
