@@ -57,16 +57,21 @@ pub enum Command {
   edgevla export --model edge --rope yarn-4x --out out/hf-edge-yarn --parity-tokens 256")]
     Export(crate::model_cmd::ExportArgs),
 
-    /// Train the model on the synthetic multi-camera memory task (one device: CPU, or a GPU with
-    /// a `--features cuda` build) and write a checkpoint folder.
+    /// Train the model on the synthetic multi-camera memory task (CPU, a GPU with a `--features
+    /// cuda` build, or several devices with ring attention) and write a checkpoint folder.
     ///
     /// The training config names the model, an optional RoPE preset, the task, the batch size,
-    /// the seed and the optimizer (configs/training/). Episodes are generated from the seed, so
-    /// a run is reproducible.
+    /// the seed, step weights, expert noise and the optimizer (configs/training/). Episodes are
+    /// generated from the seed, so a run is reproducible. Every checkpoint keeps the optimizer
+    /// state: --stop-after / --time-limit end a run early and --resume continues it; --init
+    /// starts a new schedule from a checkpoint's weights.
     #[command(after_help = "Examples:
-  edgevla train --config edge-memory --out models/edge-memory
   edgevla train --config configs/training/edge-memory.toml --iterations 10 --out /tmp/ckpt --quiet
-  edgevla train --config edge-memory --device cuda:0 --out models/edge-memory")]
+  edgevla train --config edge-memory-short --device cuda:0 --out /tmp/stage1
+  edgevla train --config edge-memory-stage2 --device cuda:0 --init /tmp/stage1 --stop-after 664 --out /tmp/stage2
+  edgevla train --config edge-memory-short --device cuda:0 --time-limit 430 --out run-a
+  edgevla train --config edge-memory-short --device cuda:0 --resume run-a --out run-b
+  edgevla train --config edge-memory --devices cuda:0,1,2,3 --out /tmp/ring-ckpt")]
     Train(crate::train_cmd::TrainArgs),
 
     /// Long-context evaluation: a visual needle-in-a-haystack sweep over episode length (from
@@ -77,7 +82,7 @@ pub enum Command {
     /// heatmap_*.png (length x depth) to --out, and prints the exact command and seed.
     /// --policy oracle / blind check the harness itself (100% / chance).
     #[command(after_help = "Examples:
-  edgevla eval --quick --model models/edge-memory --out out/eval-quick
+  edgevla eval --quick --out out/eval-quick   (models/edge-memory, task memory-short-needle)
   edgevla eval --policy oracle --quick --out out/eval-oracle
   edgevla eval --methods yarn,pi,none --kv-dtypes f32 --budgets full --lengths 64,128,256
   edgevla eval --kv-dtypes f32,int8,fp8 --methods yarn --budgets full,window:38 --episodes 50
