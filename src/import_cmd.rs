@@ -524,14 +524,21 @@ pub(crate) fn rig_name(dir: &Path) -> String {
     }
 }
 
-/// `<prefix>/<id>/imu/<name>` (`sensor_msgs/Imu`).
-pub(crate) fn imu_key(keys: &KeySpace, name: &str) -> Result<String> {
-    Ok(keys.imu(name)?)
-}
-
-/// `<prefix>/<id>/instruction`: the task's language instruction (`std_msgs/String`).
-pub(crate) fn instruction_key(keys: &KeySpace) -> String {
-    format!("{}/{}/instruction", keys.prefix, keys.robot_id)
+/// The rig's `[sync]` section for cameras stepped at `rate_hz`: tolerance a quarter frame
+/// period, a missing camera held for up to two periods.
+pub(crate) fn sync_section(rate_hz: f64) -> String {
+    let period_ms = 1000.0 / rate_hz;
+    format!(
+        "[sync]\n\
+         rate_hz = {}\n\
+         tolerance_ms = {}\n\
+         missing = \"hold\"\n\
+         max_hold_ms = {}\n\
+         max_pending = 8\n",
+        toml_f64(rate_hz),
+        toml_f64(period_ms / 4.0),
+        toml_f64(period_ms * 2.0),
+    )
 }
 
 /// A TOML string literal.

@@ -20,7 +20,9 @@ use serde::Deserialize;
 use transport::keys::KeySpace;
 use transport::msg::{COVARIANCE_NOT_PROVIDED, Header, Imu, Quaternion, Time, Vector3};
 
-use super::{CameraSpec, Item, Payload, Plan, check_rig, imu_key, rig_name, toml_f64, toml_str};
+use super::{
+    CameraSpec, Item, Payload, Plan, check_rig, rig_name, sync_section, toml_f64, toml_str,
+};
 
 /// The folder holding the sensor folders: `dir/mav0` when present, else `dir`.
 pub(crate) fn root(dir: &Path) -> PathBuf {
@@ -214,7 +216,7 @@ pub(crate) fn plan(dir: &Path, keys: &KeySpace) -> Result<Plan> {
                     let (tr, r) = pose(t, &yaml_path)?;
                     rig_notes.push_str(&format!(
                         "# {name} (IMU, {n} samples on {}): T_BS translation {tr:?}, rotation {r:?}\n",
-                        imu_key(keys, &name)?
+                        keys.imu(&name)?
                     ));
                 }
             }
@@ -237,7 +239,6 @@ pub(crate) fn plan(dir: &Path, keys: &KeySpace) -> Result<Plan> {
         .iter()
         .map(|c| c.rate_hz)
         .fold(f64::INFINITY, f64::min);
-    let period_ms = 1000.0 / slowest;
     plan.rig_toml = format!(
         "# Imported by `edgevla import` from {} (EuRoC ASL layout).\n\
          # Intrinsics [fu, fv, cu, cv] and extrinsics T_BS (camera pose in the body frame) are\n\
@@ -246,18 +247,11 @@ pub(crate) fn plan(dir: &Path, keys: &KeySpace) -> Result<Plan> {
          # Stepped at the slowest camera's rate; tolerance a quarter frame period.\n\
          {rig_notes}\
          name = {}\n\n\
-         [sync]\n\
-         rate_hz = {}\n\
-         tolerance_ms = {}\n\
-         missing = \"hold\"\n\
-         max_hold_ms = {}\n\
-         max_pending = 8\n\
+         {}\
          {rig_cameras}",
         root.display(),
         toml_str(&rig_name(dir)),
-        toml_f64(slowest),
-        toml_f64(period_ms / 4.0),
-        toml_f64(period_ms * 2.0),
+        sync_section(slowest),
     );
     check_rig(&plan.rig_toml)?;
     Ok(plan)
@@ -377,7 +371,7 @@ fn imu(
     stream: u32,
 ) -> Result<usize> {
     let csv_path = folder.join("data.csv");
-    let key = plan.key(imu_key(keys, name)?);
+    let key = plan.key(keys.imu(name)?);
     let diagonal = |density: Option<f64>| {
         let mut cov = [0.0; 9];
         if let (Some(d), Some(rate)) = (density, yaml.rate_hz) {

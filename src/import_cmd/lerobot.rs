@@ -30,7 +30,7 @@ use transport::keys::KeySpace;
 use transport::msg::{ActionChunk, Header, JointState, StringMsg, Time};
 
 use super::{
-    CameraSpec, Item, Payload, Plan, check_rig, instruction_key, rig_name, seconds_to_ns, toml_f64,
+    CameraSpec, Item, Payload, Plan, check_rig, rig_name, seconds_to_ns, sync_section, toml_f64,
     toml_str,
 };
 
@@ -289,7 +289,7 @@ pub(crate) fn plan(dir: &Path, keys: &KeySpace, options: &Options) -> Result<Pla
 
     // Streams at equal times: instruction, cameras, joints, action.
     let n_cams = u32::try_from(cams.len()).unwrap_or(u32::MAX);
-    let instruction_idx = plan.key(instruction_key(keys));
+    let instruction_idx = plan.key(keys.instruction());
     let joints_key = plan.key(keys.joints());
     let action_key = plan.key(keys.action());
     let mut last_t: Option<u64> = None;
@@ -425,26 +425,18 @@ pub(crate) fn plan(dir: &Path, keys: &KeySpace, options: &Options) -> Result<Pla
             ));
         }
     }
-    let period_ms = 1000.0 / fps;
     plan.rig_toml = format!(
         "# Imported by `edgevla import` from {} (LeRobot v2.1 episode, robot_type {}).\n\
          # Cameras from info.json (`observation.images.*`); calibration is NOMINAL (see below):\n\
          # replace it with your robot's before using the rig for geometry.\n\
          # Stepped at the dataset's fps; tolerance a quarter frame period.\n\
          name = {}\n\n\
-         [sync]\n\
-         rate_hz = {}\n\
-         tolerance_ms = {}\n\
-         missing = \"hold\"\n\
-         max_hold_ms = {}\n\
-         max_pending = 8\n\
+         {}\
          {rig_cameras}",
         dir.display(),
         info["robot_type"].as_str().unwrap_or("unknown"),
         toml_str(&rig_name(dir)),
-        toml_f64(fps),
-        toml_f64(period_ms / 4.0),
-        toml_f64(period_ms * 2.0),
+        sync_section(fps),
     );
     check_rig(&plan.rig_toml)?;
     Ok(plan)
