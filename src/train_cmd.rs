@@ -167,6 +167,11 @@ fn run<B: AutodiffBackend>(
         optimizer.iterations = n;
     }
     optimizer.validate()?;
+    if let Some(limit) = args.time_limit
+        && !(limit.is_finite() && limit > 0.0)
+    {
+        bail!("--time-limit must be a positive number of seconds, got {limit}");
+    }
     if file.batch_size == 0 {
         bail!("invalid config key `batch_size`: must be ≥ 1");
     }
@@ -197,21 +202,15 @@ fn run<B: AutodiffBackend>(
             let (model, resume, metrics) = load_resume::<B>(dir, &model_config, &device)?;
             (model, Some(resume), metrics)
         }
-        None => match &args.init {
-            Some(dir) => (
-                runtime::checkpoint::load::<B>(dir, Some(&model_config), &device)
+        None => {
+            let model = match &args.init {
+                Some(dir) => runtime::checkpoint::load::<B>(dir, Some(&model_config), &device)
                     .with_context(|| format!("--init {}", dir.display()))?,
-                None,
-                String::new(),
-            ),
-            None => (model_config.init::<B>(&device), None, String::new()),
-        },
+                None => model_config.init::<B>(&device),
+            };
+            (model, None, String::new())
+        }
     };
-    if let Some(limit) = args.time_limit
-        && !(limit.is_finite() && limit > 0.0)
-    {
-        bail!("--time-limit must be a positive number of seconds, got {limit}");
-    }
     let start = resume.as_ref().map_or(0, |r| r.done);
     let until = args
         .stop_after
