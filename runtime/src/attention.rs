@@ -1,28 +1,33 @@
 //! Attention of a step's queries over the KV cache in host memory, read in its storage format
 //! (the CPU path of [`Vla::forward_step`](crate::model::Vla::forward_step)).
 //!
-//! One pass per query head over the cached keys and values in chunks of [`CHUNK`] tokens:
-//! decode the chunk's keys (f32 / f16 / bf16 / int8 q8_0 / fp8 E4M3, scales included) into a
-//! small scratch, rotate them at their slot positions (keys are cached before RoPE), score them
-//! against the head's queries, fold the chunk into a running softmax (max, sum, weighted values:
-//! the flash-attention recurrence), then the step's own new tokens with the causal mask. Nothing
-//! the size of the cache is decoded or allocated: per head the scratch is `CHUNK × head_dim`
-//! values plus the queries' rows, reused from step to step ([`AttentionScratch`]).
+//! Work is split by KV head (grouped-query attention: the `n_heads / n_kv_heads` query heads of
+//! one KV head are stacked into one block of query rows) and by ranges of cached tokens, one
+//! rayon task each. A task walks its range in blocks of [`KEY_BLOCK`] tokens: decode the
+//! block's keys and values (f32 / f16 / bf16 / int8 q8_0 / fp8 E4M3, scales included) once for
+//! the whole query group, rotate the keys to their slot positions (keys are cached before
+//! RoPE), score all query rows against the block as one matrix product ([`crate::gemm`]), fold
+//! the block into a running softmax (max, sum: the flash-attention recurrence) and add the
+//! weighted values as a second product. The step's own new tokens are the last keys, under the
+//! causal mask. The tasks' partial results are merged exactly (log-sum-exp weights). Nothing
+//! the size of the cache is decoded or allocated: a task's scratch is a block of keys, values
+//! and scores, reused from step to step ([`AttentionScratch`]).
 //!
-//! The loops are plain Rust compiled inside a [`macerator`] dispatch, so they are vectorized for
-//! the best instruction set the CPU has (AVX-512, AVX2 + FMA, SSE4.1, NEON) with no `unsafe`;
-//! heads run in parallel on the rayon pool. The exponential is a Cephes-style polynomial
-//! (relative error ≤ 2e-7, `fast_exp_is_accurate`).
+//! The element-wise loops are plain Rust compiled inside a [`macerator`] dispatch, so they are
+//! vectorized for the best instruction set the CPU has (AVX-512, AVX2 + FMA, SSE4.1, NEON) with
+//! no `unsafe`. The exponential is a Cephes-style polynomial (relative error ≤ 2e-7,
+//! `fast_exp_is_accurate`).
 
 use macerator::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::gemm::{Mat, MatMut, Threads, Write, matmul};
 use crate::kv::KvView;
 use crate::rope::RopeFrequencies;
 
-/// Cached tokens per chunk.
-pub const CHUNK: usize = 64;
+/// Cached tokens per key block.
+pub const KEY_BLOCK: usize = 256;
 
 /// cos/sin of every position for the host path, laid out like [`crate::rope::RotaryTable`]
 /// (`cos = [c, c]·factor`, `sin = [−s, s]·factor` over the rotated channels), f32.
@@ -79,53 +84,60 @@ impl HostRope {
     #[inline(always)]
     fn rotate(&self, p: usize, x: &[f32], scale: f32, out: &mut [f32]) {
         let (rot, half) = (self.rot, self.rot / 2);
-        let cos = &self.cos[p * rot..(p + 1) * rot];
-        let sin = &self.sin[p * rot..(p + 1) * rot];
-        for c in 0..half {
-            out[c] = (x[c] * cos[c] + x[c + half] * sin[c]) * scale;
-            out[c + half] = (x[c + half] * cos[c + half] + x[c] * sin[c + half]) * scale;
+        let (cos_a, cos_b) = self.cos[p * rot..(p + 1) * rot].split_at(half);
+        let (sin_a, sin_b) = self.sin[p * rot..(p + 1) * rot].split_at(half);
+        let (x_rot, x_pass) = x.split_at(rot);
+        let (xa, xb) = x_rot.split_at(half);
+        let (out_rot, out_pass) = out.split_at_mut(rot);
+        let (oa, ob) = out_rot.split_at_mut(half);
+        for ((((o, a), b), c), s) in oa.iter_mut().zip(xa).zip(xb).zip(cos_a).zip(sin_a) {
+            *o = (a * c + b * s) * scale;
         }
-        for c in rot..x.len() {
-            out[c] = x[c] * scale;
+        for ((((o, a), b), c), s) in ob.iter_mut().zip(xa).zip(xb).zip(cos_b).zip(sin_b) {
+            *o = (b * c + a * s) * scale;
+        }
+        for (o, v) in out_pass.iter_mut().zip(x_pass) {
+            *o = v * scale;
         }
     }
 }
 
-/// Per-head working memory, reused from step to step.
+/// Working memory of one task (one KV head over one range of key blocks), reused from step to
+/// step.
 #[derive(Clone, Debug, Default)]
-pub struct HeadScratch {
-    /// Rotated, scaled queries `[tq, head_dim]`.
-    q: Vec<f32>,
-    /// One decoded key row `[head_dim]`, and rotated.
-    key: Vec<f32>,
-    rkey: Vec<f32>,
-    /// Rotated keys of a chunk, transposed `[head_dim, CHUNK]`.
-    kt: Vec<f32>,
-    /// Values of a chunk `[CHUNK, head_dim]`.
+struct TaskScratch {
+    /// Rotated keys of a block `[KEY_BLOCK, head_dim]`.
+    k: Vec<f32>,
+    /// Values of a block `[KEY_BLOCK, head_dim]`.
     v: Vec<f32>,
-    /// Scores / probabilities `[tq, CHUNK]`.
+    /// One decoded key row `[head_dim]`.
+    row: Vec<f32>,
+    /// Scores, then probabilities, of the block `[rows, KEY_BLOCK]`.
     s: Vec<f32>,
     /// Running max and sum per query row.
     m: Vec<f32>,
     l: Vec<f32>,
-    /// Weighted values `[tq, head_dim]`; the head's output at the end.
+    /// Unnormalized weighted values `[rows, head_dim]`.
     acc: Vec<f32>,
 }
 
-/// Working memory of [`attend`] for every head.
+/// Working memory of [`attend`], reused from step to step.
 #[derive(Clone, Debug, Default)]
 pub struct AttentionScratch {
-    heads: Vec<HeadScratch>,
+    /// Rotated, scaled queries grouped by KV head: `[n_kv_heads, rep · tq, head_dim]`, row
+    /// `j · tq + i` is query `i` of the group's head `j`.
+    q: Vec<f32>,
+    tasks: Vec<TaskScratch>,
 }
 
 /// The inputs of one layer's attention.
 #[derive(Clone, Copy, Debug)]
 pub struct AttendInput<'a> {
-    /// Queries, pre-RoPE, `[n_heads, tq, head_dim]`.
+    /// Queries, pre-RoPE, token-major `[tq, n_heads · head_dim]`.
     pub q: &'a [f32],
-    /// The step's keys, pre-RoPE, `[n_kv_heads, tk_new, head_dim]`.
+    /// The step's keys, pre-RoPE, token-major `[tk_new, n_kv_heads · head_dim]`.
     pub k_new: &'a [f32],
-    /// The step's values `[n_kv_heads, tk_new, head_dim]`.
+    /// The step's values `[tk_new, n_kv_heads · head_dim]`.
     pub v_new: &'a [f32],
     /// Cached keys (pre-RoPE) and values of this layer, `past` tokens.
     pub keys: KvView<'a>,
@@ -195,32 +207,88 @@ pub fn attend(
             ),
         ));
     }
-    scratch.heads.resize_with(h, HeadScratch::default);
+    let rep = h / kv;
+    let rows = rep * tq;
+    // Queries rotated to their positions and scaled once, grouped by KV head.
+    let scale = 1.0 / (hd as f32).sqrt();
+    scratch.q.resize(kv * rows * hd, 0.0);
+    for head in 0..h {
+        let (g, j) = (head / rep, head % rep);
+        for i in 0..tq {
+            let at = (g * rows + j * tq + i) * hd;
+            rope.rotate(
+                input.past + input.q_first + i,
+                &input.q[(i * h + head) * hd..(i * h + head + 1) * hd],
+                scale,
+                &mut scratch.q[at..at + hd],
+            );
+        }
+    }
+    // Tasks: every KV head over a few contiguous ranges of key blocks (split so that the pool
+    // has work even with one KV head), merged below.
+    let total = input.past + tk;
+    let blocks = total.div_ceil(KEY_BLOCK);
+    let segments = (2 * rayon::current_num_threads())
+        .div_ceil(kv)
+        .clamp(1, blocks.max(1));
+    let per_segment = blocks.div_ceil(segments).max(1);
+    scratch
+        .tasks
+        .resize_with(kv * segments, TaskScratch::default);
+    let queries = &scratch.q;
     let fused = has_fma();
     scratch
-        .heads
+        .tasks
         .par_iter_mut()
         .enumerate()
-        .for_each(|(head, s)| {
-            let job = HeadJob {
+        .try_for_each(|(task, s)| {
+            let (g, segment) = (task / segments, task % segments);
+            let first = (segment * per_segment * KEY_BLOCK).min(total);
+            let last = ((segment + 1) * per_segment * KEY_BLOCK).min(total);
+            let job = TaskJob {
                 input,
                 rope,
-                head,
+                g,
+                keys: first..last,
                 tq,
+                q: &queries[g * rows * hd..(g + 1) * rows * hd],
                 scratch: s,
             };
             if fused {
-                Arch::new().dispatch(Vectorized::<Fused>(job, std::marker::PhantomData));
+                Arch::new().dispatch(Vectorized::<Fused>(job, std::marker::PhantomData))
             } else {
-                Arch::new().dispatch(Vectorized::<Split>(job, std::marker::PhantomData));
+                Arch::new().dispatch(Vectorized::<Split>(job, std::marker::PhantomData))
             }
-        });
+        })?;
+    // Merge the segments of each KV head: out = Σ acc_s e^(m_s − M) / Σ l_s e^(m_s − M).
     out.clear();
     out.resize(tq * h * hd, 0.0);
-    for (head, s) in scratch.heads.iter().enumerate() {
-        for i in 0..tq {
-            out[i * h * hd + head * hd..i * h * hd + (head + 1) * hd]
-                .copy_from_slice(&s.acc[i * hd..(i + 1) * hd]);
+    for g in 0..kv {
+        let parts = &scratch.tasks[g * segments..(g + 1) * segments];
+        for r in 0..rows {
+            let (j, i) = (r / tq, r % tq);
+            let m = parts.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.m[r]));
+            let weights = parts.iter().map(|p| {
+                if p.m[r] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    fast_exp(p.m[r] - m)
+                }
+            });
+            let l: f32 = parts
+                .iter()
+                .zip(weights.clone())
+                .map(|(p, w)| p.l[r] * w)
+                .sum();
+            let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+            let head = g * rep + j;
+            let dst = &mut out[(i * h + head) * hd..(i * h + head + 1) * hd];
+            for (p, w) in parts.iter().zip(weights) {
+                let w = w * inv;
+                for (o, a) in dst.iter_mut().zip(&p.acc[r * hd..(r + 1) * hd]) {
+                    *o += a * w;
+                }
+            }
         }
     }
     Ok(())
@@ -265,35 +333,44 @@ impl MulAdd for Split {
     }
 }
 
-struct HeadJob<'a, 'b> {
+/// One task: KV head `g`'s query rows over the keys `keys` (logical indices: cached tokens
+/// `0..past`, then the new ones).
+struct TaskJob<'a, 'b> {
     input: &'a AttendInput<'b>,
     rope: &'a HostRope,
-    head: usize,
+    g: usize,
+    keys: std::ops::Range<usize>,
     tq: usize,
-    scratch: &'a mut HeadScratch,
+    /// The group's rotated queries `[rows, head_dim]`.
+    q: &'a [f32],
+    scratch: &'a mut TaskScratch,
 }
 
-struct Vectorized<'a, 'b, M>(HeadJob<'a, 'b>, std::marker::PhantomData<M>);
+struct Vectorized<'a, 'b, M>(TaskJob<'a, 'b>, std::marker::PhantomData<M>);
 
 impl<M: MulAdd> WithSimd for Vectorized<'_, '_, M> {
-    type Output = ();
+    type Output = Result<()>;
 
     #[inline(always)]
-    fn with_simd<S: Simd>(self) {
-        head_attention::<M>(self.0);
+    fn with_simd<S: Simd>(self) -> Result<()> {
+        task_attention::<M>(self.0)
     }
 }
 
 /// exp(x) for x ≤ 0 (scores minus their running max), 0 below −87.3: Cephes' expf polynomial
 /// on the reduced argument, branch-free so that it vectorizes.
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(crate) fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
     let xc = x.max(-87.3);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
+    // The rounded integer n sits in the low mantissa bits of `shifted` (an integer read of
+    // the bits, not a float → int cast, so that the loop vectorizes).
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -302,8 +379,57 @@ fn fast_exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scaled = y * f32::from_bits(n_bits.wrapping_add(127) << 23);
     if x < -87.3 { 0.0 } else { scaled }
+}
+
+/// Lanes of the reductions below: independent partial results, so that the loops vectorize
+/// (a single running sum or max is a dependency chain the compiler must keep in order).
+const LANES: usize = 16;
+
+/// Sum of `x` in [`LANES`] partial sums.
+#[inline(always)]
+pub(crate) fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Sum of squares of `x` in [`LANES`] partial sums.
+#[inline(always)]
+pub(crate) fn sum_squares_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v * v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Maximum of `x` (−∞ for none) in [`LANES`] partial maxima.
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a = a.max(*v);
+        }
+    }
+    acc.iter().fold(tail, |m, v| m.max(*v))
 }
 
 /// IEEE half → f32 without branches (subnormals included; the cache stores no ∞/NaN).
@@ -371,181 +497,93 @@ fn decode_row(view: KvView<'_>, t: usize, g: usize, kv: usize, out: &mut [f32]) 
     }
 }
 
-/// Where a chunk's keys and values come from.
-#[derive(Clone, Copy)]
-enum Source<'a> {
-    Cache(KvView<'a>, KvView<'a>),
-    New(&'a [f32], &'a [f32]),
-}
-
+/// Folds the task's key blocks into its running softmax: per block, keys decoded and rotated
+/// once for the whole query group, scores as one matrix product, the online-softmax update,
+/// and the weighted values as a second product.
 #[inline(always)]
-fn head_attention<M: MulAdd>(job: HeadJob<'_, '_>) {
-    let HeadJob {
+fn task_attention<M: MulAdd>(job: TaskJob<'_, '_>) -> Result<()> {
+    let TaskJob {
         input,
         rope,
-        head,
+        g,
+        keys,
         tq,
+        q,
         scratch: s,
     } = job;
     let (kv, hd) = (input.n_kv_heads, input.head_dim);
-    let g = head / (input.n_heads / kv);
-    let scale = 1.0 / (hd as f32).sqrt();
-    s.q.resize(tq * hd, 0.0);
-    s.key.resize(hd, 0.0);
-    s.rkey.resize(hd, 0.0);
-    s.kt.resize(hd * CHUNK, 0.0);
-    s.v.resize(CHUNK * hd, 0.0);
-    s.s.resize(tq * CHUNK, 0.0);
+    let rows = q.len() / hd;
+    s.k.resize(KEY_BLOCK * hd, 0.0);
+    s.v.resize(KEY_BLOCK * hd, 0.0);
+    s.row.resize(hd, 0.0);
+    s.s.resize(rows * KEY_BLOCK, 0.0);
     s.m.clear();
-    s.m.resize(tq, f32::NEG_INFINITY);
+    s.m.resize(rows, f32::NEG_INFINITY);
     s.l.clear();
-    s.l.resize(tq, 0.0);
+    s.l.resize(rows, 0.0);
     s.acc.clear();
-    s.acc.resize(tq * hd, 0.0);
-    let q_head = &input.q[head * tq * hd..(head + 1) * tq * hd];
-    for i in 0..tq {
-        let p = input.past + input.q_first + i;
-        rope.rotate(
-            p,
-            &q_head[i * hd..(i + 1) * hd],
-            scale,
-            &mut s.q[i * hd..(i + 1) * hd],
-        );
-    }
-    let tk = input.tk_new;
-    let new_k = &input.k_new[g * tk * hd..(g + 1) * tk * hd];
-    let new_v = &input.v_new[g * tk * hd..(g + 1) * tk * hd];
-    let mut start = 0;
-    while start < input.past {
-        let n = CHUNK.min(input.past - start);
-        chunk::<M>(
-            s,
-            rope,
-            Source::Cache(input.keys, input.values),
-            (g, kv),
-            start,
-            n,
-            tq,
-            |_| n,
-        );
+    s.acc.resize(rows * hd, 0.0);
+    let (past, row) = (input.past, kv * hd);
+    let mut start = keys.start;
+    while start < keys.end {
+        let n = KEY_BLOCK.min(keys.end - start);
+        for j in 0..n {
+            let t = start + j;
+            let (k_out, v_out) = (
+                &mut s.k[j * hd..(j + 1) * hd],
+                &mut s.v[j * hd..(j + 1) * hd],
+            );
+            if t < past {
+                decode_row(input.keys, t, g, kv, &mut s.row);
+                decode_row(input.values, t, g, kv, v_out);
+            } else {
+                let at = (t - past) * row + g * hd;
+                s.row.copy_from_slice(&input.k_new[at..at + hd]);
+                v_out.copy_from_slice(&input.v_new[at..at + hd]);
+            }
+            rope.rotate(t, &s.row, 1.0, k_out);
+        }
+        // Scores [rows, n] = q · kᵀ.
+        matmul(
+            MatMut::rows(&mut s.s, rows, n, KEY_BLOCK),
+            Mat::rows(q, rows, hd, hd),
+            Mat::transposed(&s.k, hd, n, hd),
+            Write::Overwrite,
+            Threads::One,
+        )?;
+        for r in 0..rows {
+            // Query i sees the cached keys and the new keys up to its own token.
+            let i = r % tq;
+            let visible = (past + input.q_first + i + 1).saturating_sub(start).min(n);
+            let scores = &mut s.s[r * KEY_BLOCK..r * KEY_BLOCK + n];
+            if visible == 0 {
+                scores.fill(0.0);
+                continue;
+            }
+            let m_new = s.m[r].max(max_lanes(&scores[..visible]));
+            let correction = fast_exp(s.m[r] - m_new);
+            for v in &mut scores[..visible] {
+                *v = fast_exp(*v - m_new);
+            }
+            let sum = sum_lanes(&scores[..visible]);
+            scores[visible..].fill(0.0);
+            s.l[r] = M::mul_add(s.l[r], correction, sum);
+            s.m[r] = m_new;
+            for a in &mut s.acc[r * hd..(r + 1) * hd] {
+                *a *= correction;
+            }
+        }
+        // acc += p · v.
+        matmul(
+            MatMut::rows(&mut s.acc, rows, hd, hd),
+            Mat::rows(&s.s, rows, n, KEY_BLOCK),
+            Mat::rows(&s.v, n, hd, hd),
+            Write::Accumulate,
+            Threads::One,
+        )?;
         start += n;
     }
-    let mut start = 0;
-    while start < tk {
-        let n = CHUNK.min(tk - start);
-        let q_first = input.q_first;
-        chunk::<M>(
-            s,
-            rope,
-            Source::New(new_k, new_v),
-            (g, input.past),
-            start,
-            n,
-            tq,
-            // Query i sees new keys 0..=q_first + i.
-            move |i| (q_first + i + 1).saturating_sub(start).min(n),
-        );
-        start += n;
-    }
-    for i in 0..tq {
-        let inv = if s.l[i] > 0.0 { 1.0 / s.l[i] } else { 0.0 };
-        for a in &mut s.acc[i * hd..(i + 1) * hd] {
-            *a *= inv;
-        }
-    }
-}
-
-/// Folds keys/values `start..start + n` of `source` into the running softmax. `at` is
-/// `(kv head, kv heads)` for the cache, `(kv head, past)` for new tokens; `visible(i)` is how
-/// many of the chunk's keys query `i` sees (a prefix).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn chunk<M: MulAdd>(
-    s: &mut HeadScratch,
-    rope: &HostRope,
-    source: Source<'_>,
-    at: (usize, usize),
-    start: usize,
-    n: usize,
-    tq: usize,
-    visible: impl Fn(usize) -> usize,
-) {
-    let hd = s.key.len();
-    // Keys: decode, rotate to their positions, transpose into kt [hd, CHUNK].
-    for j in 0..n {
-        let position = match source {
-            Source::Cache(keys, values) => {
-                let (g, kv) = at;
-                decode_row(keys, start + j, g, kv, &mut s.key);
-                decode_row(values, start + j, g, kv, &mut s.v[j * hd..(j + 1) * hd]);
-                start + j
-            }
-            Source::New(k, v) => {
-                let t = start + j;
-                s.key.copy_from_slice(&k[t * hd..(t + 1) * hd]);
-                s.v[j * hd..(j + 1) * hd].copy_from_slice(&v[t * hd..(t + 1) * hd]);
-                at.1 + t
-            }
-        };
-        rope.rotate(position, &s.key, 1.0, &mut s.rkey);
-        for (d, r) in s.rkey.iter().enumerate() {
-            s.kt[d * CHUNK + j] = *r;
-        }
-    }
-    for j in n..CHUNK {
-        for d in 0..hd {
-            s.kt[d * CHUNK + j] = 0.0;
-        }
-        s.v[j * hd..(j + 1) * hd].fill(0.0);
-    }
-    // Scores, two query rows at a time (each key load serves both).
-    let mut i = 0;
-    while i < tq {
-        let rows = (tq - i).min(2);
-        let mut a0 = [0.0f32; CHUNK];
-        let mut a1 = [0.0f32; CHUNK];
-        let q0 = &s.q[i * hd..(i + 1) * hd];
-        let q1 = &s.q[(i + rows - 1) * hd..(i + rows) * hd];
-        for ((k, x0), x1) in s.kt.chunks_exact(CHUNK).zip(q0).zip(q1) {
-            for ((y0, y1), kj) in a0.iter_mut().zip(a1.iter_mut()).zip(k) {
-                *y0 = M::mul_add(*x0, *kj, *y0);
-                *y1 = M::mul_add(*x1, *kj, *y1);
-            }
-        }
-        s.s[i * CHUNK..(i + 1) * CHUNK].copy_from_slice(&a0);
-        if rows == 2 {
-            s.s[(i + 1) * CHUNK..(i + 2) * CHUNK].copy_from_slice(&a1);
-        }
-        i += rows;
-    }
-    // Online softmax and weighted values.
-    for i in 0..tq {
-        let seen = visible(i);
-        if seen == 0 {
-            continue;
-        }
-        let row = &mut s.s[i * CHUNK..(i + 1) * CHUNK];
-        let chunk_max = row[..seen].iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-        let m_new = s.m[i].max(chunk_max);
-        let correction = fast_exp(s.m[i] - m_new);
-        let mut sum = 0.0f32;
-        for (j, v) in row.iter_mut().enumerate() {
-            let e = fast_exp(*v - m_new);
-            *v = if j < seen { e } else { 0.0 };
-            sum += *v;
-        }
-        s.l[i] = s.l[i] * correction + sum;
-        s.m[i] = m_new;
-        let acc = &mut s.acc[i * hd..(i + 1) * hd];
-        for a in acc.iter_mut() {
-            *a *= correction;
-        }
-        for (p, v) in row[..seen].iter().zip(s.v.chunks_exact(hd)) {
-            for (a, x) in acc.iter_mut().zip(v) {
-                *a = M::mul_add(*p, *x, *a);
-            }
-        }
-    }
+    Ok(())
 }
 
 impl KvView<'_> {

@@ -6,7 +6,8 @@
 //! - [`model`]: the streaming VLA model (tokenizer, Llama-style backbone, action head).
 //! - [`ring`]: ring attention kernels (block attention with log-sum-exp, exact merge, zigzag
 //!   sharding, the causal ring schedule).
-//! - [`attention`]: the CPU attention kernel over the quantized cache (decoded chunk by chunk).
+//! - [`attention`]: the CPU attention kernel over the quantized cache (decoded block by block).
+//! - [`gemm`]: checked host matrix products (the `gemm` crate's kernels behind a safe API).
 //! - [`bench`]: set-up shared by the step benchmarks (pre-filled streams, step cost).
 //! - [`checkpoint`]: checkpoint save/load and HuggingFace safetensors export.
 //! - [`kv`]: the bounded, quantized KV cache and its byte arithmetic.
@@ -18,6 +19,7 @@ pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod error;
+pub mod gemm;
 pub mod host;
 pub mod kv;
 pub mod model;

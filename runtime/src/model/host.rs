@@ -1,36 +1,270 @@
-//! The CPU path of a cached step: projections and MLPs through burn, attention through
-//! [`crate::attention`] straight over the cache's storage (decoded chunk by chunk, never as a
-//! whole), and no per-step tensors the size of the cache (no rotary table slice, no bias).
+//! The CPU path of a cached step, on host buffers from end to end.
+//!
+//! When the backend computes on the host (burn's ndarray backend), a [`super::Stream`] keeps
+//! a copy of the model's weights in the layouts this path wants ([`HostWeights`]: q/k/v
+//! projections fused into one matrix, gate and up fused into another, camera and patch-index
+//! embeddings pre-summed) and runs the whole step without burn tensors: embedding, per layer
+//! RMSNorm → one fused projection → attention straight over the cache's storage
+//! ([`crate::attention`]: decoded block by block, never as a whole) → output projection →
+//! RMSNorm → fused gate/up → SwiGLU → down projection, then the final norm and the heads.
+//! Matrix products go through [`crate::gemm`] on the rayon pool; element-wise loops run inside
+//! a [`macerator`] dispatch (vectorized for the CPU's best instruction set). The buffers live
+//! in the stream and are reused, so a step allocates nothing once the first has run, and the
+//! last layer computes only the rows whose outputs are read (the readouts).
+//!
+//! It computes what the tensor path computes (test `host_path_equals_tensor_path`, and every
+//! model test that runs on NdArray goes through it).
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
+use macerator::{Arch, Simd, WithSimd};
 
-use super::{Block, VlaConfig};
-use crate::attention::{AttendInput, AttentionScratch, HostRope, attend};
+use super::{Block, StepInput, Vla, VlaConfig};
+use crate::attention::{
+    AttendInput, AttentionScratch, HostRope, attend, fast_exp, sum_squares_lanes,
+};
 use crate::error::{Error, Result};
-use crate::host::float_tensor;
+use crate::gemm::{Mat, MatMut, Threads, Write, matmul};
 use crate::kv::KvCache;
 
-/// Working state of the host path, kept by a [`super::Stream`] from step to step.
+/// One backbone block's weights, row-major `[d_in, d_out]` as burn's `Linear` stores them.
+#[derive(Clone, Debug)]
+struct HostBlock {
+    input_norm: Vec<f32>,
+    /// `[d_model, (n_heads + 2 · n_kv_heads) · head_dim]`: q, k and v columns.
+    qkv: Vec<f32>,
+    /// `[n_heads · head_dim, d_model]`.
+    o: Vec<f32>,
+    post_norm: Vec<f32>,
+    /// `[d_model, 2 · ffn_dim]`: gate then up columns.
+    gate_up: Vec<f32>,
+    /// `[ffn_dim, d_model]`.
+    down: Vec<f32>,
+}
+
+/// A linear layer `[d_in, d_out]` with its bias.
+#[derive(Clone, Debug)]
+struct HostLinear {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+/// The model's weights on the host, in the layouts the host path uses.
+#[derive(Clone, Debug)]
+pub(crate) struct HostWeights {
+    config: VlaConfig,
+    patch_embed: HostLinear,
+    /// Camera embedding + patch-index embedding of every patch token `[n_patches, d_model]`.
+    patch_add: Vec<f32>,
+    missing: Vec<f32>,
+    proprio: HostLinear,
+    /// `[INSTRUCTION_VOCAB, d_model]`.
+    instruction: Vec<f32>,
+    /// `[n_readout, d_model]`.
+    readout: Vec<f32>,
+    blocks: Vec<HostBlock>,
+    norm: Vec<f32>,
+    action: HostLinear,
+    cue: Option<HostLinear>,
+}
+
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>, what: &'static str) -> Result<Vec<f32>> {
+    t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| Error::shape(what, format!("{e:?}")))
+}
+
+fn linear<B: Backend>(l: &burn::nn::Linear<B>, what: &'static str) -> Result<HostLinear> {
+    let d_out = l.weight.dims()[1];
+    Ok(HostLinear {
+        weight: values(l.weight.val(), what)?,
+        bias: match &l.bias {
+            Some(b) => values(b.val(), what)?,
+            None => vec![0.0; d_out],
+        },
+    })
+}
+
+/// Weights `[d_in, a]` and `[d_in, b]` … side by side: `[d_in, a + b + …]`.
+fn side_by_side(parts: &[Vec<f32>], d_in: usize) -> Vec<f32> {
+    let widths: Vec<usize> = parts.iter().map(|p| p.len() / d_in).collect();
+    let mut out = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for r in 0..d_in {
+        for (p, w) in parts.iter().zip(&widths) {
+            out.extend_from_slice(&p[r * w..(r + 1) * w]);
+        }
+    }
+    out
+}
+
+impl HostWeights {
+    /// Copies `model`'s weights to the host.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if a weight cannot be read as f32.
+    pub(crate) fn new<B: Backend>(model: &Vla<B>) -> Result<Self> {
+        let c = model.config().clone();
+        let d = c.d_model;
+        let camera = values(model.camera_embed.val(), "camera embedding")?;
+        let patch_pos = values(model.patch_pos_embed.val(), "patch embedding")?;
+        let mut patch_add = Vec::with_capacity(c.n_cameras * c.patches_per_camera * d);
+        for cam in 0..c.n_cameras {
+            for p in 0..c.patches_per_camera {
+                patch_add.extend(
+                    camera[cam * d..(cam + 1) * d]
+                        .iter()
+                        .zip(&patch_pos[p * d..(p + 1) * d])
+                        .map(|(a, b)| a + b),
+                );
+            }
+        }
+        let blocks = model
+            .layers
+            .iter()
+            .map(|b: &Block<B>| {
+                let a = &b.self_attn;
+                Ok(HostBlock {
+                    input_norm: values(b.input_layernorm.gamma.val(), "norm")?,
+                    qkv: side_by_side(
+                        &[
+                            values(a.q_proj.weight.val(), "q_proj")?,
+                            values(a.k_proj.weight.val(), "k_proj")?,
+                            values(a.v_proj.weight.val(), "v_proj")?,
+                        ],
+                        d,
+                    ),
+                    o: values(a.o_proj.weight.val(), "o_proj")?,
+                    post_norm: values(b.post_attention_layernorm.gamma.val(), "norm")?,
+                    gate_up: side_by_side(
+                        &[
+                            values(b.mlp.gate_proj.weight.val(), "gate_proj")?,
+                            values(b.mlp.up_proj.weight.val(), "up_proj")?,
+                        ],
+                        d,
+                    ),
+                    down: values(b.mlp.down_proj.weight.val(), "down_proj")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            patch_embed: linear(&model.patch_embed, "patch_embed")?,
+            patch_add,
+            missing: values(model.missing_embed.val(), "missing embedding")?,
+            proprio: linear(&model.proprio_embed, "proprio_embed")?,
+            instruction: values(model.instruction_embed.val(), "instruction embedding")?,
+            readout: values(model.readout.val(), "readout")?,
+            blocks,
+            norm: values(model.norm.gamma.val(), "norm")?,
+            action: linear(&model.action_head, "action_head")?,
+            cue: model
+                .cue_head
+                .as_ref()
+                .map(|h| linear(h, "cue_head"))
+                .transpose()?,
+            config: c,
+        })
+    }
+
+    /// Whether these are the weights of a model with `config`'s architecture (the RoPE may
+    /// differ: [`Vla::with_rope`] keeps the weights).
+    pub(crate) fn fits(&self, config: &VlaConfig) -> bool {
+        let (a, b) = (&self.config, config);
+        (
+            a.d_model,
+            a.n_layers,
+            a.n_heads,
+            a.n_kv_heads,
+            a.ffn_dim,
+            a.n_cameras,
+            a.patches_per_camera,
+            a.patch_dim,
+            a.proprio_dim,
+            a.n_readout,
+            a.cue_classes,
+        ) == (
+            b.d_model,
+            b.n_layers,
+            b.n_heads,
+            b.n_kv_heads,
+            b.ffn_dim,
+            b.n_cameras,
+            b.patches_per_camera,
+            b.patch_dim,
+            b.proprio_dim,
+            b.n_readout,
+            b.cue_classes,
+        ) && a.rms_norm_eps == b.rms_norm_eps
+    }
+}
+
+/// Per-step buffers, reused.
 #[derive(Debug, Default)]
+struct Buffers {
+    /// Residual stream `[tokens, d_model]`.
+    x: Vec<f32>,
+    /// Normed rows `[tokens, d_model]`.
+    h: Vec<f32>,
+    /// Fused projections `[tokens, (n_heads + 2 · n_kv_heads) · head_dim]`.
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output `[rows, n_heads · head_dim]`.
+    attn: Vec<f32>,
+    /// Gate and up `[rows, 2 · ffn_dim]`, then SwiGLU `[rows, ffn_dim]`.
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// Working state of the host path, kept by a [`super::Stream`] from step to step.
+#[derive(Debug)]
 pub(crate) struct HostPath {
+    weights: HostWeights,
     rope: Option<HostRope>,
     scratch: AttentionScratch,
-    out: Vec<f32>,
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    buf: Buffers,
 }
 
 impl HostPath {
-    /// Whether the backend computes on the host, where the cache already is (burn's ndarray
-    /// backend): then attention reads the cache in place instead of uploading a decoded copy.
-    pub(crate) fn for_backend<B: Backend>(device: &B::Device) -> Option<Self> {
-        B::name(device).starts_with("ndarray").then(Self::default)
+    /// The host path of `model` when its backend computes on the host (burn's ndarray
+    /// backend), where the cache already is; `None` elsewhere (the tensor path).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the weights cannot be read.
+    pub(crate) fn for_model<B: Backend>(
+        model: &Vla<B>,
+        device: &B::Device,
+    ) -> Result<Option<Self>> {
+        if !B::name(device).starts_with("ndarray") {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            weights: HostWeights::new(model)?,
+            rope: None,
+            scratch: AttentionScratch::default(),
+            buf: Buffers::default(),
+        }))
+    }
+
+    /// Checks that the stream's weights belong to a model of `config`'s architecture.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the mismatch.
+    pub(crate) fn check_model(&self, config: &VlaConfig) -> Result<()> {
+        if self.weights.fits(config) {
+            Ok(())
+        } else {
+            Err(Error::config(
+                "stream",
+                "this stream was made by a model of another architecture (Vla::new_stream)",
+            ))
+        }
     }
 
     /// Makes the host rotary table cover `seq_len` positions with the frequencies `seq_len`
     /// calls for (rebuilt only when they change, as the tensor path's table).
-    pub(crate) fn prepare(&mut self, config: &VlaConfig, seq_len: usize) {
+    fn prepare(&mut self, config: &VlaConfig, seq_len: usize) {
         let freqs = config.rope.frequencies(Some(seq_len));
         let stale = self
             .rope
@@ -41,94 +275,293 @@ impl HostPath {
             self.rope = Some(HostRope::new(freqs, span));
         }
     }
-}
 
-fn host_values<B: Backend, const D: usize>(
-    t: Tensor<B, D>,
-    what: &'static str,
-) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| Error::shape(what, format!("{e:?}")))
-}
+    /// Embeds the instruction tokens `ids` into the residual stream.
+    pub(crate) fn embed_instruction(&mut self, ids: &[i64]) -> Result<usize> {
+        let d = self.weights.config.d_model;
+        let x = &mut self.buf.x;
+        x.clear();
+        for id in ids {
+            let row = usize::try_from(*id)
+                .ok()
+                .filter(|i| (i + 1) * d <= self.weights.instruction.len())
+                .ok_or_else(|| Error::shape("instruction", format!("token id {id}")))?;
+            x.extend_from_slice(&self.weights.instruction[row * d..(row + 1) * d]);
+        }
+        Ok(ids.len())
+    }
 
-impl<B: Backend> Block<B> {
-    /// Block for new tokens on top of layer `layer` of the cache (host path); the first `store`
-    /// tokens' keys and values are written into the cache's reserved block. Only tokens
-    /// `queries_from..` are computed past the key/value projections (the last layer needs no
-    /// outputs for tokens that are only stored).
+    /// Embeds one checked frame-step and the readout tokens into the residual stream:
+    /// `tokens_per_step + n_readout` rows.
+    pub(crate) fn embed_step(&mut self, step: &StepInput<'_>) -> Result<usize> {
+        let w = &self.weights;
+        let c = &w.config;
+        let d = c.d_model;
+        let n = c.n_cameras * c.patches_per_camera;
+        let rows = n + 1 + c.n_readout;
+        let x = &mut self.buf.x;
+        x.clear();
+        x.resize(rows * d, 0.0);
+        // Patch tokens: content (patch embedding, or the missing embedding) + camera + index.
+        matmul(
+            MatMut::rows(&mut x[..n * d], n, d, d),
+            Mat::rows(step.patches, n, c.patch_dim, c.patch_dim),
+            Mat::rows(&w.patch_embed.weight, c.patch_dim, d, d),
+            Write::Overwrite,
+            Threads::Pool,
+        )?;
+        for (p, token) in x[..n * d].chunks_exact_mut(d).enumerate() {
+            let add = &w.patch_add[p * d..(p + 1) * d];
+            if step.camera_present[p / c.patches_per_camera] {
+                for ((t, b), a) in token.iter_mut().zip(&w.patch_embed.bias).zip(add) {
+                    *t += b + a;
+                }
+            } else {
+                for ((t, m), a) in token.iter_mut().zip(&w.missing).zip(add) {
+                    *t = m + a;
+                }
+            }
+        }
+        // The proprio token, then the readouts.
+        let proprio = &mut x[n * d..(n + 1) * d];
+        proprio.copy_from_slice(&w.proprio.bias);
+        for (i, p) in step.proprio.iter().enumerate() {
+            for (t, wv) in proprio
+                .iter_mut()
+                .zip(&w.proprio.weight[i * d..(i + 1) * d])
+            {
+                *t += p * wv;
+            }
+        }
+        x[(n + 1) * d..].copy_from_slice(&w.readout);
+        Ok(rows)
+    }
+
+    /// Runs the `tokens` rows of the residual stream through the backbone on top of `cache`
+    /// (a block of `store` tokens reserved at slot `past`); the first `store` rows' keys and
+    /// values are written into the reservation. Returns the final-norm hidden states of the
+    /// rows that are not stored (all rows when all are stored), `[rows, d_model]`.
     ///
-    /// # Shapes
-    /// - `x`: `[1, tq, d_model]`
-    /// - output: `[1, tq - queries_from, d_model]`
-    pub(super) fn forward_cached_host(
-        &self,
-        x: Tensor<B, 3>,
+    /// # Errors
+    /// [`Error::Shape`] for inconsistent sizes (cache, rope table).
+    pub(crate) fn run(
+        &mut self,
+        config: &VlaConfig,
         cache: &mut KvCache,
-        host: &mut HostPath,
-        layer: usize,
+        tokens: usize,
         store: usize,
-        queries_from: usize,
-    ) -> Result<Tensor<B, 3>> {
-        let attn = &self.self_attn;
-        let (heads, kv, hd) = (attn.n_heads, attn.n_kv_heads, attn.head_dim);
-        let [_, tq, d] = x.dims();
-        let device = x.device();
+    ) -> Result<&[f32]> {
+        // The whole step runs on a thread of the rayon pool (a scope entered from outside the
+        // pool moves there): its dozens of parallel regions then fork from a pool thread
+        // instead of each waking the pool from outside (measured: ~15% of a short step was
+        // spent in the scheduler before).
+        rayon::scope(|_| self.layers(config, cache, tokens, store))?;
+        Ok(&self.buf.h)
+    }
+
+    fn layers(
+        &mut self,
+        config: &VlaConfig,
+        cache: &mut KvCache,
+        tokens: usize,
+        store: usize,
+    ) -> Result<()> {
         let past = cache.len();
-        let (q, k_new, v_new) = attn.project(self.input_layernorm.forward(x.clone()));
-        let rows = tq - queries_from;
-        let (x, q) = if queries_from > 0 {
-            (
-                x.narrow(1, queries_from, rows),
-                q.narrow(2, queries_from, rows),
-            )
-        } else {
-            (x, q)
-        };
-        let q = host_values(q, "host attention q")?; // [heads, rows, hd]
-        let k_new = host_values(k_new, "host attention k")?; // [kv, tq, hd]
-        let v_new = host_values(v_new, "host attention v")?;
-        let rope = host
+        self.prepare(config, past + tokens);
+        let c = &self.weights.config;
+        let (d, heads, kv, hd, ffn) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim(), c.ffn_dim);
+        let eps = c.rms_norm_eps as f32;
+        let (qw, kvw) = (heads * hd, kv * hd);
+        let width = qw + 2 * kvw;
+        let last = self.weights.blocks.len().saturating_sub(1);
+        let from = if store < tokens { store } else { 0 };
+        let rope = self
             .rope
             .as_ref()
             .ok_or_else(|| Error::shape("host attention", "rope table not prepared"))?;
-        let (keys, values) = cache.view(layer)?;
-        attend(
-            &AttendInput {
-                q: &q,
-                k_new: &k_new,
-                v_new: &v_new,
-                keys,
-                values,
-                past,
-                tk_new: tq,
-                q_first: queries_from,
-                n_heads: heads,
-                n_kv_heads: kv,
-                head_dim: hd,
-            },
-            rope,
-            &mut host.scratch,
-            &mut host.out,
-        )?;
-        if store > 0 {
-            // Head-major [kv, tq, hd] → token-major [store, kv, hd] for the cache.
-            let row = kv * hd;
-            for (buf, src) in [(&mut host.keys, &k_new), (&mut host.values, &v_new)] {
-                buf.resize(store * row, 0.0);
-                for t in 0..store {
-                    for g in 0..kv {
-                        buf[t * row + g * hd..t * row + (g + 1) * hd]
-                            .copy_from_slice(&src[(g * tq + t) * hd..(g * tq + t + 1) * hd]);
-                    }
+        let b = &mut self.buf;
+        if b.x.len() != tokens * d {
+            return Err(Error::shape(
+                "host step",
+                "residual stream of the wrong size",
+            ));
+        }
+        for (layer, w) in self.weights.blocks.iter().enumerate() {
+            // The last layer computes outputs only for the rows that are read.
+            let first = if layer == last { from } else { 0 };
+            let rows = tokens - first;
+            b.h.resize(tokens * d, 0.0);
+            elementwise(RmsNorm {
+                x: &b.x,
+                gamma: &w.input_norm,
+                eps,
+                out: &mut b.h,
+            });
+            b.qkv.resize(tokens * width, 0.0);
+            matmul(
+                MatMut::rows(&mut b.qkv, tokens, width, width),
+                Mat::rows(&b.h, tokens, d, d),
+                Mat::rows(&w.qkv, d, width, width),
+                Write::Overwrite,
+                Threads::Pool,
+            )?;
+            b.q.clear();
+            b.k.clear();
+            b.v.clear();
+            for (t, r) in b.qkv.chunks_exact(width).enumerate() {
+                if t >= first {
+                    b.q.extend_from_slice(&r[..qw]);
+                }
+                b.k.extend_from_slice(&r[qw..qw + kvw]);
+                b.v.extend_from_slice(&r[qw + kvw..]);
+            }
+            if store > 0 {
+                cache.write(layer, &b.k[..store * kvw], &b.v[..store * kvw])?;
+            }
+            let (keys, values) = cache.view(layer)?;
+            attend(
+                &AttendInput {
+                    q: &b.q,
+                    k_new: &b.k,
+                    v_new: &b.v,
+                    keys,
+                    values,
+                    past,
+                    tk_new: tokens,
+                    q_first: first,
+                    n_heads: heads,
+                    n_kv_heads: kv,
+                    head_dim: hd,
+                },
+                rope,
+                &mut self.scratch,
+                &mut b.attn,
+            )?;
+            if first > 0 {
+                b.x.drain(..first * d);
+            }
+            // x += attn · o; x += down(silu(gate(norm x)) · up(norm x)).
+            matmul(
+                MatMut::rows(&mut b.x, rows, d, d),
+                Mat::rows(&b.attn, rows, qw, qw),
+                Mat::rows(&w.o, qw, d, d),
+                Write::Accumulate,
+                Threads::Pool,
+            )?;
+            b.h.resize(rows * d, 0.0);
+            elementwise(RmsNorm {
+                x: &b.x,
+                gamma: &w.post_norm,
+                eps,
+                out: &mut b.h[..rows * d],
+            });
+            b.gate_up.resize(rows * 2 * ffn, 0.0);
+            matmul(
+                MatMut::rows(&mut b.gate_up, rows, 2 * ffn, 2 * ffn),
+                Mat::rows(&b.h, rows, d, d),
+                Mat::rows(&w.gate_up, d, 2 * ffn, 2 * ffn),
+                Write::Overwrite,
+                Threads::Pool,
+            )?;
+            b.act.resize(rows * ffn, 0.0);
+            elementwise(SwiGlu {
+                gate_up: &b.gate_up,
+                ffn,
+                out: &mut b.act,
+            });
+            matmul(
+                MatMut::rows(&mut b.x, rows, d, d),
+                Mat::rows(&b.act, rows, ffn, ffn),
+                Mat::rows(&w.down, ffn, d, d),
+                Write::Accumulate,
+                Threads::Pool,
+            )?;
+        }
+        let rows = b.x.len() / d;
+        b.h.resize(rows * d, 0.0);
+        elementwise(RmsNorm {
+            x: &b.x,
+            gamma: &self.weights.norm,
+            eps,
+            out: &mut b.h,
+        });
+        Ok(())
+    }
+
+    /// The heads over the final-norm readout rows `[n_readout, d_model]`: the action chunk
+    /// values `[horizon · action_dim]` and, if the model has one, the cue logits.
+    pub(crate) fn heads(&self, readout: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
+        let head = |l: &HostLinear| {
+            let n = l.bias.len();
+            let mut out = l.bias.clone();
+            for (i, r) in readout.iter().enumerate() {
+                for (o, w) in out.iter_mut().zip(&l.weight[i * n..(i + 1) * n]) {
+                    *o += r * w;
                 }
             }
-            cache.write(layer, &host.keys, &host.values)?;
+            out
+        };
+        (
+            head(&self.weights.action),
+            self.weights.cue.as_ref().map(head),
+        )
+    }
+}
+
+/// Runs an element-wise kernel inside the CPU's best SIMD level.
+fn elementwise<K: WithSimd<Output = ()>>(kernel: K) {
+    Arch::new().dispatch(kernel);
+}
+
+/// `out = x / sqrt(mean(x²) + eps) · gamma` per row of `gamma.len()` values (burn's RmsNorm).
+struct RmsNorm<'a> {
+    x: &'a [f32],
+    gamma: &'a [f32],
+    eps: f32,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for RmsNorm<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self) {
+        let d = self.gamma.len();
+        for (x, out) in self.x.chunks_exact(d).zip(self.out.chunks_exact_mut(d)) {
+            let sq = sum_squares_lanes(x);
+            let inv = 1.0 / (sq / d as f32 + self.eps).sqrt();
+            for ((o, v), g) in out.iter_mut().zip(x).zip(self.gamma) {
+                *o = v * inv * g;
+            }
         }
-        let out = float_tensor::<B, f32, 3>(host.out.clone(), [1, rows, heads * hd], &device);
-        let x = x + attn.o_proj.forward(out);
-        debug_assert_eq!(x.dims(), [1, rows, d]);
-        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
+    }
+}
+
+/// `out = silu(gate) · up` per row of `[gate (ffn), up (ffn)]`.
+struct SwiGlu<'a> {
+    gate_up: &'a [f32],
+    ffn: usize,
+    out: &'a mut [f32],
+}
+
+impl WithSimd for SwiGlu<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self) {
+        let ffn = self.ffn;
+        for (row, out) in self
+            .gate_up
+            .chunks_exact(2 * ffn)
+            .zip(self.out.chunks_exact_mut(ffn))
+        {
+            let (gate, up) = row.split_at(ffn);
+            for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                // sigmoid(g) from e = exp(−|g|) ≤ 1: 1/(1+e) for g ≥ 0, e/(1+e) below.
+                let e = fast_exp(-g.abs());
+                let num = if *g >= 0.0 { 1.0 } else { e };
+                *o = g * (num / (1.0 + e)) * u;
+            }
+        }
     }
 }

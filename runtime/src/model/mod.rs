@@ -161,6 +161,20 @@ pub struct StepOutput<B: Backend> {
     pub cue_logits: Option<Vec<f32>>,
 }
 
+/// A step's tokens: in the host path's residual stream (the row count), or a tensor
+/// `[1, t, d_model]` for the tensor path.
+enum Tokens<B: Backend> {
+    Host(usize),
+    Tensor(Tensor<B, 3>),
+}
+
+/// Final-norm hidden states of a step's unstored tokens: host rows `[rows, d_model]` or a
+/// tensor `[1, rows, d_model]`.
+enum Hidden<B: Backend> {
+    Host(Vec<f32>),
+    Tensor(Tensor<B, 3>),
+}
+
 /// The rolling context of one episode: the KV cache plus the rotary table it is read with.
 #[derive(Debug)]
 pub struct Stream<B: Backend> {
@@ -177,14 +191,14 @@ pub struct Stream<B: Backend> {
 
 impl<B: Backend> Stream<B> {
     /// A stream over `cache`, which [`Vla::new_stream`] sizes for the model's layout,
-    /// sinks, step size and context length.
-    pub(crate) fn new(cache: KvCache, device: &B::Device) -> Self {
+    /// sinks, step size and context length, with the host path's weights on the host backend.
+    fn new(cache: KvCache, host: Option<host::HostPath>, device: &B::Device) -> Self {
         Self {
             cache,
             table: None,
             keys: Vec::new(),
             values: Vec::new(),
-            host: host::HostPath::for_backend::<B>(device),
+            host,
             mirror: None,
             device: device.clone(),
         }
@@ -430,6 +444,9 @@ impl<B: Backend> Vla<B> {
 
     /// A stream with a KV cache for this model: `cache` gives the storage format and byte
     /// budget (the model's own default is `config().kv_cache`); the context length bounds it too.
+    /// On the host backend the stream also holds a copy of the weights for the host path
+    /// (see [`host`]), so a stream belongs to the model that made it (or one from
+    /// [`with_rope`](Self::with_rope) of it).
     ///
     /// # Errors
     /// [`Error::Config`] if the budget cannot hold the longest instruction plus one frame-step,
@@ -447,7 +464,8 @@ impl<B: Backend> Vla<B> {
             c.max_sink_tokens(),
             c.tokens_per_step(),
         )?;
-        Ok(Stream::new(cache, device))
+        let host = host::HostPath::for_model(self, device)?;
+        Ok(Stream::new(cache, host, device))
     }
 
     /// Token ids of an instruction: the beginning token then its bytes.
@@ -691,8 +709,10 @@ impl<B: Backend> Vla<B> {
     pub fn start_episode(&self, instruction: &str, stream: &mut Stream<B>) -> Result<()> {
         let ids = self.instruction_ids(instruction)?;
         stream.cache.reset();
-        let device = stream.device.clone();
-        let x = self.embed_instruction(&ids, &device);
+        let x = match stream.host.as_mut() {
+            Some(host) => Tokens::Host(host.embed_instruction(&ids)?),
+            None => Tokens::Tensor(self.embed_instruction(&ids, &stream.device)),
+        };
         self.run_cached(x, ids.len(), Segment::Sinks, stream)?;
         Ok(())
     }
@@ -710,66 +730,86 @@ impl<B: Backend> Vla<B> {
         stream: &mut Stream<B>,
     ) -> Result<StepOutput<B>> {
         self.check_step(step)?;
-        let device = stream.device.clone();
-        let tokens = self.step_tokens(step, &device);
-        let x = Tensor::cat(vec![tokens, self.readout_tokens(1)], 1);
-        let hidden = self.run_cached(x, self.config.tokens_per_step(), Segment::Frame, stream)?;
-        let [_, t, d] = hidden.dims();
+        let x = match stream.host.as_mut() {
+            Some(host) => Tokens::Host(host.embed_step(step)?),
+            None => {
+                let tokens = self.step_tokens(step, &stream.device);
+                Tokens::Tensor(Tensor::cat(vec![tokens, self.readout_tokens(1)], 1))
+            }
+        };
         let r = self.config.n_readout;
-        let readout = hidden.slice([0..1, t - r..t, 0..d]);
-        self.step_output(readout)
+        match self.run_cached(x, self.config.tokens_per_step(), Segment::Frame, stream)? {
+            Hidden::Tensor(hidden) => {
+                let [_, t, d] = hidden.dims();
+                self.step_output(hidden.slice([0..1, t - r..t, 0..d]))
+            }
+            Hidden::Host(readout) => {
+                let Some(host) = stream.host.as_ref() else {
+                    return Err(Error::shape("host step", "no host path"));
+                };
+                let (values, cue_logits) = host.heads(&readout);
+                Error::check_finite("model output (action chunk)", &values)?;
+                if let Some(logits) = &cue_logits {
+                    Error::check_finite("model output (cue logits)", logits)?;
+                }
+                let c = &self.config;
+                Ok(StepOutput {
+                    action: ActionChunk {
+                        horizon: c.horizon,
+                        action_dim: c.action_dim,
+                        values,
+                    },
+                    readout: float_tensor(readout, [1, r, c.d_model], &stream.device),
+                    cue_logits,
+                })
+            }
+        }
     }
 
-    /// Runs `x` (`[1, t, d_model]`) through the backbone on top of the cache, storing the first
-    /// `store` tokens as `segment`; returns the final-norm hidden states of the tokens that are
-    /// not stored (the readouts), `[1, t - store, d_model]`, or of all `t` tokens when all are
-    /// stored. On the host the last layer computes only those tokens' outputs.
+    /// Runs the tokens `x` (`t` of them) through the backbone on top of the cache, storing the
+    /// first `store` tokens as `segment`; returns the final-norm hidden states of the tokens that
+    /// are not stored (the readouts), `t - store` rows, or of all `t` tokens when all are
+    /// stored. The last layer computes only those tokens' outputs on the host path.
     fn run_cached(
         &self,
-        x: Tensor<B, 3>,
+        x: Tokens<B>,
         store: usize,
         segment: Segment,
         stream: &mut Stream<B>,
-    ) -> Result<Tensor<B, 3>> {
-        let [_, t, _] = x.dims();
+    ) -> Result<Hidden<B>> {
         let before = stream.cache.len();
         let past = stream.cache.reserve(segment, store)?;
-        let result = (|| {
-            if let Some(host) = stream.host.as_mut() {
-                host.prepare(&self.config, past + t);
-                let (last, from) = (self.layers.len() - 1, if store < t { store } else { 0 });
+        let result = (|| match (x, stream.host.as_mut()) {
+            (Tokens::Host(t), Some(host)) => {
+                host.check_model(&self.config)?;
+                let hidden = host.run(&self.config, &mut stream.cache, t, store)?;
+                Ok(Hidden::Host(hidden.to_vec()))
+            }
+            (Tokens::Tensor(x), None) => {
+                let [_, t, _] = x.dims();
+                let table = stream.table(&self.config, past + t)?;
+                let bias = causal_bias::<B>(past, t, &stream.device);
+                stream.sync_mirror(before)?;
                 let mut x = x;
+                let mut new_kv = Vec::with_capacity(self.layers.len());
                 for (layer, block) in self.layers.iter().enumerate() {
-                    let queries_from = if layer == last { from } else { 0 };
-                    x = block.forward_cached_host(
-                        x,
-                        &mut stream.cache,
-                        host,
-                        layer,
-                        store,
-                        queries_from,
-                    )?;
+                    let cached = stream.mirror.as_ref().and_then(|m| m.layer(layer));
+                    let (y, k, v) = block.forward_cached(x, cached, past, &table, bias.clone())?;
+                    x = y;
+                    new_kv.push((k, v));
                 }
-                return Ok(self.norm.forward(x));
+                stream.store_new(new_kv, store)?;
+                let x = if store < t {
+                    x.narrow(1, store, t - store)
+                } else {
+                    x
+                };
+                Ok(Hidden::Tensor(self.norm.forward(x)))
             }
-            let table = stream.table(&self.config, past + t)?;
-            let bias = causal_bias::<B>(past, t, &stream.device);
-            stream.sync_mirror(before)?;
-            let mut x = x;
-            let mut new_kv = Vec::with_capacity(self.layers.len());
-            for (layer, block) in self.layers.iter().enumerate() {
-                let cached = stream.mirror.as_ref().and_then(|m| m.layer(layer));
-                let (y, k, v) = block.forward_cached(x, cached, past, &table, bias.clone())?;
-                x = y;
-                new_kv.push((k, v));
-            }
-            stream.store_new(new_kv, store)?;
-            let x = if store < t {
-                x.narrow(1, store, t - store)
-            } else {
-                x
-            };
-            Ok(self.norm.forward(x))
+            _ => Err(Error::shape(
+                "stream",
+                "tokens embedded for the other path (host / tensor)",
+            )),
         })();
         match result {
             Ok(hidden) => {
