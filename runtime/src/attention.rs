@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::gemm::{Mat, MatMut, Threads, Write, matmul};
-use crate::kv::KvView;
+use crate::kv::{KvRuns, KvView};
 use crate::rope::RopeFrequencies;
 
 /// Cached tokens per key block.
@@ -139,10 +139,8 @@ pub struct AttendInput<'a> {
     pub k_new: &'a [f32],
     /// The step's values `[tk_new, n_kv_heads · head_dim]`.
     pub v_new: &'a [f32],
-    /// Cached keys (pre-RoPE) and values of this layer, `past` tokens.
-    pub keys: KvView<'a>,
-    /// Cached values.
-    pub values: KvView<'a>,
+    /// This layer's cached keys (pre-RoPE) and values, `past` tokens in slot order.
+    pub cached: KvRuns<'a>,
     /// Cached tokens (= slot position of the first new token).
     pub past: usize,
     /// New tokens (keys): the step's tokens at positions `past..past + tk_new`.
@@ -179,12 +177,23 @@ pub fn attend(
     let tq = input.q.len() / (h * hd);
     let row = kv * hd;
     let tk = input.tk_new;
+    let mut block_format = false;
+    let mut runs_fit = true;
+    for run in input.cached.iter() {
+        runs_fit &= run.keys.values() == run.len * row && run.values.values() == run.len * row;
+        block_format |= run.keys.is_block() || run.values.is_block();
+    }
+    if !runs_fit {
+        return Err(Error::shape(
+            "host attention",
+            "a cached run's keys or values do not hold its tokens",
+        ));
+    }
     let checks = [
         (input.q.len(), tq * h * hd, "queries"),
         (input.k_new.len(), tk * row, "new keys"),
         (input.v_new.len(), tk * row, "new values"),
-        (input.keys.values(), input.past * row, "cached keys"),
-        (input.values.values(), input.past * row, "cached values"),
+        (input.cached.len(), input.past, "cached tokens"),
     ];
     for (got, want, what) in checks {
         if got != want {
@@ -197,7 +206,7 @@ pub fn attend(
     if input.q_first + tq > tk
         || input.past + tk > rope.positions
         || rope.rot > hd
-        || input.keys.is_block() && hd % crate::kv::QUANT_BLOCK != 0
+        || block_format && hd % crate::kv::QUANT_BLOCK != 0
     {
         return Err(Error::shape(
             "host attention",
@@ -524,6 +533,7 @@ fn task_attention<M: MulAdd>(job: TaskJob<'_, '_>) -> Result<()> {
     s.acc.clear();
     s.acc.resize(rows * hd, 0.0);
     let (past, row) = (input.past, kv * hd);
+    let mut runs = input.cached.iter().peekable();
     let mut start = keys.start;
     while start < keys.end {
         let n = KEY_BLOCK.min(keys.end - start);
@@ -534,8 +544,18 @@ fn task_attention<M: MulAdd>(job: TaskJob<'_, '_>) -> Result<()> {
                 &mut s.v[j * hd..(j + 1) * hd],
             );
             if t < past {
-                decode_row(input.keys, t, g, kv, &mut s.row);
-                decode_row(input.values, t, g, kv, v_out);
+                // The run holding slot t (slots only grow within a task).
+                while runs.peek().is_some_and(|r| r.start + r.len <= t) {
+                    runs.next();
+                }
+                let Some(run) = runs.peek() else {
+                    return Err(Error::shape(
+                        "host attention",
+                        format!("slot {t} not cached"),
+                    ));
+                };
+                decode_row(run.keys, t - run.start, g, kv, &mut s.row);
+                decode_row(run.values, t - run.start, g, kv, v_out);
             } else {
                 let at = (t - past) * row + g * hd;
                 s.row.copy_from_slice(&input.k_new[at..at + hd]);

@@ -7,16 +7,21 @@
 //!   quantization scales, and its inverse (tokens that fit a budget). `edgevla kv-plan` prints it.
 //! - [`KvCache`]: preallocated storage for every layer's keys and values, token-major
 //!   (`[token, kv_head, head_dim]`), holding the attention sinks (instruction tokens, kept for
-//!   ever) followed by the most recent frame-steps that fit.
+//!   ever) followed by the most recent frame-steps that fit. The frame-steps live in a ring
+//!   behind the sinks: evicting the oldest one moves no data (the slots are reused), and a
+//!   layer's tokens read in order as at most three contiguous runs ([`KvRuns`]).
 //!
 //! Invariant: [`KvCache::bytes`] ≤ the byte budget after every call, and so is the storage the
 //! cache allocates (its capacity is derived from the budget, never grown). A budget too small
 //! for the sinks plus one frame-step is a configuration error.
 //!
+//! A token's slot is its place in the context (sinks first, then the frame-steps oldest
+//! first), and its position for RoPE; after an eviction the retained frame-steps take the
+//! slots right behind the sinks, whatever storage they occupy in the ring.
+//!
 //! Keys are stored **before** RoPE (StreamingLLM style). The model rotates all cached keys
-//! at their current slot positions every step, so after an eviction the retained frame-steps
-//! simply move up behind the sinks and every query-key distance stays below the context
-//! length. The alternative, rotated keys re-rotated on eviction (llama.cpp's K-shift), would
+//! at their current slot positions every step, so every query-key distance stays below the
+//! context length. The alternative, rotated keys re-rotated on eviction (llama.cpp's K-shift), would
 //! requantize every retained key of an int8/fp8 cache at every eviction (error accumulates:
 //! see `kshift_requantization_drift` in the tests) and would keep keys rotated with stale
 //! frequencies under dynamic NTK; the rotation it saves is a few element-wise operations per
@@ -249,24 +254,14 @@ impl Storage {
         }
     }
 
-    /// The first `units` element units.
-    fn view(&self, units: usize, fp8: bool) -> KvView<'_> {
+    /// The element units `units`.
+    fn view(&self, units: std::ops::Range<usize>, fp8: bool) -> KvView<'_> {
         match self {
-            Self::F32(d) => KvView::F32(&d[..units]),
-            Self::F16(d) => KvView::F16(&d[..units]),
-            Self::Bf16(d) => KvView::Bf16(&d[..units]),
-            Self::Blocks(d) if fp8 => KvView::Fp8(&d[..units]),
-            Self::Blocks(d) => KvView::Int8(&d[..units]),
-        }
-    }
-
-    /// Moves the element units `src` to start at `dest` (eviction compaction).
-    fn copy_within(&mut self, src: std::ops::Range<usize>, dest: usize) {
-        match self {
-            Self::F32(v) => v.copy_within(src, dest),
-            Self::F16(v) => v.copy_within(src, dest),
-            Self::Bf16(v) => v.copy_within(src, dest),
-            Self::Blocks(v) => v.copy_within(src, dest),
+            Self::F32(d) => KvView::F32(&d[units]),
+            Self::F16(d) => KvView::F16(&d[units]),
+            Self::Bf16(d) => KvView::Bf16(&d[units]),
+            Self::Blocks(d) if fp8 => KvView::Fp8(&d[units]),
+            Self::Blocks(d) => KvView::Int8(&d[units]),
         }
     }
 
@@ -329,7 +324,7 @@ pub fn round_trip(dtype: KvDtype, values: &[f32]) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// One layer's cached keys or values in their storage format, slots `0..len`, token-major
+/// Some of one layer's cached keys or values in their storage format (one [`KvRun`]), token-major
 /// rows of `kv_heads · head_dim` values (block formats: `kv_heads · head_dim / 32` blocks of
 /// an f16 scale, little-endian, then 32 codes).
 #[derive(Clone, Copy, Debug)]
@@ -344,6 +339,44 @@ pub enum KvView<'a> {
     Int8(&'a [u8]),
     /// FP8 E4M3 blocks.
     Fp8(&'a [u8]),
+}
+
+/// A contiguous piece of one layer's cached tokens: `len` tokens from slot (= position)
+/// `start` on, keys and values in their storage format.
+#[derive(Clone, Copy, Debug)]
+pub struct KvRun<'a> {
+    /// Slot of the run's first token.
+    pub start: usize,
+    /// Tokens in the run.
+    pub len: usize,
+    /// The run's keys (pre-RoPE).
+    pub keys: KvView<'a>,
+    /// The run's values.
+    pub values: KvView<'a>,
+}
+
+/// One layer's cached tokens in slot order as at most three contiguous runs of storage: the
+/// sinks, then the frame-steps' ring in one or two pieces.
+#[derive(Clone, Copy, Debug)]
+pub struct KvRuns<'a> {
+    runs: [Option<KvRun<'a>>; 3],
+}
+
+impl<'a> KvRuns<'a> {
+    /// The runs, in slot order, each non-empty.
+    pub fn iter(&self) -> impl Iterator<Item = KvRun<'a>> + '_ {
+        self.runs.iter().flatten().copied()
+    }
+
+    /// Tokens in all runs.
+    pub fn len(&self) -> usize {
+        self.iter().map(|r| r.len).sum()
+    }
+
+    /// Whether no token is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Which part of the context a block of tokens belongs to.
@@ -392,6 +425,9 @@ pub struct KvCache {
     sinks: usize,
     frames: VecDeque<usize>,
     len: usize,
+    /// Slot of the oldest frame-step token, as an offset into the ring (the slots
+    /// `sinks..capacity`).
+    head: usize,
     pending: Option<(Segment, usize)>,
     stats: KvStats,
 }
@@ -449,6 +485,7 @@ impl KvCache {
             sinks: 0,
             frames: VecDeque::new(),
             len: 0,
+            head: 0,
             pending: None,
             stats: KvStats::default(),
         })
@@ -514,6 +551,7 @@ impl KvCache {
         self.sinks = 0;
         self.frames.clear();
         self.len = 0;
+        self.head = 0;
         self.pending = None;
         self.stats = KvStats::default();
     }
@@ -555,51 +593,84 @@ impl KvCache {
         Ok(self.len)
     }
 
-    /// Evicts the oldest frame-steps until `tokens` more fit, moving the retained ones up
-    /// behind the sinks with one copy per storage.
+    /// Evicts the oldest frame-steps until `tokens` more fit. Nothing moves: the ring's head
+    /// advances past them and their slots are reused.
     fn evict_to_fit(&mut self, tokens: usize) {
-        let mut dropped = 0;
-        while self.len - dropped + tokens > self.capacity {
+        let ring = self.capacity - self.sinks;
+        while self.len + tokens > self.capacity {
             let Some(n) = self.frames.pop_front() else {
                 break;
             };
-            dropped += n;
+            self.head = (self.head + n) % ring;
+            self.len -= n;
             self.stats.frames_evicted += 1;
         }
-        if dropped == 0 {
-            return;
+        if self.frames.is_empty() {
+            self.head = 0;
         }
-        let (start, end) = (self.sinks + dropped, self.len);
-        for storage in self.keys.iter_mut().chain(self.values.iter_mut()) {
-            storage.copy_within(start * self.unit..end * self.unit, self.sinks * self.unit);
+    }
+
+    /// The storage runs (first slot, token count) holding `count` tokens from logical slot
+    /// `first` on: one run, or two where the ring wraps.
+    fn runs(&self, first: usize, count: usize) -> [(usize, usize); 2] {
+        if first < self.sinks || count == 0 {
+            return [(first, count), (0, 0)];
         }
-        self.len -= dropped;
+        let ring = self.capacity - self.sinks;
+        let at = (self.head + first - self.sinks) % ring;
+        let run = count.min(ring - at);
+        [(self.sinks + at, run), (self.sinks, count - run)]
     }
 
     /// Decodes layer `layer`'s cached keys and values (slots `0..len`, pre-RoPE) into `keys`
-    /// and `values`, each resized to `len · kv_heads · head_dim`, token-major.
+    /// and `values`, each resized to `len · kv_heads · head_dim`, token-major, in slot order.
     ///
     /// # Errors
     /// [`Error::Shape`] for a layer index out of range.
     pub fn read(&self, layer: usize, keys: &mut Vec<f32>, values: &mut Vec<f32>) -> Result<()> {
         let (k, v) = self.layer(layer)?;
-        let n = self.len * self.layout.row_values();
-        keys.resize(n, 0.0);
-        values.resize(n, 0.0);
-        k.decode(self.layout.dtype, 0, keys);
-        v.decode(self.layout.dtype, 0, values);
+        let row = self.layout.row_values();
+        keys.resize(self.len * row, 0.0);
+        values.resize(self.len * row, 0.0);
+        let mut at = 0;
+        for (first, count) in self.pieces() {
+            let dst = at * row..(at + count) * row;
+            k.decode(self.layout.dtype, first * self.unit, &mut keys[dst.clone()]);
+            v.decode(self.layout.dtype, first * self.unit, &mut values[dst]);
+            at += count;
+        }
         Ok(())
     }
 
-    /// Layer `layer`'s cached keys and values (slots `0..len`, pre-RoPE) as stored, for readers
-    /// that decode as they go instead of into a full-size buffer ([`read`](Self::read)).
+    /// The storage runs of the whole context in slot order: the sinks, then the frame-steps.
+    fn pieces(&self) -> impl Iterator<Item = (usize, usize)> {
+        let sinks = (0, self.sinks);
+        let [a, b] = self.runs(self.sinks, self.len - self.sinks);
+        [sinks, a, b].into_iter().filter(|(_, n)| *n > 0)
+    }
+
+    /// Layer `layer`'s cached keys and values (slots `0..len`, pre-RoPE) as stored, in slot
+    /// order, for readers that decode as they go instead of into a full-size buffer
+    /// ([`read`](Self::read)).
     ///
     /// # Errors
     /// [`Error::Shape`] for a layer index out of range.
-    pub fn view(&self, layer: usize) -> Result<(KvView<'_>, KvView<'_>)> {
+    pub fn view(&self, layer: usize) -> Result<KvRuns<'_>> {
         let (k, v) = self.layer(layer)?;
-        let (units, fp8) = (self.len * self.unit, self.layout.dtype == KvDtype::Fp8);
-        Ok((k.view(units, fp8), v.view(units, fp8)))
+        let fp8 = self.layout.dtype == KvDtype::Fp8;
+        let mut runs = [None; 3];
+        let mut start = 0;
+        for (slot, (first, count)) in runs.iter_mut().zip(self.pieces()) {
+            let units = first * self.unit..(first + count) * self.unit;
+            *slot = Some(KvRun {
+                start,
+                len: count,
+                keys: k.view(units.clone(), fp8),
+                values: v.view(units, fp8),
+            });
+            start += count;
+        }
+        Ok(KvRuns { runs })
     }
 
     /// Stores layer `layer`'s keys and values for the reserved block (token-major
@@ -609,11 +680,19 @@ impl KvCache {
     /// [`Error::Shape`] without a reservation, for a layer out of range, or for slices that
     /// are not `tokens · kv_heads · head_dim` long.
     pub fn write(&mut self, layer: usize, keys: &[f32], values: &[f32]) -> Result<()> {
-        self.check_pending("kv write", keys.len(), values.len())?;
+        let tokens = self.check_pending("kv write", keys.len(), values.len())?;
         self.layer(layer)?;
-        let (dtype, first) = (self.layout.dtype, self.len * self.unit);
-        self.keys[layer].encode(dtype, first, keys);
-        self.values[layer].encode(dtype, first, values);
+        let (dtype, row) = (self.layout.dtype, self.layout.row_values());
+        let mut at = 0;
+        for (first, count) in self.runs(self.len, tokens) {
+            if count == 0 {
+                continue;
+            }
+            let src = at * row..(at + count) * row;
+            self.keys[layer].encode(dtype, first * self.unit, &keys[src.clone()]);
+            self.values[layer].encode(dtype, first * self.unit, &values[src]);
+            at += count;
+        }
         Ok(())
     }
 
@@ -625,16 +704,25 @@ impl KvCache {
     /// [`Error::Shape`] without a reservation, for a layer out of range, or for slices of
     /// another length.
     pub fn read_pending(&self, layer: usize, keys: &mut [f32], values: &mut [f32]) -> Result<()> {
-        self.check_pending("kv read", keys.len(), values.len())?;
+        let tokens = self.check_pending("kv read", keys.len(), values.len())?;
         let (k, v) = self.layer(layer)?;
-        let first = self.len * self.unit;
-        k.decode(self.layout.dtype, first, keys);
-        v.decode(self.layout.dtype, first, values);
+        let row = self.layout.row_values();
+        let mut at = 0;
+        for (first, count) in self.runs(self.len, tokens) {
+            if count == 0 {
+                continue;
+            }
+            let dst = at * row..(at + count) * row;
+            k.decode(self.layout.dtype, first * self.unit, &mut keys[dst.clone()]);
+            v.decode(self.layout.dtype, first * self.unit, &mut values[dst]);
+            at += count;
+        }
         Ok(())
     }
 
     /// That a block is reserved and `keys` / `values` values fill it exactly.
-    fn check_pending(&self, what: &'static str, keys: usize, values: usize) -> Result<()> {
+    /// Returns the reserved block's token count.
+    fn check_pending(&self, what: &'static str, keys: usize, values: usize) -> Result<usize> {
         let Some((_, tokens)) = self.pending else {
             return Err(Error::shape(what, "no reserved block"));
         };
@@ -645,7 +733,7 @@ impl KvCache {
                 format!("expected {want} values, got {keys} keys and {values} values"),
             ));
         }
-        Ok(())
+        Ok(tokens)
     }
 
     /// Makes the reserved block part of the context.

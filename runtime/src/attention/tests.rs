@@ -159,13 +159,11 @@ fn run_case(case: &Case, seed: u64) -> f64 {
         .iter()
         .map(|x| x * 4.0)
         .collect();
-    let (keys, values) = cache.view(0).expect("view");
     let input = AttendInput {
         q: &q,
         k_new: &new_k,
         v_new: &new_v,
-        keys,
-        values,
+        cached: cache.view(0).expect("view"),
         past,
         tk_new: tk,
         q_first,
@@ -232,7 +230,7 @@ fn mismatched_inputs_are_shape_errors() {
         dtype: KvDtype::F32,
     };
     let cache = KvCache::new(layout, 1 << 20, 1024, 0, 4).expect("cache");
-    let (keys, values) = cache.view(0).expect("view");
+    let cached = cache.view(0).expect("view");
     let rope = HostRope::new(
         RopeFrequencies {
             inv_freq: vec![1.0; 16],
@@ -247,8 +245,7 @@ fn mismatched_inputs_are_shape_errors() {
         q: &q,
         k_new: &k,
         v_new: &k,
-        keys,
-        values,
+        cached,
         past: 0,
         tk_new: 2,
         q_first: 0,

@@ -204,8 +204,9 @@ fn budget_too_small_is_a_config_error() {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(32))]
 
-    /// Over a long random stream of frame sizes: bytes ≤ budget after every call, sinks are
-    /// always retained, and the retained frames are exactly the most recent ones that fit.
+    /// Over a long random stream of frame sizes (the ring of frame-steps wraps many times):
+    /// bytes ≤ budget after every call, sinks are always retained, the retained frames are
+    /// exactly the most recent ones that fit, and they read back in order.
     #[test]
     fn budget_never_exceeded_and_most_recent_frames_kept(
         dtype in prop::sample::select(KvDtype::ALL.to_vec()),
@@ -236,6 +237,15 @@ proptest! {
             kept.reverse();
             prop_assert_eq!(cache.frame_lens().collect::<Vec<_>>(), kept.iter().map(|k| k.1).collect::<Vec<_>>());
             prop_assert_eq!(cache.len(), used);
+            // The view covers slots 0..len in order, in at most three runs (sinks, ring pieces).
+            let runs: Vec<_> = cache.view(0).expect("view").iter().map(|r| (r.start, r.len)).collect();
+            prop_assert!(runs.len() <= 3);
+            let mut next = 0;
+            for (start, len) in runs {
+                prop_assert_eq!(start, next);
+                next += len;
+            }
+            prop_assert_eq!(next, used);
         }
         // Contents (exact for f32/f16/bf16 on small integer ids; int8/fp8 check positions only).
         if matches!(dtype, KvDtype::F32) {

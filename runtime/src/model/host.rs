@@ -418,14 +418,12 @@ impl HostPath {
             if store > 0 {
                 cache.write(layer, &b.k[..store * kvw], &b.v[..store * kvw])?;
             }
-            let (keys, values) = cache.view(layer)?;
             attend(
                 &AttendInput {
                     q: &b.q,
                     k_new: &b.k,
                     v_new: &b.v,
-                    keys,
-                    values,
+                    cached: cache.view(layer)?,
                     past,
                     tk_new: tokens,
                     q_first: first,

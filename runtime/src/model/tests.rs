@@ -277,7 +277,11 @@ fn tensor_path_equals_host_path() {
                     // The paths compute the projections with different matrix kernels (last-bit
                     // differences); a key at a rounding boundary of an 8-bit format can then
                     // store one code apart (seen: 1.7e-4 on a cue logit with fp8).
-                    let tol = if dtype.is_block_quantized() { 1e-3 } else { 1e-4 };
+                    let tol = if dtype.is_block_quantized() {
+                        1e-3
+                    } else {
+                        1e-4
+                    };
                     assert!(
                         e <= tol && ea <= tol && ec <= tol,
                         "{dtype} kv_heads {kv_heads} {episode} step {i}: readout {e:e}, action {ea:e}, cue {ec:e}"
