@@ -114,6 +114,13 @@ pub fn run_demo<B: Backend>(
     let recorder_stop = AtomicBool::new(false);
     let (node_report, sim_report, recorded) = std::thread::scope(|scope| -> Result<_> {
         let node = scope.spawn(|| run_node(&node_session, setup, &node_stop, &monitor));
+        // The sim's publishers also match the recorder's subscription: start publishing only
+        // once the node itself listens (or has failed, which the join below reports).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !monitor.wait_subscribed(Duration::from_millis(50))
+            && !node.is_finished()
+            && Instant::now() < deadline
+        {}
         let recorder = match record {
             Some(path) => {
                 let (ready_tx, ready_rx) = std::sync::mpsc::channel();

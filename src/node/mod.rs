@@ -469,19 +469,37 @@ fn ingest_loop(mut ingest: Ingest, subscriber: &Subscriber, shutdown: &AtomicBoo
 
 /// Live view of a running node (for displays and tests).
 #[derive(Debug, Clone, Default)]
-pub struct NodeMonitor(Arc<Mutex<NodeReport>>);
+pub struct NodeMonitor {
+    report: Arc<Mutex<NodeReport>>,
+    subscribed: Arc<AtomicBool>,
+}
 
 impl NodeMonitor {
     /// The latest report.
     pub fn report(&self) -> NodeReport {
-        self.0
+        self.report
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
     fn set(&self, report: NodeReport) {
-        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = report;
+        *self.report.lock().unwrap_or_else(PoisonError::into_inner) = report;
+    }
+
+    /// Waits up to `timeout` for the node to have subscribed to its inputs (after its model
+    /// and cache are ready); whether it has. A driver that publishes before this may lose
+    /// messages to a node that is not listening yet, even when another subscriber (a
+    /// recorder) makes its publishers look matched.
+    pub fn wait_subscribed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.subscribed.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
     }
 }
 
@@ -654,6 +672,15 @@ pub fn run_node<B: Backend>(
 ) -> Result<NodeReport> {
     let config = &setup.config;
     let keys = KeySpace::new(&config.prefix, &config.robot_id)?;
+    // Everything slow is prepared before subscribing (the stream copies the model's weights
+    // for the host path): frames that arrive while nobody drains the subscriber's ring could
+    // be superseded before the first step.
+    let cache_config = config.kv_cache.unwrap_or(setup.model.config().kv_cache);
+    let stream = setup
+        .model
+        .new_stream(&cache_config, &setup.device)
+        .context("KV cache")?;
+    let pipeline = VisionPipeline::for_rig(&setup.rig, &PreprocessConfig::default())?;
     let wall: Arc<dyn transport::clock::Clock> = Arc::new(transport::clock::SystemClock::new());
     let subscriber = Subscriber::declare(
         session,
@@ -664,12 +691,7 @@ pub fn run_node<B: Backend>(
     )?;
     let actions = Publisher::<ActionChunk>::declare(session, &keys.action(), StreamClass::Actions)?;
     let status = Publisher::<StringMsg>::declare(session, &keys.status(), StreamClass::Telemetry)?;
-    let cache_config = config.kv_cache.unwrap_or(setup.model.config().kv_cache);
-    let stream = setup
-        .model
-        .new_stream(&cache_config, &setup.device)
-        .context("KV cache")?;
-    let pipeline = VisionPipeline::for_rig(&setup.rig, &PreprocessConfig::default())?;
+    monitor.subscribed.store(true, Ordering::SeqCst);
     let n_cams = setup.rig.n_cams();
     let clock = ManualClock::new(0);
     let mailbox = Arc::new(Mailbox::default());

@@ -157,16 +157,17 @@ pub fn run_sim(
     let names: Vec<String> = task.cameras().iter().map(|c| c.name.clone()).collect();
     // Real time: a late frame is worth nothing, so frames may be dropped under congestion.
     // Lock-step: the simulator waits for the node's action on every frame-step, so a dropped
-    // frame would leave a step the node never acts on; frames go lossless.
-    let frame_class = match options.mode {
-        SimMode::LockStep => StreamClass::Bulk,
-        SimMode::RealTime => StreamClass::Frames,
+    // frame or joint state (the joint state is the node's tick) would leave a step the node
+    // never acts on; both go lossless.
+    let (frame_class, joints_class) = match options.mode {
+        SimMode::LockStep => (StreamClass::Bulk, StreamClass::Bulk),
+        SimMode::RealTime => (StreamClass::Frames, StreamClass::Telemetry),
     };
     let cams = names
         .iter()
         .map(|n| Publisher::<CompressedImage>::declare(session, &keys.camera(n)?, frame_class))
         .collect::<transport::Result<Vec<_>>>()?;
-    let joints = Publisher::<JointState>::declare(session, &keys.joints(), StreamClass::Telemetry)?;
+    let joints = Publisher::<JointState>::declare(session, &keys.joints(), joints_class)?;
     // Episode starts must not be lost: lossless QoS.
     let instruction =
         Publisher::<StringMsg>::declare(session, &keys.instruction(), StreamClass::Bulk)?;
