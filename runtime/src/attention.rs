@@ -245,7 +245,6 @@ pub fn attend(
         .tasks
         .resize_with(kv * segments, TaskScratch::default);
     let queries = &scratch.q;
-    let fused = has_fma();
     scratch
         .tasks
         .par_iter_mut()
@@ -263,11 +262,7 @@ pub fn attend(
                 q: &queries[g * rows * hd..(g + 1) * rows * hd],
                 scratch: s,
             };
-            if fused {
-                Arch::new().dispatch(Vectorized::<Fused>(job, std::marker::PhantomData))
-            } else {
-                Arch::new().dispatch(Vectorized::<Split>(job, std::marker::PhantomData))
-            }
+            Arch::new().dispatch(Vectorized(job))
         })?;
     // Merge the segments of each KV head: out = Σ acc_s e^(m_s − M) / Σ l_s e^(m_s − M).
     out.clear();
@@ -303,45 +298,6 @@ pub fn attend(
     Ok(())
 }
 
-fn has_fma() -> bool {
-    #[cfg(any(target_arch = "x86_64", target_arch = "x86"))]
-    {
-        std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        true
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "x86", target_arch = "aarch64")))]
-    {
-        false
-    }
-}
-
-/// `a · b + c`, fused where the CPU has FMA (a library call otherwise, hence two flavours).
-trait MulAdd {
-    fn mul_add(a: f32, b: f32, c: f32) -> f32;
-}
-
-#[derive(Debug)]
-struct Fused;
-#[derive(Debug)]
-struct Split;
-
-impl MulAdd for Fused {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a.mul_add(b, c)
-    }
-}
-
-impl MulAdd for Split {
-    #[inline(always)]
-    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
-        a * b + c
-    }
-}
-
 /// One task: KV head `g`'s query rows over the keys `keys` (logical indices: cached tokens
 /// `0..past`, then the new ones).
 struct TaskJob<'a, 'b> {
@@ -355,14 +311,14 @@ struct TaskJob<'a, 'b> {
     scratch: &'a mut TaskScratch,
 }
 
-struct Vectorized<'a, 'b, M>(TaskJob<'a, 'b>, std::marker::PhantomData<M>);
+struct Vectorized<'a, 'b>(TaskJob<'a, 'b>);
 
-impl<M: MulAdd> WithSimd for Vectorized<'_, '_, M> {
+impl WithSimd for Vectorized<'_, '_> {
     type Output = Result<()>;
 
     #[inline(always)]
     fn with_simd<S: Simd>(self) -> Result<()> {
-        task_attention::<M>(self.0)
+        task_attention(self.0)
     }
 }
 
@@ -510,7 +466,7 @@ fn decode_row(view: KvView<'_>, t: usize, g: usize, kv: usize, out: &mut [f32]) 
 /// once for the whole query group, scores as one matrix product, the online-softmax update,
 /// and the weighted values as a second product.
 #[inline(always)]
-fn task_attention<M: MulAdd>(job: TaskJob<'_, '_>) -> Result<()> {
+fn task_attention(job: TaskJob<'_, '_>) -> Result<()> {
     let TaskJob {
         input,
         rope,
@@ -587,7 +543,7 @@ fn task_attention<M: MulAdd>(job: TaskJob<'_, '_>) -> Result<()> {
             }
             let sum = sum_lanes(&scores[..visible]);
             scores[visible..].fill(0.0);
-            s.l[r] = M::mul_add(s.l[r], correction, sum);
+            s.l[r] = s.l[r] * correction + sum;
             s.m[r] = m_new;
             for a in &mut s.acc[r * hd..(r + 1) * hd] {
                 *a *= correction;

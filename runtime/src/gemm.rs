@@ -222,33 +222,23 @@ mod tests {
                     } else {
                         Mat::rows(&b, k, n, n)
                     };
-                    let mut dst = vec![1.0f32; m * n];
-                    matmul(
-                        MatMut::rows(&mut dst, m, n, n),
-                        Mat::rows(&a, m, k, k),
-                        rhs,
-                        Write::Accumulate,
-                        threads,
-                    )
-                    .expect("matmul");
-                    let err = dst
-                        .iter()
-                        .zip(&want)
-                        .fold(0.0f64, |e, (d, w)| e.max((f64::from(*d) - 1.0 - w).abs()));
-                    assert!(err / scale <= 1e-5, "{m}x{k}x{n} accumulate: {err:e}");
-                    matmul(
-                        MatMut::rows(&mut dst, m, n, n),
-                        Mat::rows(&a, m, k, k),
-                        rhs,
-                        Write::Overwrite,
-                        threads,
-                    )
-                    .expect("matmul");
-                    let err = dst
-                        .iter()
-                        .zip(&want)
-                        .fold(0.0f64, |e, (d, w)| e.max((f64::from(*d) - w).abs()));
-                    assert!(err / scale <= 1e-5, "{m}x{k}x{n} overwrite: {err:e}");
+                    // The destination starts at 1: accumulate must add to it, overwrite not.
+                    for (write, start) in [(Write::Accumulate, 1.0), (Write::Overwrite, 0.0)] {
+                        let mut dst = vec![1.0f32; m * n];
+                        matmul(
+                            MatMut::rows(&mut dst, m, n, n),
+                            Mat::rows(&a, m, k, k),
+                            rhs,
+                            write,
+                            threads,
+                        )
+                        .expect("matmul");
+                        let err = dst
+                            .iter()
+                            .zip(&want)
+                            .fold(0.0f64, |e, (d, w)| e.max((f64::from(*d) - start - w).abs()));
+                        assert!(err / scale <= 1e-5, "{m}x{k}x{n} {write:?}: {err:e}");
+                    }
                 }
             }
         }

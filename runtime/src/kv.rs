@@ -628,12 +628,25 @@ impl KvCache {
     /// # Errors
     /// [`Error::Shape`] for a layer index out of range.
     pub fn read(&self, layer: usize, keys: &mut Vec<f32>, values: &mut Vec<f32>) -> Result<()> {
-        let (k, v) = self.layer(layer)?;
         let row = self.layout.row_values();
         keys.resize(self.len * row, 0.0);
         values.resize(self.len * row, 0.0);
+        self.decode_runs(layer, self.pieces(), keys, values)
+    }
+
+    /// Decodes layer `layer`'s storage runs `(first slot, tokens)`, in turn, into `keys` and
+    /// `values` (token-major, as long as the runs together).
+    fn decode_runs(
+        &self,
+        layer: usize,
+        runs: impl IntoIterator<Item = (usize, usize)>,
+        keys: &mut [f32],
+        values: &mut [f32],
+    ) -> Result<()> {
+        let (k, v) = self.layer(layer)?;
+        let row = self.layout.row_values();
         let mut at = 0;
-        for (first, count) in self.pieces() {
+        for (first, count) in runs {
             let dst = at * row..(at + count) * row;
             k.decode(self.layout.dtype, first * self.unit, &mut keys[dst.clone()]);
             v.decode(self.layout.dtype, first * self.unit, &mut values[dst]);
@@ -705,19 +718,7 @@ impl KvCache {
     /// another length.
     pub fn read_pending(&self, layer: usize, keys: &mut [f32], values: &mut [f32]) -> Result<()> {
         let tokens = self.check_pending("kv read", keys.len(), values.len())?;
-        let (k, v) = self.layer(layer)?;
-        let row = self.layout.row_values();
-        let mut at = 0;
-        for (first, count) in self.runs(self.len, tokens) {
-            if count == 0 {
-                continue;
-            }
-            let dst = at * row..(at + count) * row;
-            k.decode(self.layout.dtype, first * self.unit, &mut keys[dst.clone()]);
-            v.decode(self.layout.dtype, first * self.unit, &mut values[dst]);
-            at += count;
-        }
-        Ok(())
+        self.decode_runs(layer, self.runs(self.len, tokens), keys, values)
     }
 
     /// That a block is reserved and `keys` / `values` values fill it exactly.

@@ -117,10 +117,9 @@ pub fn run_demo<B: Backend>(
         // The sim's publishers also match the recorder's subscription: start publishing only
         // once the node itself listens (or has failed, which the join below reports).
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !monitor.wait_subscribed(Duration::from_millis(50))
-            && !node.is_finished()
-            && Instant::now() < deadline
-        {}
+        while !monitor.subscribed() && !node.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let recorder = match record {
             Some(path) => {
                 let (ready_tx, ready_rx) = std::sync::mpsc::channel();

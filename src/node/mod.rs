@@ -487,19 +487,11 @@ impl NodeMonitor {
         *self.report.lock().unwrap_or_else(PoisonError::into_inner) = report;
     }
 
-    /// Waits up to `timeout` for the node to have subscribed to its inputs (after its model
-    /// and cache are ready); whether it has. A driver that publishes before this may lose
-    /// messages to a node that is not listening yet, even when another subscriber (a
-    /// recorder) makes its publishers look matched.
-    pub fn wait_subscribed(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while !self.subscribed.load(Ordering::SeqCst) {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        true
+    /// Whether the node has subscribed to its inputs (after its model and cache are ready). A
+    /// driver that publishes before this may lose messages to a node that is not listening
+    /// yet, even when another subscriber (a recorder) makes its publishers look matched.
+    pub fn subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst)
     }
 }
 

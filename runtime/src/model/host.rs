@@ -12,7 +12,7 @@
 //! in the stream and are reused, so a step allocates nothing once the first has run, and the
 //! last layer computes only the rows whose outputs are read (the readouts).
 //!
-//! It computes what the tensor path computes (test `host_path_equals_tensor_path`, and every
+//! It computes what the tensor path computes (test `tensor_path_equals_host_path`, and every
 //! model test that runs on NdArray goes through it).
 
 use burn::tensor::Tensor;
@@ -166,35 +166,16 @@ impl HostWeights {
         })
     }
 
-    /// Whether these are the weights of a model with `config`'s architecture (the RoPE may
-    /// differ: [`Vla::with_rope`] keeps the weights).
+    /// Whether these are the weights of a model with `config`: the same config but for the
+    /// RoPE and context length ([`Vla::with_rope`] keeps the weights) and the default cache.
     pub(crate) fn fits(&self, config: &VlaConfig) -> bool {
-        let (a, b) = (&self.config, config);
-        (
-            a.d_model,
-            a.n_layers,
-            a.n_heads,
-            a.n_kv_heads,
-            a.ffn_dim,
-            a.n_cameras,
-            a.patches_per_camera,
-            a.patch_dim,
-            a.proprio_dim,
-            a.n_readout,
-            a.cue_classes,
-        ) == (
-            b.d_model,
-            b.n_layers,
-            b.n_heads,
-            b.n_kv_heads,
-            b.ffn_dim,
-            b.n_cameras,
-            b.patches_per_camera,
-            b.patch_dim,
-            b.proprio_dim,
-            b.n_readout,
-            b.cue_classes,
-        ) && a.rms_norm_eps == b.rms_norm_eps
+        let same_but_rope = VlaConfig {
+            rope: config.rope.clone(),
+            context_length: config.context_length,
+            kv_cache: config.kv_cache,
+            ..self.config.clone()
+        };
+        same_but_rope == *config
     }
 }
 
