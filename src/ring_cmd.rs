@@ -121,11 +121,14 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn run<B: AutodiffBackend>(
+fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     args: &RingArgs,
     devices: &[B::Device],
     out: &mut impl Write,
-) -> Result<()> {
+) -> Result<()>
+where
+    B::InnerBackend: runtime::flash::TrainAttention,
+{
     let n_max = devices.len();
     if args.steps == 0 || args.batch == 0 || args.iters == 0 {
         bail!("--steps, --batch and --iters must be ≥ 1");

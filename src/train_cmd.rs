@@ -135,15 +135,22 @@ pub(crate) fn train(args: &TrainArgs, out: &mut impl Write) -> Result<()> {
         train_cuda(args, &ids, out)
     } else {
         let devices = vec![Default::default(); ids.len()];
-        run::<Autodiff<NdArray<f32>>>(args, devices, out)
+        run::<Autodiff<NdArray<f32>>>(args, devices, None, out)
     }
 }
 
 #[cfg(feature = "cuda")]
 fn train_cuda(args: &TrainArgs, ids: &[usize], out: &mut impl Write) -> Result<()> {
     use burn::backend::Cuda;
+    use burn::cubecl::Runtime;
+    use burn::cubecl::cuda::CudaRuntime;
     let devices = crate::device::cuda_devices(ids)?;
-    run::<Autodiff<Cuda<f32, i32>>>(args, devices, out)
+    // cubecl-cuda sizes its largest memory page to a quarter of cuDeviceTotalMem.
+    let total = devices
+        .iter()
+        .map(|d| 4 * CudaRuntime::client(d).properties().memory.max_page_size)
+        .min();
+    run::<Autodiff<Cuda<f32, i32>>>(args, devices, total, out)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -151,9 +158,12 @@ fn train_cuda(_args: &TrainArgs, ids: &[usize], _out: &mut impl Write) -> Result
     Err(crate::device::no_cuda(ids.first().copied().unwrap_or(0)))
 }
 
-fn run<B: AutodiffBackend>(
+/// Trains on `devices`; `device_memory` (bytes per device, where known) is checked against
+/// the estimate of what an iteration needs before anything is built.
+fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     args: &TrainArgs,
     devices: Vec<B::Device>,
+    device_memory: Option<u64>,
     out: &mut impl Write,
 ) -> Result<()> {
     let Some(device) = devices.first().cloned() else {
@@ -196,6 +206,26 @@ fn run<B: AutodiffBackend>(
         bail!("invalid config key `go_step_weight`: must be a finite number ≥ 0");
     }
 
+    if let Some(total) = device_memory {
+        let need = trainer::train::memory_estimate(
+            &model_config,
+            file.batch_size,
+            task.episode_steps,
+            devices.len(),
+        );
+        if need > total {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            bail!(
+                "a batch of {} episodes x {} frame-steps needs about {:.1} GiB per device to train, \
+                 the device has {:.1} GiB: lower batch_size or episode_steps, or shard the sequence \
+                 over more devices (--devices)",
+                file.batch_size,
+                task.episode_steps,
+                gib(need),
+                gib(total)
+            );
+        }
+    }
     B::seed(&device, file.seed);
     let (model, resume, earlier_metrics) = match &args.resume {
         Some(dir) => {
@@ -223,7 +253,7 @@ fn run<B: AutodiffBackend>(
         );
     }
     let base_seed = file.seed.wrapping_mul(1_000_003);
-    // Episodes are rendered on the CPU's cores two batches ahead of the device.
+    // Episodes are rendered on the CPU's cores a few batches ahead of the device.
     let mut prefetch = Prefetch::start(
         task.clone(),
         base_seed,
@@ -232,7 +262,7 @@ fn run<B: AutodiffBackend>(
             go: file.go_step_weight,
         },
         start..until,
-        2,
+        trainer::train::LOSS_READ_EVERY + 1,
     );
     let tokens_per_batch = (file.batch_size
         * (model_config.max_sink_tokens()
@@ -251,6 +281,8 @@ fn run<B: AutodiffBackend>(
         &optimizer,
         resume,
         until,
+        args.time_limit
+            .map(|limit| started + std::time::Duration::from_secs_f64(limit)),
         |iteration| prefetch.get(iteration),
         |iteration, loss| {
             let elapsed = started.elapsed().as_secs_f64();
@@ -263,7 +295,7 @@ fn run<B: AutodiffBackend>(
                 iteration as u64 + 1,
                 &format!("loss {loss:.4e}, {rate:.0} tokens/s"),
             );
-            args.time_limit.is_none_or(|limit| elapsed < limit)
+            true
         },
         &devices,
     )?;
@@ -324,6 +356,12 @@ fn run<B: AutodiffBackend>(
             )?;
         }
     }
+    let p = &report.phases;
+    writeln!(
+        out,
+        "host time: {:.1} s waiting for batches, {:.1} s forward, {:.1} s backward, {:.1} s optimizer, {:.1} s waiting for the device",
+        p.batch, p.forward, p.backward, p.step, p.sync
+    )?;
     let first = report.losses.first().copied().unwrap_or(f64::NAN);
     let last = report.losses.last().copied().unwrap_or(f64::NAN);
     writeln!(

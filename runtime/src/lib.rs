@@ -4,6 +4,8 @@
 //! - [`rope`]: rotary position embeddings with HuggingFace's scaling methods (default, linear,
 //!   dynamic NTK, YaRN, llama3, LongRoPE) and their application at arbitrary positions.
 //! - [`model`]: the streaming VLA model (tokenizer, Llama-style backbone, action head).
+//! - [`flash`]: memory-efficient attention for training (blockwise forward with log-sum-exp,
+//!   recomputing backward; a custom autodiff operation).
 //! - [`ring`]: ring attention kernels (block attention with log-sum-exp, exact merge, zigzag
 //!   sharding, the causal ring schedule).
 //! - [`attention`]: the CPU attention kernel over the quantized cache (decoded block by block).
@@ -19,6 +21,7 @@ pub mod attention;
 pub mod bench;
 pub mod checkpoint;
 pub mod error;
+pub mod flash;
 pub mod gemm;
 pub mod host;
 pub mod kv;

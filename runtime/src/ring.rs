@@ -23,6 +23,7 @@ use burn::tensor::activation::{log_sigmoid, sigmoid};
 use burn::tensor::backend::Backend;
 
 use crate::error::{Error, Result};
+use crate::flash::{AttentionMask, TrainAttention, flash_attention};
 
 /// Partial attention: output `[batch, heads, tq, head_dim]` and log-sum-exp `[batch, heads, tq, 1]`.
 #[derive(Clone, Debug)]
@@ -33,73 +34,28 @@ pub struct Partial<B: Backend> {
     pub lse: Tensor<B, 4>,
 }
 
-/// Attention of `q` over one K/V block, with an optional additive bias (0 or −∞) such as
-/// [`causal_bias`].
+/// Attention of `q` over one K/V block: [`crate::flash::flash_attention`] (the memory-efficient
+/// block function single-device training uses too), returning the output and the log-sum-exp
+/// of each query row, both differentiable.
 ///
 /// # Shapes
 /// - `q`: `[batch, heads, tq, head_dim]`; `k`, `v`: `[batch, kv_heads, tk, head_dim]`, with
 ///   `kv_heads` dividing `heads` (grouped-query attention: query head h reads K/V head
 ///   h / (heads / kv_heads))
-/// - `bias`: `[1 or batch, 1 or heads, tq, tk]`; a row with no visible key gets a zero output
-///   and a log-sum-exp of about −87 (so it only matters if no block shows it a key)
+/// - `mask`: for `batch` × `tq` queries and `tk` keys; a row with no visible key gets a zero
+///   output and a log-sum-exp of about −87 (so it only matters if no block shows it a key)
 /// - output: [`Partial`] with `out` like `q` and `lse` `[batch, heads, tq, 1]`
 ///
 /// # Errors
-/// [`Error::Shape`] if `k`, `v` or `bias` do not match `q`.
-pub fn block_attention<B: Backend>(
+/// [`Error::Shape`] if `k`, `v` or `mask` do not match `q`.
+pub fn block_attention<B: TrainAttention>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
-    bias: Option<&Tensor<B, 4>>,
+    mask: &AttentionMask,
     scale: f64,
 ) -> Result<Partial<B>> {
-    let [batch, heads, tq, hd] = q.dims();
-    let [_, kv_heads, tk, _] = k.dims();
-    if kv_heads == 0
-        || !heads.is_multiple_of(kv_heads)
-        || k.dims() != [batch, kv_heads, tk, hd]
-        || v.dims() != [batch, kv_heads, tk, hd]
-    {
-        return Err(Error::shape(
-            "block attention",
-            format!("q {:?}, k {:?}, v {:?}", q.dims(), k.dims(), v.dims()),
-        ));
-    }
-    // Grouped K/V heads: the query heads of one K/V head are folded into its query rows.
-    let rep = heads / kv_heads;
-    let q = q.reshape([batch, kv_heads, rep * tq, hd]);
-    let mut scores = q.matmul(k.swap_dims(2, 3)) * scale; // [batch, kv, rep·tq, tk]
-    if let Some(bias) = bias {
-        let [bb, bh, bq, bk] = bias.dims();
-        if !((bb == 1 || bb == batch) && (bh == 1 || bh == heads) && bq == tq && bk == tk) {
-            return Err(Error::shape(
-                "block attention",
-                format!("bias {:?} for {tq} queries and {tk} keys", bias.dims()),
-            ));
-        }
-        let grouped = if bh == 1 { 1 } else { kv_heads };
-        let per_group = if bh == 1 { 1 } else { rep };
-        scores = (scores.reshape([batch, kv_heads, rep, tq, tk])
-            + bias.clone().reshape([bb, grouped, per_group, tq, tk]))
-        .reshape([batch, kv_heads, rep * tq, tk]);
-    }
-    // The row maximum only shifts the exponent; it carries no gradient of its own. A row that
-    // sees no key of this block (max −∞) gets out = 0 and lse = log(f32::MIN_POSITIVE) ≈ −87,
-    // which the merge weighs by e^(−87 − lse) against the blocks it does see.
-    let max = scores.clone().detach().max_dim(3);
-    let max = max.clone().mask_fill(max.is_inf(), 0.0);
-    let p = (scores - max.clone()).exp();
-    let sum = p.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
-    let out = p.matmul(v) / sum.clone();
-    Ok(Partial {
-        out: out.reshape([batch, heads, tq, hd]),
-        lse: (max + sum.log()).reshape([batch, heads, tq, 1]),
-    })
-}
-
-/// Causal bias `[1, 1, len, len]` for a chunk attending to itself: query i sees keys 0..=i.
-pub fn causal_bias<B: Backend>(len: usize, device: &B::Device) -> Tensor<B, 4> {
-    crate::model::causal_bias::<B>(0, len, device).unsqueeze()
+    flash_attention(q, k, v, mask, scale)
 }
 
 /// Merges partial attention `b` into `a` (both over disjoint key sets of the same queries).
@@ -173,48 +129,39 @@ pub fn zigzag_join<B: Backend>(shards: Vec<Tensor<B, 4>>) -> Result<Tensor<B, 4>
 
 /// What query shard r may see of key shard s.
 #[derive(Clone, Debug)]
-pub enum Visibility<B: Backend> {
+pub enum Visibility {
     /// Nothing: the block is skipped.
     Nothing,
-    /// Every key.
-    All,
-    /// An additive bias (0 or −∞) `[1 or batch, 1 or heads, tq, tk]`.
-    Bias(Tensor<B, 4>),
+    /// The keys this mask shows each query.
+    Mask(AttentionMask),
 }
 
 /// Ring attention under any mask: `q[r]`, `k[r]`, `v[r]` are shard r's tensors on
-/// `devices[r]`; `visibility(r, s)` says what shard r's queries may see of shard s's keys (a
-/// bias on `devices[r]`). At step t shard r holds the K/V of shard (r − t) mod N, attends to
+/// `devices[r]`; `visibility(r, s)` says what shard r's queries may see of shard s's keys (an
+/// [`AttentionMask`]). At step t shard r holds the K/V of shard (r − t) mod N, attends to
 /// it, merges, and the blocks move one device along the ring. Returns shard r's output.
 ///
 /// # Shapes
-/// - `q[r]`: `[batch, heads, tq_r, head_dim]`; `k[s]`, `v[s]`: `[batch, heads, tk_s, head_dim]`
+/// - `q[r]`: `[batch, heads, tq_r, head_dim]`; `k[s]`, `v[s]`: `[batch, kv_heads, tk_s, head_dim]`
 ///
 /// # Errors
 /// [`Error::Shape`] if the shard counts, devices or shapes disagree, or a shard sees no block.
-pub fn ring_attention_with<B: Backend>(
+pub fn ring_attention_with<B: TrainAttention>(
     q: Vec<Tensor<B, 4>>,
     k: Vec<Tensor<B, 4>>,
     v: Vec<Tensor<B, 4>>,
     devices: &[B::Device],
     scale: f64,
-    mut visibility: impl FnMut(usize, usize) -> Visibility<B>,
+    mut visibility: impl FnMut(usize, usize) -> Visibility,
 ) -> Result<Vec<Tensor<B, 4>>> {
     let n = q.len();
     let mut acc: Vec<Option<Partial<B>>> = (0..n).map(|_| None).collect();
     ring_schedule(q.len(), k, v, devices, |r, src, k_block, v_block| {
-        let bias = match visibility(r, src) {
+        let mask = match visibility(r, src) {
             Visibility::Nothing => return Ok(()),
-            Visibility::All => None,
-            Visibility::Bias(b) => Some(b),
+            Visibility::Mask(mask) => mask,
         };
-        let part = block_attention(
-            q[r].clone(),
-            k_block.clone(),
-            v_block.clone(),
-            bias.as_ref(),
-            scale,
-        )?;
+        let part = block_attention(q[r].clone(), k_block.clone(), v_block.clone(), &mask, scale)?;
         merge_into(&mut acc[r], part);
         Ok(())
     })?;
@@ -321,7 +268,7 @@ fn pass_along<B: Backend>(
 ///
 /// # Errors
 /// [`Error::Shape`] if the shard counts, devices or shapes disagree.
-pub fn ring_attention<B: Backend>(
+pub fn ring_attention<B: TrainAttention>(
     q: Vec<Tensor<B, 4>>,
     k: Vec<Tensor<B, 4>>,
     v: Vec<Tensor<B, 4>>,
@@ -348,22 +295,23 @@ pub fn ring_attention<B: Backend>(
         .into_iter()
         .map(|t| [t.clone().narrow(2, 0, c), t.narrow(2, c, c)])
         .collect();
-    let diagonal: Vec<Tensor<B, 4>> = devices.iter().map(|d| causal_bias(c, d)).collect();
+    let diagonal = AttentionMask::causal(dims[0], c);
+    let earlier = AttentionMask::full(dims[0], c, c);
     let mut acc: Vec<[Option<Partial<B>>; 2]> = (0..n).map(|_| [None, None]).collect();
     ring_schedule(n, k, v, devices, |r, src, k_block, v_block| {
         for (qi, q_chunk) in chunks_of(r).into_iter().enumerate() {
             for (ki, k_chunk) in chunks_of(src).into_iter().enumerate() {
                 // Earlier chunks are fully visible, the own chunk causally, later ones not at all.
-                let bias = match k_chunk.cmp(&q_chunk) {
+                let mask = match k_chunk.cmp(&q_chunk) {
                     std::cmp::Ordering::Greater => continue,
-                    std::cmp::Ordering::Equal => Some(&diagonal[r]),
-                    std::cmp::Ordering::Less => None,
+                    std::cmp::Ordering::Equal => &diagonal,
+                    std::cmp::Ordering::Less => &earlier,
                 };
                 let part = block_attention(
                     q_chunks[r][qi].clone(),
                     k_block.clone().narrow(2, ki * c, c),
                     v_block.clone().narrow(2, ki * c, c),
-                    bias,
+                    mask,
                     scale,
                 )?;
                 merge_into(&mut acc[r][qi], part);
@@ -429,7 +377,11 @@ mod tests {
             .expect("data")
     }
 
+    /// max |a − b|, NaN if either side holds a NaN (so `err <= tol` fails).
     fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        if a.iter().chain(b).any(|x| x.is_nan()) {
+            return f32::NAN;
+        }
         a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
     }
 
@@ -440,12 +392,14 @@ mod tests {
             tensor::<B>(2, [1, 2, 12, 8]),
             tensor::<B>(3, [1, 2, 12, 8]),
         );
-        let whole = block_attention(q.clone(), k.clone(), v.clone(), None, 0.35).expect("whole");
+        let all = |tk| AttentionMask::full(1, 5, tk);
+        let whole =
+            block_attention(q.clone(), k.clone(), v.clone(), &all(12), 0.35).expect("whole");
         let a = block_attention(
             q.clone(),
             k.clone().narrow(2, 0, 7),
             v.clone().narrow(2, 0, 7),
-            None,
+            &all(7),
             0.35,
         )
         .expect("a");
@@ -453,7 +407,7 @@ mod tests {
             q.clone(),
             k.clone().narrow(2, 7, 5),
             v.clone().narrow(2, 7, 5),
-            None,
+            &all(5),
             0.35,
         )
         .expect("b");
@@ -461,19 +415,18 @@ mod tests {
         // f32 arithmetic in a different order: 1e-6 absolute on values of magnitude ≤ 1.
         assert!(max_abs_diff(&flat(merged.out), &flat(whole.out)) <= 1e-6);
         assert!(max_abs_diff(&flat(merged.lse), &flat(whole.lse)) <= 1e-6);
-        // A causal bias of the wrong size and mismatched K/V are errors, not panics.
-        let device = Default::default();
+        // A causal mask of the wrong size and mismatched K/V are errors, not panics.
         assert!(
             block_attention(
                 q.clone(),
                 k.clone(),
                 v.clone(),
-                Some(&causal_bias(5, &device)),
+                &AttentionMask::causal(1, 5),
                 0.35
             )
             .is_err()
         );
-        assert!(block_attention(q, k.clone(), v.narrow(2, 0, 3), None, 0.35).is_err());
+        assert!(block_attention(q, k.clone(), v.narrow(2, 0, 3), &all(12), 0.35).is_err());
     }
 
     #[test]

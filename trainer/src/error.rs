@@ -19,6 +19,15 @@ pub enum Error {
         /// Training iteration.
         iteration: usize,
     },
+    /// The device failed during a run (an allocation failure, a panicked device thread, an
+    /// error reported by a synchronization); nothing computed after it can be trusted.
+    #[error("device failure at iteration {iteration}: {reason}")]
+    Device {
+        /// Training iteration during which it was detected.
+        iteration: usize,
+        /// What the backend reported.
+        reason: String,
+    },
     /// The model rejected its input or configuration.
     #[error(transparent)]
     Runtime(#[from] runtime::Error),

@@ -10,10 +10,11 @@
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+use runtime::flash::TrainAttention;
 use runtime::host::float_tensor;
-use runtime::model::{TrainBatch, Vla};
+use runtime::model::{TrainBatch, Vla, VlaConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -120,6 +121,90 @@ pub struct Batch {
 pub struct TrainReport {
     /// Loss at every iteration.
     pub losses: Vec<f64>,
+    /// Where the host's time went.
+    pub phases: PhaseTimes,
+}
+
+/// Host time per phase of the training loop, in seconds summed over the run. The device
+/// works asynchronously: `forward`, `backward` and `step` are the time to build and queue that
+/// work, `sync` the time spent waiting for the device when the losses are read back, `batch`
+/// the time waiting for the next rendered batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PhaseTimes {
+    /// Waiting for the next batch.
+    pub batch: f64,
+    /// Embedding, forward pass and loss.
+    pub forward: f64,
+    /// Backward pass.
+    pub backward: f64,
+    /// Optimizer step.
+    pub step: f64,
+    /// Reading the losses back (waits for the device).
+    pub sync: f64,
+}
+
+impl PhaseTimes {
+    /// Sum of the phases.
+    pub fn total(&self) -> f64 {
+        self.batch + self.forward + self.backward + self.step + self.sync
+    }
+}
+
+/// Device memory one training iteration needs, in bytes (an estimate, for a clear error
+/// before the first iteration instead of an allocation failure inside the device's thread).
+///
+/// The terms: the activations kept for the backward pass, `24 · d_model + 5 · ffn_dim` f32
+/// values per token and layer (calibrated on an H100: the edge model at 8 × 32, 32 × 32 and
+/// 8 × 256 frame-steps peaked at 4.5, 15.2 and 25.4 GB in `nvidia-smi`, this gives 5.2, 15.1 and
+/// 27.8 GB); the memory-efficient attention's score blocks (six of
+/// [`runtime::flash::BLOCK_ELEMENTS`]); the uploaded batch; weights, gradients and the two
+/// AdamW moments. With `shards` devices each holds its share of the tokens.
+pub fn memory_estimate(c: &VlaConfig, batch: usize, steps: usize, shards: usize) -> u64 {
+    let tokens = batch * (c.max_sink_tokens() + steps * (c.tokens_per_step() + c.n_readout));
+    let tokens = tokens.div_ceil(shards.max(1)) as u64;
+    let f32s = |n: u64| 4 * n;
+    let (d, ffn, layers) = (c.d_model as u64, c.ffn_dim as u64, c.n_layers as u64);
+    let activations = f32s(tokens * layers * (24 * d + 5 * ffn));
+    let scratch = f32s(6 * runtime::flash::BLOCK_ELEMENTS as u64);
+    let patches = (c.n_cameras * c.patches_per_camera * c.patch_dim) as u64;
+    let inputs = f32s(3 * (batch * steps) as u64 * (patches + c.proprio_dim as u64));
+    let hd = c.head_dim() as u64;
+    let attention = d * hd * (2 * c.n_heads as u64 + 2 * c.n_kv_heads as u64);
+    let params =
+        layers * (attention + 3 * d * ffn) + patches / c.patches_per_camera.max(1) as u64 * d;
+    activations + scratch + inputs + f32s(4 * params)
+}
+
+/// Iterations queued on the device between two read-backs of their losses. The host builds
+/// the next iterations while the device runs the queued ones; a non-finite loss or a device
+/// failure is found at the read-back, before anything is returned or saved.
+pub const LOSS_READ_EVERY: usize = 4;
+
+static DEVICE_PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Installs (once) a panic hook that records panics on burn/cubecl's device threads (named
+/// `DS…`), chained before the previous hook. cubecl runs each device's work on its own thread
+/// and swallows a panic there (an allocation failure, say): the computation goes on with
+/// uninitialized buffers and no error reaches the caller. With the hook, [`train_resumable`]
+/// stops at the next read-back with [`Error::Device`].
+pub fn watch_device_threads() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current()
+                .name()
+                .is_some_and(|name| name.starts_with("DS"))
+            {
+                DEVICE_PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            previous(info);
+        }));
+    });
+}
+
+fn device_panicked() -> bool {
+    DEVICE_PANICKED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// The optimizer of the training loop.
@@ -152,7 +237,7 @@ impl<B: AutodiffBackend> std::fmt::Debug for Resume<B> {
 /// # Errors
 /// [`Error::Config`] for a bad config, [`Error::Runtime`] for batches the model rejects,
 /// [`Error::NonFinite`] if the loss stops being finite.
-pub fn train<B: AutodiffBackend>(
+pub fn train<B: AutodiffBackend + TrainAttention>(
     model: Vla<B>,
     config: &TrainConfig,
     next_batch: impl FnMut(usize) -> Result<Batch>,
@@ -164,6 +249,7 @@ pub fn train<B: AutodiffBackend>(
         config,
         None,
         config.iterations,
+        None,
         next_batch,
         |iteration, loss| {
             on_step(iteration, loss);
@@ -178,16 +264,20 @@ pub fn train<B: AutodiffBackend>(
 /// the start) up to iteration `until` (at most `config.iterations`), returning the optimizer
 /// state at the end too. Iterations keep their absolute numbers (batches, learning-rate
 /// schedule, `on_step`); the report holds the new ones only. So a run stopped at `until` and
-/// resumed continues exactly where it stopped. `on_step` returns whether to go on: `false`
-/// ends the run after that iteration (a time limit), as if `until` had been reached there.
+/// resumed continues exactly where it stopped. Losses are read back every
+/// [`LOSS_READ_EVERY`] iterations (and at the end), and `on_step` is called for each as it
+/// arrives; it returns whether to go on: `false` ends the run after the iterations already
+/// queued. With a `deadline`, no iteration after the first starts once it has passed (a time
+/// limit), as if `until` had been reached there.
 ///
 /// # Errors
 /// As [`train`]; [`Error::Config`] if `resume.done` is not below `config.iterations`.
-pub fn train_resumable<B: AutodiffBackend>(
+pub fn train_resumable<B: AutodiffBackend + TrainAttention>(
     model: Vla<B>,
     config: &TrainConfig,
     resume: Option<Resume<B>>,
     until: usize,
+    deadline: Option<std::time::Instant>,
     mut next_batch: impl FnMut(usize) -> Result<Batch>,
     mut on_step: impl FnMut(usize, f64) -> bool,
     devices: &[B::Device],
@@ -219,8 +309,22 @@ pub fn train_resumable<B: AutodiffBackend>(
     let mut model = model;
     let mut report = TrainReport::default();
     let action_values = model.config().action_values();
-    for iteration in start..until.min(config.iterations) {
+    let device = devices
+        .first()
+        .ok_or_else(|| Error::config("devices", "no device to train on"))?
+        .clone();
+    watch_device_threads();
+    // Losses of the iterations queued since the last read-back.
+    let mut pending: Vec<(usize, Tensor<B::InnerBackend, 1>)> = Vec::new();
+    let mut go_on = true;
+    let end = until.min(config.iterations);
+    for iteration in start..end {
+        if iteration > start && deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
+        let t = std::time::Instant::now();
         let batch = next_batch(iteration)?;
+        report.phases.batch += t.elapsed().as_secs_f64();
         let n = batch.instructions.len();
         if batch.actions.len() != n * batch.steps * action_values {
             return Err(runtime::Error::shape(
@@ -234,22 +338,77 @@ pub fn train_resumable<B: AutodiffBackend>(
             .into());
         }
         runtime::Error::check_finite("expert actions", &batch.actions)?;
+        let t = std::time::Instant::now();
         let loss = batch_loss(&model, &batch, config.cue_loss_weight, devices)?;
-        let value: f64 = loss.clone().into_scalar().elem();
-        if !value.is_finite() {
-            return Err(Error::NonFinite {
-                what: "loss",
-                iteration,
-            });
-        }
+        report.phases.forward += t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
+        report.phases.backward += t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
         model = optimizer.step(config.learning_rate_at(iteration), model, grads);
-        report.losses.push(value);
-        if !on_step(iteration, value) {
-            break;
+        report.phases.step += t.elapsed().as_secs_f64();
+        pending.push((iteration, loss.inner()));
+        if pending.len() >= LOSS_READ_EVERY {
+            let t = std::time::Instant::now();
+            let values = read_losses::<B>(&mut pending, &device)?;
+            report.phases.sync += t.elapsed().as_secs_f64();
+            for (i, value) in values {
+                report.losses.push(value);
+                go_on &= on_step(i, value);
+            }
+            if !go_on {
+                break;
+            }
         }
     }
+    let t = std::time::Instant::now();
+    for (i, value) in read_losses::<B>(&mut pending, &device)? {
+        report.losses.push(value);
+        on_step(i, value);
+    }
+    report.phases.sync += t.elapsed().as_secs_f64();
     Ok((model, report, optimizer.to_record()))
+}
+
+/// Reads the queued losses back in one transfer, checking the device and each value.
+fn read_losses<B: AutodiffBackend>(
+    pending: &mut Vec<(usize, Tensor<B::InnerBackend, 1>)>,
+    device: &B::Device,
+) -> Result<Vec<(usize, f64)>> {
+    let Some(&(last, _)) = pending.last() else {
+        return Ok(Vec::new());
+    };
+    let (iterations, losses): (Vec<usize>, Vec<_>) = pending.drain(..).unzip();
+    let data = Tensor::cat(losses, 0).try_into_data();
+    let device_error = |reason: String| Error::Device {
+        iteration: last,
+        reason,
+    };
+    if device_panicked() {
+        return Err(device_error(
+            "a device thread panicked (see the log above; often an allocation failure)".into(),
+        ));
+    }
+    let data = data.map_err(|e| device_error(format!("{e:?}")))?;
+    B::sync(device).map_err(|e| device_error(format!("{e:?}")))?;
+    let values = data
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .map_err(|e| device_error(format!("loss read-back: {e:?}")))?;
+    iterations
+        .into_iter()
+        .zip(values)
+        .map(|(iteration, value)| {
+            if value.is_finite() {
+                Ok((iteration, value))
+            } else {
+                Err(Error::NonFinite {
+                    what: "loss",
+                    iteration,
+                })
+            }
+        })
+        .collect()
 }
 
 /// The training loss of `model` on `batch`: the step-weighted mean squared action error, plus
@@ -260,7 +419,7 @@ pub fn train_resumable<B: AutodiffBackend>(
 /// # Errors
 /// [`Error::Runtime`] for a batch the model rejects, [`Error::Input`] for weights or cue
 /// labels of the wrong length or out of range.
-pub fn batch_loss<B: Backend>(
+pub fn batch_loss<B: TrainAttention>(
     model: &Vla<B>,
     batch: &Batch,
     cue_weight: f64,
@@ -342,6 +501,7 @@ pub fn batch_loss<B: Backend>(
 #[cfg(test)]
 mod tests {
     use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::ElementConversion;
     use burn::tensor::backend::Backend;
     use runtime::model::VlaConfig;
 
@@ -426,6 +586,57 @@ mod tests {
             report.losses.len()
         );
         assert!(last < first / 10.0, "loss {first} → {last}");
+    }
+
+    /// A non-finite loss stops the run with an error naming the iteration (no model comes back
+    /// to be saved), even when it is found at a read-back several iterations later.
+    #[test]
+    fn non_finite_loss_is_an_error() {
+        struct Poison;
+        impl<Bk: Backend> burn::module::ModuleMapper<Bk> for Poison {
+            fn map_float<const D: usize>(
+                &mut self,
+                param: burn::module::Param<Tensor<Bk, D>>,
+            ) -> burn::module::Param<Tensor<Bk, D>> {
+                param.map(|t| t.mul_scalar(f32::NAN))
+            }
+        }
+        use burn::module::Module;
+        let device = Default::default();
+        let c = tiny_model_config();
+        let model = c.init::<B>(&device).map(&mut Poison);
+        let batch = fixed_batch(&c);
+        let config = TrainConfig {
+            iterations: 3,
+            learning_rate: 1e-3,
+            warmup: 1,
+            weight_decay: 0.0,
+            grad_clip_norm: Some(1.0),
+            cue_loss_weight: 0.0,
+        };
+        let mut reported = Vec::new();
+        let result = train(
+            model,
+            &config,
+            |_| Ok(batch.clone()),
+            |i, _| reported.push(i),
+            &[device],
+        );
+        assert!(
+            matches!(
+                result,
+                Err(Error::NonFinite {
+                    what: "loss",
+                    iteration: 0
+                })
+            ),
+            "{:?}",
+            result.as_ref().err()
+        );
+        assert!(
+            reported.is_empty(),
+            "a non-finite loss was reported as a step"
+        );
     }
 
     /// Training with the sequence sharded over two (CPU) devices follows the one-device run:

@@ -24,6 +24,7 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 pub use config::{BOS_TOKEN, INSTRUCTION_VOCAB, VlaConfig};
 
 use crate::error::{Error, Result};
+use crate::flash::{AttentionMask, TrainAttention, flash_attention};
 use crate::host::float_tensor;
 use crate::kv::{KvCache, KvCacheConfig, KvLayout, Segment};
 use crate::rope::{RopeFrequencies, RotaryTable};
@@ -338,6 +339,34 @@ impl<B: Backend> Block<B> {
             .self_attn
             .attend(table.apply(q)?, table.apply(k)?, v, bias);
         let x = x + attn;
+        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
+    }
+
+    /// Block over whole training sequences with memory-efficient attention
+    /// ([`crate::flash`]): no `[seq, seq]` score or mask tensor.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, d_model]`; `table`: positions for `seq` tokens
+    /// - output: `[batch, seq, d_model]`
+    fn forward_flash(
+        &self,
+        x: Tensor<B, 3>,
+        table: &RotaryTable<B>,
+        mask: &AttentionMask,
+    ) -> Result<Tensor<B, 3>>
+    where
+        B: TrainAttention,
+    {
+        let attn_cfg = &self.self_attn;
+        let [batch, seq, _] = x.dims();
+        let hd = attn_cfg.head_dim;
+        let (q, k, v) = attn_cfg.project(self.input_layernorm.forward(x.clone()));
+        let scale = 1.0 / (hd as f64).sqrt();
+        let out = flash_attention(table.apply(q)?, table.apply(k)?, v, mask, scale)?.out; // [batch, heads, seq, hd]
+        let out = out
+            .swap_dims(1, 2)
+            .reshape([batch, seq, attn_cfg.n_heads * hd]);
+        let x = x + attn_cfg.o_proj.forward(out);
         Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
     }
 
@@ -986,13 +1015,53 @@ impl<B: Backend> Vla<B> {
     /// All steps are embedded in one batched call; the sequence of an episode is
     /// `[instruction (padded), step 0 tokens, step 0 readouts, step 1 tokens, …]`.
     ///
-    /// Instructions of different lengths are padded to the longest; the padding is masked from
-    /// every token and positions continue from each episode's own instruction length.
+    /// Instructions are padded to the model's longest ([`VlaConfig::max_sink_tokens`]); the
+    /// padding is masked from every token and positions continue from each episode's own
+    /// instruction length.
     ///
     /// # Errors
     /// [`Error::Shape`] for inputs of the wrong size or an over-long instruction,
     /// [`Error::NonFinite`] for NaN/∞ in present cameras or proprio.
     pub fn forward_train(
+        &self,
+        batch: &TrainBatch<'_>,
+        device: &B::Device,
+    ) -> Result<TrainOutput<B>>
+    where
+        B: TrainAttention,
+    {
+        let seq = self.train_sequence(batch, device)?;
+        let c = &self.config;
+        let n_batch = seq.layouts.len();
+        let len = seq.layouts[0].positions.len();
+        let max_position = seq.padded_sinks + seq.steps * c.tokens_per_step() + c.n_readout;
+        let positions: Vec<i64> = seq
+            .layouts
+            .iter()
+            .flat_map(|l| l.positions.iter().copied())
+            .collect();
+        let index: Vec<i64> = (0..len as i64).collect();
+        let groups = group_ids(seq.layouts.iter().flat_map(|l| l.groups.iter().copied()));
+        let mask = AttentionMask::grouped(n_batch, index.clone(), groups.clone(), index, groups)?;
+        let table = c
+            .rope
+            .frequencies(Some(max_position))
+            .batched_table::<B>(&positions, n_batch, device)?;
+        let mut x = seq.x;
+        for block in &self.layers {
+            x = block.forward_flash(x, &table, &mask)?;
+        }
+        let hidden = self.norm.forward(x);
+        Ok(self.train_heads(hidden, seq.padded_sinks, seq.steps))
+    }
+
+    /// [`forward_train`](Self::forward_train) with the naive attention: the dense training
+    /// bias `[batch, len, len]` and softmax over whole rows (the reference the memory-efficient
+    /// path is tested against).
+    ///
+    /// # Errors
+    /// As [`forward_train`](Self::forward_train).
+    pub fn forward_train_naive(
         &self,
         batch: &TrainBatch<'_>,
         device: &B::Device,
@@ -1053,8 +1122,10 @@ impl<B: Backend> Vla<B> {
             .iter()
             .map(|text| self.instruction_ids(text))
             .collect::<Result<_>>()?;
-        // Shorter instructions are padded to the longest; padding is masked from every token.
-        let padded_sinks = ids.iter().map(Vec::len).max().unwrap_or(1);
+        // Instructions are padded to the longest the model takes, so every batch of a given
+        // episode length has the same shapes (a device compiles and tunes its kernels once per
+        // shape); padding is masked from every token.
+        let padded_sinks = c.max_sink_tokens();
         let rows = n_batch * steps;
         for at in 0..rows {
             self.check_step(&StepInput {

@@ -7,16 +7,18 @@
 //! `to_device` of the parameters, so gradients flow back to the original model), and attention
 //! with [`ring_attention_with`]: K/V blocks travel around the ring and every shard merges its
 //! partial results exactly. The training mask (causal; readouts seen only by themselves;
-//! padding seen by nothing else) becomes one bias per (query shard, key shard) pair, built on
-//! the device once per batch and shared by all layers. Device-to-device copies start with the
+//! padding seen by nothing else) becomes one [`AttentionMask`] per (query shard, key shard) pair,
+//! shared by all layers; the blocks are computed by the memory-efficient block function of
+//! single-device training (`crate::flash`). Device-to-device copies start with the
 //! devices idle and wait for each copy (see `ring::fenced`).
 
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{PAD_GROUP, TrainBatch, TrainOutput, Vla, group_ids, train_bias};
+use super::{PAD_GROUP, TrainBatch, TrainOutput, Vla, group_ids};
 use crate::error::{Error, Result};
+use crate::flash::{AttentionMask, TrainAttention};
 use crate::ring::{Visibility, fenced, ring_attention_with, sync_all};
 
 /// Global token indices of zigzag shard `r` of `n` over chunks of `chunk` tokens.
@@ -37,7 +39,7 @@ fn shard_of<B: Backend>(x: &Tensor<B, 3>, r: usize, n: usize, chunk: usize) -> T
     )
 }
 
-impl<B: Backend> Vla<B> {
+impl<B: TrainAttention> Vla<B> {
     /// [`forward_train`](Self::forward_train) with the sequence sharded over `devices` and
     /// attention computed by ring attention; equal to it up to float rounding. Outputs (and
     /// the loss built from them) live on `devices[0]`.
@@ -96,7 +98,7 @@ impl<B: Backend> Vla<B> {
                 .collect();
             tables.push(freqs.batched_table::<B>(&p, n_batch, device)?);
         }
-        // What each query shard may see of each key shard (one bias per pair, shared by the
+        // What each query shard may see of each key shard (one mask per pair, shared by the
         // layers).
         let shard_groups: Vec<Vec<i64>> = (0..n)
             .map(|r| group_ids(groups.iter().flat_map(|g| tokens[r].iter().map(|&t| g[t]))))
@@ -105,24 +107,22 @@ impl<B: Backend> Vla<B> {
             .iter()
             .map(|t| t.iter().map(|&i| i as i64).collect())
             .collect();
-        let vis: Vec<Vec<Visibility<B>>> = devices
-            .iter()
-            .enumerate()
-            .map(|(r, device)| {
+        let vis: Vec<Vec<Visibility>> = (0..n)
+            .map(|r| {
                 (0..n)
                     .map(|s| {
-                        Visibility::Bias(train_bias::<B>(
-                            &shard_index[r],
-                            shard_groups[r].clone(),
-                            &shard_index[s],
-                            shard_groups[s].clone(),
+                        AttentionMask::grouped(
                             n_batch,
-                            device,
-                        ))
+                            shard_index[r].clone(),
+                            shard_groups[r].clone(),
+                            shard_index[s].clone(),
+                            shard_groups[s].clone(),
+                        )
+                        .map(Visibility::Mask)
                     })
-                    .collect()
+                    .collect::<Result<_>>()
             })
-            .collect();
+            .collect::<Result<_>>()?;
         // The weights on every device (a differentiable copy; device 0's is the model itself).
         sync_all::<B>(devices)?;
         let replicas: Vec<Vla<B>> = devices

@@ -82,9 +82,12 @@ fn flat(t: Tensor<B, 3>) -> Vec<f32> {
         .expect("tensor data")
 }
 
-/// max |a − b| / max |b|.
+/// max |a − b| / max |b|; NaN if either side holds a NaN (so `err <= tol` fails).
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
+    if a.iter().chain(b).any(|x| x.is_nan()) {
+        return f64::NAN;
+    }
     let diff = a
         .iter()
         .zip(b)
@@ -569,8 +572,9 @@ fn training_forward_matches_incremental_steps() {
     }
 }
 
-/// The training forward with the sequence sharded over N = 1, 2, 3 (CPU) devices and ring
-/// attention equals the one-device forward: actions and cue logits, and the gradients of the
+/// The training forward (memory-efficient attention) equals the naive training forward, and
+/// with the sequence sharded over N = 1, 2, 3 (CPU) devices and ring attention it equals the
+/// one-device forward: actions and cue logits, and the gradients of the
 /// loss for embedding, attention and head weights, ≤ 1e-5 relative (max-abs / max). Episodes
 /// with instructions of different lengths; the sequence is padded to a multiple of 2N.
 #[test]
@@ -643,6 +647,18 @@ fn ring_training_forward_equals_one_device() {
     };
     let (want_actions, want_cue, want_grads) =
         run(m.forward_train(&batch, &device).expect("one device"));
+    // The memory-efficient attention equals the naive one (dense bias, whole-row softmax).
+    let (actions, cue, grads) = run(m
+        .forward_train_naive(&batch, &device)
+        .expect("naive forward"));
+    let err = rel_err(&want_actions, &actions);
+    assert!(err <= 1e-5, "flash vs naive: actions {err:e}");
+    let err = rel_err(&want_cue, &cue);
+    assert!(err <= 1e-5, "flash vs naive: cue logits {err:e}");
+    for (i, (g, w)) in want_grads.iter().zip(&grads).enumerate() {
+        let err = rel_err(g, w);
+        assert!(err <= 1e-5, "flash vs naive: gradient {i} {err:e}");
+    }
     for n in 1..=3 {
         let devices = vec![device; n];
         let (actions, cue, grads) = run(m
