@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: CPU training allocates and frees tensors of tens of MB
+/// every operation, which glibc hands back to the kernel (munmap) and faults in again.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = edgevla::cli::Cli::parse();
     match edgevla::run(cli) {

@@ -17,6 +17,15 @@ use trainer::train::{Resume, TrainConfig};
 use crate::model_cmd::read_named;
 
 /// Arguments of `edgevla train`.
+/// Whether the CUDA backend fuses operations (burn-fusion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Fusion {
+    /// `Fusion<CubeBackend<CudaRuntime>>`.
+    On,
+    /// `CubeBackend<CudaRuntime>` (burn's `Cuda` as this workspace builds it).
+    Off,
+}
+
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Training config (configs/training/*.toml, or a shipped name such as `edge-memory`).
@@ -25,6 +34,13 @@ pub struct TrainArgs {
     /// Override the number of optimizer steps.
     #[arg(long)]
     pub iterations: Option<usize>,
+    /// Override the config's batch size (episodes per iteration).
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
+    /// On CUDA: burn's operation fusion (`on`: elementwise chains compiled into one kernel)
+    /// or every operation its own kernel (`off`).
+    #[arg(long, value_enum, default_value_t = Fusion::Off)]
+    pub fusion: Fusion,
     /// Checkpoint folder to write (config.toml + weights.mpk).
     #[arg(long)]
     pub out: PathBuf,
@@ -150,7 +166,10 @@ fn train_cuda(args: &TrainArgs, ids: &[usize], out: &mut impl Write) -> Result<(
         .iter()
         .map(|d| 4 * CudaRuntime::client(d).properties().memory.max_page_size)
         .min();
-    run::<Autodiff<Cuda<f32, i32>>>(args, devices, total, out)
+    match args.fusion {
+        Fusion::On => run::<Autodiff<runtime::flash::CudaFused>>(args, devices, total, out),
+        Fusion::Off => run::<Autodiff<Cuda<f32, i32>>>(args, devices, total, out),
+    }
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -170,8 +189,11 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         bail!("no device to train on");
     };
     let text = read_named(&args.config, configs::training_preset(&args.config))?;
-    let file: TrainingFile =
+    let mut file: TrainingFile =
         toml::from_str(&text).with_context(|| format!("training config {}", args.config))?;
+    if let Some(n) = args.batch_size {
+        file.batch_size = n;
+    }
     let mut optimizer = file.optimizer.clone();
     if let Some(n) = args.iterations {
         optimizer.iterations = n;

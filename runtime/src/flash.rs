@@ -19,7 +19,7 @@
 //! the ring kernels ([`crate::ring`]) merge partial results of the same function.
 //!
 //! Backends: [`TrainAttention`] is implemented for the forward-only backends edgevla runs on
-//! (`NdArray<f32>`, and `Cuda<f32, i32>` with the `cuda` feature), whose default methods are
+//! (`NdArray<f32>`, and with the `cuda` feature `Cuda<f32, i32>` and [`CudaFused`]), whose default methods are
 //! the blockwise forward and backward in burn tensor operations, and for `Autodiff<B>` over any
 //! of them, where it registers the backward step.
 
@@ -37,9 +37,9 @@ use burn::tensor::{Int, Tensor, TensorData, TensorPrimitive};
 use crate::error::{Error, Result};
 use crate::ring::Partial;
 
-/// Target size of one block of scores, in values (`batch · heads · rows · keys`): 2^26 f32
-/// values = 256 MiB; the backward pass holds about four such blocks at once.
-pub const BLOCK_ELEMENTS: usize = 1 << 26;
+/// Target size of one block of scores, in values (`batch · heads · rows · keys`): 2^27 f32
+/// values = 512 MiB; the backward pass holds about four such blocks at once.
+pub const BLOCK_ELEMENTS: usize = 1 << 27;
 
 /// Granularity of the keys a causal block reads (see `AttentionMask::key_end`).
 pub const KEY_STEP: usize = 256;
@@ -292,6 +292,15 @@ impl TrainAttention for burn::backend::NdArray<f32> {}
 
 #[cfg(feature = "cuda")]
 impl TrainAttention for burn::backend::Cuda<f32, i32> {}
+
+/// The CUDA backend with burn-fusion (burn's `Cuda` is the plain `CubeBackend` here: the
+/// workspace builds burn-cuda without its default features).
+#[cfg(feature = "cuda")]
+pub type CudaFused =
+    burn_fusion::Fusion<burn_cubecl::CubeBackend<burn::cubecl::cuda::CudaRuntime, f32, i32, u8>>;
+
+#[cfg(feature = "cuda")]
+impl TrainAttention for CudaFused {}
 
 #[derive(Debug)]
 struct FlashBackward;
