@@ -272,6 +272,7 @@ pub fn train<B: AutodiffBackend + TrainAttention>(
 ///
 /// # Errors
 /// As [`train`]; [`Error::Config`] if `resume.done` is not below `config.iterations`.
+#[allow(clippy::too_many_arguments)]
 pub fn train_resumable<B: AutodiffBackend + TrainAttention>(
     model: Vla<B>,
     config: &TrainConfig,
