@@ -1031,22 +1031,14 @@ impl<B: Backend> Vla<B> {
         B: TrainAttention,
     {
         let seq = self.train_sequence(batch, device)?;
-        let c = &self.config;
-        let n_batch = seq.layouts.len();
-        let len = seq.layouts[0].positions.len();
-        let max_position = seq.padded_sinks + seq.steps * c.tokens_per_step() + c.n_readout;
-        let positions: Vec<i64> = seq
-            .layouts
-            .iter()
-            .flat_map(|l| l.positions.iter().copied())
-            .collect();
-        let index: Vec<i64> = (0..len as i64).collect();
-        let groups = group_ids(seq.layouts.iter().flat_map(|l| l.groups.iter().copied()));
-        let mask = AttentionMask::grouped(n_batch, index.clone(), groups.clone(), index, groups)?;
-        let table = c
-            .rope
-            .frequencies(Some(max_position))
-            .batched_table::<B>(&positions, n_batch, device)?;
+        let (table, index, groups) = self.train_positions(&seq, device)?;
+        let mask = AttentionMask::grouped(
+            seq.layouts.len(),
+            index.clone(),
+            groups.clone(),
+            index,
+            groups,
+        )?;
         let mut x = seq.x;
         for block in &self.layers {
             x = block.forward_flash(x, &table, &mask)?;
@@ -1067,8 +1059,23 @@ impl<B: Backend> Vla<B> {
         device: &B::Device,
     ) -> Result<TrainOutput<B>> {
         let seq = self.train_sequence(batch, device)?;
+        let (table, index, groups) = self.train_positions(&seq, device)?;
+        let (n_batch, len) = (seq.layouts.len(), index.len());
+        let bias = train_bias::<B>(&index, groups.clone(), &index, groups, n_batch, device)
+            .reshape([n_batch, len, len]);
+        let hidden = self.backbone(seq.x, &table, bias)?;
+        Ok(self.train_heads(hidden, seq.padded_sinks, seq.steps))
+    }
+
+    /// The RoPE table of a training sequence's positions, its token indices and the
+    /// visibility group of every token (as the device sees them), shared by the flash and
+    /// naive training forwards.
+    fn train_positions(
+        &self,
+        seq: &TrainSequence<B>,
+        device: &B::Device,
+    ) -> Result<(RotaryTable<B>, Vec<i64>, Vec<i64>)> {
         let c = &self.config;
-        let n_batch = seq.layouts.len();
         let len = seq.layouts[0].positions.len();
         let max_position = seq.padded_sinks + seq.steps * c.tokens_per_step() + c.n_readout;
         let positions: Vec<i64> = seq
@@ -1076,16 +1083,14 @@ impl<B: Backend> Vla<B> {
             .iter()
             .flat_map(|l| l.positions.iter().copied())
             .collect();
+        let table = c.rope.frequencies(Some(max_position)).batched_table::<B>(
+            &positions,
+            seq.layouts.len(),
+            device,
+        )?;
         let index: Vec<i64> = (0..len as i64).collect();
         let groups = group_ids(seq.layouts.iter().flat_map(|l| l.groups.iter().copied()));
-        let bias = train_bias::<B>(&index, groups.clone(), &index, groups, n_batch, device)
-            .reshape([n_batch, len, len]);
-        let table = c
-            .rope
-            .frequencies(Some(max_position))
-            .batched_table::<B>(&positions, n_batch, device)?;
-        let hidden = self.backbone(seq.x, &table, bias)?;
-        Ok(self.train_heads(hidden, seq.padded_sinks, seq.steps))
+        Ok((table, index, groups))
     }
 
     /// Embeds a training batch (checked) into one sequence per episode.
