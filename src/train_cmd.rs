@@ -256,8 +256,18 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         }
         None => {
             let model = match &args.init {
-                Some(dir) => runtime::checkpoint::load::<B>(dir, Some(&model_config), &device)
-                    .with_context(|| format!("--init {}", dir.display()))?,
+                Some(dir) => {
+                    let (model, fresh) =
+                        runtime::checkpoint::load_init::<B>(dir, &model_config, &device)
+                            .with_context(|| format!("--init {}", dir.display()))?;
+                    if fresh {
+                        println!(
+                            "--init {}: a model without a memory; its memory token starts fresh",
+                            dir.display()
+                        );
+                    }
+                    model
+                }
                 None => model_config.init::<B>(&device),
             };
             (model, None, String::new())
@@ -287,8 +297,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         trainer::train::LOSS_READ_EVERY + 1,
     );
     let tokens_per_batch = (file.batch_size
-        * (model_config.max_sink_tokens()
-            + task.episode_steps * (model_config.tokens_per_step() + model_config.n_readout)))
+        * (model_config.max_sink_tokens() + task.episode_steps * model_config.step_rows()))
         as f64;
     let mut progress = crate::progress::bar(until as u64, "training", args.quiet);
     let started = Instant::now();
@@ -357,12 +366,19 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         use burn::module::AutodiffModule;
         // Evaluation seeds start far from the training ones.
         let first = base_seed.wrapping_add(1 << 40);
-        let report = trainer::eval::closed_loop(
-            &model.valid(),
-            &task,
-            first..first + args.eval_episodes,
-            &device,
-        )?;
+        let seeds = first..first + args.eval_episodes;
+        let report = if model_config.memory.is_some() {
+            // The memory bank runs on the host path: evaluate the saved checkpoint on the CPU.
+            let cpu = Default::default();
+            let host = runtime::checkpoint::load::<burn::backend::NdArray<f32>>(
+                &args.out,
+                Some(&model_config),
+                &cpu,
+            )?;
+            trainer::eval::closed_loop(&host, &task, seeds, &cpu)?
+        } else {
+            trainer::eval::closed_loop(&model.valid(), &task, seeds, &device)?
+        };
         writeln!(
             out,
             "closed-loop success: {}/{} episodes ({:.1}%; the expert reaches 100%, ignoring the cue ~25%)",

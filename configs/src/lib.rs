@@ -36,7 +36,7 @@ pub const ROPE_PRESETS: &[Preset] = presets!("rope":
 );
 
 /// Model configs (`configs/model/`), parsed by `runtime::model::VlaConfig`.
-pub const MODEL_PRESETS: &[Preset] = presets!("model": "edge");
+pub const MODEL_PRESETS: &[Preset] = presets!("model": "edge", "edge-long");
 
 /// Camera rigs (`configs/rigs/`), parsed by `vision::rig`.
 pub const RIG_PRESETS: &[Preset] = presets!("rigs": "edge-3cam", "euroc-stereo", "g1-head");
@@ -47,8 +47,13 @@ pub fn rig_preset(name: &str) -> Option<&'static Preset> {
 }
 
 /// Task configs (`configs/task/`), parsed by `trainer::task::TaskConfig`.
-pub const TASK_PRESETS: &[Preset] =
-    presets!("task": "memory", "memory-short", "memory-short-needle");
+pub const TASK_PRESETS: &[Preset] = presets!(
+    "task": "memory",
+    "memory-short",
+    "memory-short-needle",
+    "memory-long",
+    "memory-long-train",
+);
 
 /// Looks up a task config by name.
 pub fn task_preset(name: &str) -> Option<&'static Preset> {
@@ -56,7 +61,7 @@ pub fn task_preset(name: &str) -> Option<&'static Preset> {
 }
 
 /// Training configs (`configs/training/`), read by `edgevla train`.
-pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short", "edge-memory-stage2", "edge-memory-stage3", "edge-memory-stage4");
+pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short", "edge-memory-stage2", "edge-memory-stage3", "edge-memory-stage4", "edge-long");
 
 /// Looks up a training config by name.
 pub fn training_preset(name: &str) -> Option<&'static Preset> {

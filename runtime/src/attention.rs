@@ -127,6 +127,8 @@ pub struct AttentionScratch {
     /// Rotated, scaled queries grouped by KV head: `[n_kv_heads, rep · tq, head_dim]`, row
     /// `j · tq + i` is query `i` of the group's head `j`.
     q: Vec<f32>,
+    /// Scaled, unrotated queries for the memory bank, grouped like `q`.
+    q_bank: Vec<f32>,
     tasks: Vec<TaskScratch>,
 }
 
@@ -154,6 +156,19 @@ pub struct AttendInput<'a> {
     pub n_kv_heads: usize,
     /// Head size.
     pub head_dim: usize,
+    /// A memory bank attended without RoPE (models with a memory), or `None`.
+    pub bank: Option<BankInput<'a>>,
+}
+
+/// The memory bank's part of a step's attention: keys (pre-RoPE, never rotated) and values of
+/// the stored memory tokens, and the step's own memory token, new token `new`. That token is
+/// hidden from the rotary attention; in the bank, queries from new token `new` on see it.
+#[derive(Clone, Copy, Debug)]
+pub struct BankInput<'a> {
+    /// The bank's stored tokens, oldest first.
+    pub cached: KvRuns<'a>,
+    /// Index of the step's memory token among the new tokens.
+    pub new: usize,
 }
 
 /// Softmax attention of the queries over the cache and the new tokens (causal among them),
@@ -216,6 +231,21 @@ pub fn attend(
             ),
         ));
     }
+    if let Some(bank) = &input.bank {
+        let fits = bank
+            .cached
+            .iter()
+            .all(|run| run.keys.values() == run.len * row && run.values.values() == run.len * row);
+        if !fits || bank.new >= tk {
+            return Err(Error::shape(
+                "host attention",
+                format!(
+                    "memory bank runs do not hold their tokens, or memory token {} of {tk}",
+                    bank.new
+                ),
+            ));
+        }
+    }
     let rep = h / kv;
     let rows = rep * tq;
     // Queries rotated to their positions and scaled once, grouped by KV head.
@@ -233,34 +263,65 @@ pub fn attend(
             );
         }
     }
+    // The bank's queries: scaled, not rotated.
+    let bank_keys = input.bank.as_ref().map_or(0, |b| b.cached.len() + 1);
+    if input.bank.is_some() {
+        scratch.q_bank.resize(kv * rows * hd, 0.0);
+        for head in 0..h {
+            let (g, j) = (head / rep, head % rep);
+            for i in 0..tq {
+                let at = (g * rows + j * tq + i) * hd;
+                let src = &input.q[(i * h + head) * hd..(i * h + head + 1) * hd];
+                for (o, x) in scratch.q_bank[at..at + hd].iter_mut().zip(src) {
+                    *o = x * scale;
+                }
+            }
+        }
+    }
     // Tasks: every KV head over a few contiguous ranges of key blocks (split so that the pool
-    // has work even with one KV head), merged below.
+    // has work even with one KV head), then one per KV head over the bank; merged below.
     let total = input.past + tk;
     let blocks = total.div_ceil(KEY_BLOCK);
     let segments = (2 * rayon::current_num_threads())
         .div_ceil(kv)
         .clamp(1, blocks.max(1));
     let per_segment = blocks.div_ceil(segments).max(1);
+    let near = kv * segments;
+    let bank_tasks = if input.bank.is_some() { kv } else { 0 };
     scratch
         .tasks
-        .resize_with(kv * segments, TaskScratch::default);
-    let queries = &scratch.q;
+        .resize_with(near + bank_tasks, TaskScratch::default);
+    scratch.tasks.truncate(near + bank_tasks);
+    let (queries, bank_queries) = (&scratch.q, &scratch.q_bank);
     scratch
         .tasks
         .par_iter_mut()
         .enumerate()
         .try_for_each(|(task, s)| {
-            let (g, segment) = (task / segments, task % segments);
-            let first = (segment * per_segment * KEY_BLOCK).min(total);
-            let last = ((segment + 1) * per_segment * KEY_BLOCK).min(total);
-            let job = TaskJob {
-                input,
-                rope,
-                g,
-                keys: first..last,
-                tq,
-                q: &queries[g * rows * hd..(g + 1) * rows * hd],
-                scratch: s,
+            let job = if task < near {
+                let (g, segment) = (task / segments, task % segments);
+                let first = (segment * per_segment * KEY_BLOCK).min(total);
+                let last = ((segment + 1) * per_segment * KEY_BLOCK).min(total);
+                TaskJob {
+                    input,
+                    rope: Some(rope),
+                    g,
+                    keys: first..last,
+                    tq,
+                    q: &queries[g * rows * hd..(g + 1) * rows * hd],
+                    scratch: s,
+                }
+            } else {
+                let g = task - near;
+                TaskJob {
+                    input,
+                    rope: None,
+                    g,
+                    keys: 0..bank_keys,
+                    tq,
+                    q: &bank_queries[g * rows * hd..(g + 1) * rows * hd],
+                    scratch: s,
+                }
             };
             Arch::new().dispatch(Vectorized(job))
         })?;
@@ -268,7 +329,11 @@ pub fn attend(
     out.clear();
     out.resize(tq * h * hd, 0.0);
     for g in 0..kv {
-        let parts = &scratch.tasks[g * segments..(g + 1) * segments];
+        let bank_part = scratch.tasks.get(near + g).filter(|_| bank_tasks > 0);
+        let parts: Vec<&TaskScratch> = scratch.tasks[g * segments..(g + 1) * segments]
+            .iter()
+            .chain(bank_part)
+            .collect();
         for r in 0..rows {
             let (j, i) = (r / tq, r % tq);
             let m = parts.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.m[r]));
@@ -299,10 +364,11 @@ pub fn attend(
 }
 
 /// One task: KV head `g`'s query rows over the keys `keys` (logical indices: cached tokens
-/// `0..past`, then the new ones).
+/// `0..past`, then the new ones; or with `rope: None`, the bank's tokens, then the step's
+/// memory token).
 struct TaskJob<'a, 'b> {
     input: &'a AttendInput<'b>,
-    rope: &'a HostRope,
+    rope: Option<&'a HostRope>,
     g: usize,
     keys: std::ops::Range<usize>,
     tq: usize,
@@ -488,8 +554,17 @@ fn task_attention(job: TaskJob<'_, '_>) -> Result<()> {
     s.l.resize(rows, 0.0);
     s.acc.clear();
     s.acc.resize(rows * hd, 0.0);
-    let (past, row) = (input.past, kv * hd);
-    let mut runs = input.cached.iter().peekable();
+    let (row, bank) = (kv * hd, input.bank.filter(|_| rope.is_none()));
+    // Keys `0..past` come from `cached` (the cache, or the bank), then the new ones.
+    let (past, cached, hidden) = match &bank {
+        Some(b) => (b.cached.len(), b.cached, None),
+        None => (
+            input.past,
+            input.cached,
+            input.bank.map(|b| input.past + b.new),
+        ),
+    };
+    let mut runs = cached.iter().peekable();
     let mut start = keys.start;
     while start < keys.end {
         let n = KEY_BLOCK.min(keys.end - start);
@@ -513,11 +588,16 @@ fn task_attention(job: TaskJob<'_, '_>) -> Result<()> {
                 decode_row(run.keys, t - run.start, g, kv, &mut s.row);
                 decode_row(run.values, t - run.start, g, kv, v_out);
             } else {
-                let at = (t - past) * row + g * hd;
+                // The bank's one new key is the step's memory token.
+                let new = bank.map_or(t - past, |b| b.new);
+                let at = new * row + g * hd;
                 s.row.copy_from_slice(&input.k_new[at..at + hd]);
                 v_out.copy_from_slice(&input.v_new[at..at + hd]);
             }
-            rope.rotate(t, &s.row, 1.0, k_out);
+            match rope {
+                Some(rope) => rope.rotate(t, &s.row, 1.0, k_out),
+                None => k_out.copy_from_slice(&s.row),
+            }
         }
         // Scores [rows, n] = q · kᵀ.
         matmul(
@@ -528,15 +608,28 @@ fn task_attention(job: TaskJob<'_, '_>) -> Result<()> {
             Threads::One,
         )?;
         for r in 0..rows {
-            // Query i sees the cached keys and the new keys up to its own token.
+            // Query i sees the cached keys and the new keys up to its own token (in the bank:
+            // the step's memory token from that token on).
             let i = r % tq;
-            let visible = (past + input.q_first + i + 1).saturating_sub(start).min(n);
+            let own = match bank {
+                Some(b) => usize::from(input.q_first + i >= b.new),
+                None => input.q_first + i + 1,
+            };
+            let visible = (past + own).saturating_sub(start).min(n);
             let scores = &mut s.s[r * KEY_BLOCK..r * KEY_BLOCK + n];
-            if visible == 0 {
+            if let Some(h) = hidden.filter(|h| (start..start + visible).contains(h)) {
+                scores[h - start] = f32::NEG_INFINITY;
+            }
+            let block_max = if visible == 0 {
+                f32::NEG_INFINITY
+            } else {
+                max_lanes(&scores[..visible])
+            };
+            if block_max == f32::NEG_INFINITY {
                 scores.fill(0.0);
                 continue;
             }
-            let m_new = s.m[r].max(max_lanes(&scores[..visible]));
+            let m_new = s.m[r].max(block_max);
             let correction = fast_exp(s.m[r] - m_new);
             for v in &mut scores[..visible] {
                 *v = fast_exp(*v - m_new);

@@ -86,6 +86,36 @@ pub fn load<B: Backend>(
         .map_err(|e| Error::checkpoint(dir, format!("weights: {e}")))
 }
 
+/// Loads a checkpoint as the start of a training run of a model of `expected`'s
+/// architecture: as [`load`], and a checkpoint of the same model *without* a memory also loads
+/// into a model with one (its memory token drawn fresh, [`Vla::with_memory`]). Returns the model
+/// and whether the memory token is new.
+///
+/// # Errors
+/// As [`load`].
+pub fn load_init<B: Backend>(
+    dir: &Path,
+    expected: &VlaConfig,
+    device: &B::Device,
+) -> Result<(Vla<B>, bool)> {
+    let Some(memory) = &expected.memory else {
+        return Ok((load(dir, Some(expected), device)?, false));
+    };
+    let text = std::fs::read_to_string(dir.join(CONFIG_FILE))
+        .map_err(|e| Error::checkpoint(dir, format!("{CONFIG_FILE}: {e}")))?;
+    let stored = VlaConfig::from_toml(&text)
+        .map_err(|e| Error::checkpoint(dir, format!("{CONFIG_FILE}: {e}")))?;
+    if stored.memory.is_some() {
+        return Ok((load(dir, Some(expected), device)?, false));
+    }
+    let without = VlaConfig {
+        memory: None,
+        ..expected.clone()
+    };
+    let model = load(dir, Some(&without), device)?;
+    Ok((model.with_memory(memory.clone(), device)?, true))
+}
+
 /// Keys that do not shape the weights.
 const RUN_TIME_KEYS: [&str; 3] = ["rope", "kv_cache", "context_length"];
 

@@ -41,7 +41,7 @@ use crate::ring::Partial;
 /// values = 512 MiB; the backward pass holds about four such blocks at once.
 pub const BLOCK_ELEMENTS: usize = 1 << 27;
 
-/// Granularity of the keys a causal block reads (see `AttentionMask::key_end`).
+/// Granularity of the keys a causal block reads (see `AttentionMask::key_range`).
 pub const KEY_STEP: usize = 256;
 
 /// Log-sum-exp given to a query row that sees no key (its output is zero): `ln(f32::MIN_POSITIVE)`
@@ -65,6 +65,15 @@ pub struct AttentionMask {
     k_index: Arc<Vec<i64>>,
     q_groups: Arc<Vec<i64>>,
     k_groups: Arc<Vec<i64>>,
+    window: Option<Window>,
+}
+
+/// A sliding window over steps: query `i` sees key `j` only if `k_step[j] > q_step[i] − span`.
+#[derive(Clone, Debug)]
+struct Window {
+    q_step: Arc<Vec<i64>>,
+    k_step: Arc<Vec<i64>>,
+    span: i64,
 }
 
 impl AttentionMask {
@@ -79,6 +88,7 @@ impl AttentionMask {
             k_index: index,
             q_groups: groups.clone(),
             k_groups: groups,
+            window: None,
         }
     }
 
@@ -91,6 +101,7 @@ impl AttentionMask {
             k_index: Arc::new(vec![0; tk]),
             q_groups: Arc::new(vec![0; batch * tq]),
             k_groups: Arc::new(vec![0; batch * tk]),
+            window: None,
         }
     }
 
@@ -133,7 +144,36 @@ impl AttentionMask {
             k_index: Arc::new(k_index),
             q_groups: Arc::new(q_groups),
             k_groups: Arc::new(k_groups),
+            window: None,
         })
+    }
+
+    /// Adds a sliding window over steps: query `i` (at step `q_step[i]`) sees key `j` only if
+    /// `k_step[j] > q_step[i] − span`, besides the other rules. With ascending `k_step` a
+    /// block of queries reads only the keys from its window's first step on (rounded down to
+    /// the key step).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if the step lists do not match the queries and keys, or `span` is 0.
+    pub fn with_window(mut self, q_step: Vec<i64>, k_step: Vec<i64>, span: usize) -> Result<Self> {
+        if q_step.len() != self.queries() || k_step.len() != self.keys() || span == 0 {
+            return Err(Error::shape(
+                "attention window",
+                format!(
+                    "{} query and {} key steps (span {span}) for {} queries and {} keys",
+                    q_step.len(),
+                    k_step.len(),
+                    self.queries(),
+                    self.keys()
+                ),
+            ));
+        }
+        self.window = Some(Window {
+            q_step: Arc::new(q_step),
+            k_step: Arc::new(k_step),
+            span: span as i64,
+        });
+        Ok(self)
     }
 
     /// Number of episodes.
@@ -151,39 +191,82 @@ impl AttentionMask {
         self.k_index.len()
     }
 
+    /// About how many keys one query row reads: all of them, or with a window over steps
+    /// the keys of `span + 1` steps (plus a key step of rounding).
+    fn keys_per_row(&self) -> usize {
+        let tk = self.keys();
+        match &self.window {
+            Some(w) => {
+                let (lo, hi) = (w.k_step.first(), w.k_step.last());
+                let steps = match (lo, hi) {
+                    (Some(lo), Some(hi)) if hi > lo => (hi - lo + 1) as usize,
+                    _ => 1,
+                };
+                let per_step = tk.div_ceil(steps);
+                (per_step * (w.span as usize + 1) + KEY_STEP).min(tk)
+            }
+            None => tk,
+        }
+    }
+
     /// Whether query `i` of episode `e` sees key `j` (the rule, evaluated on the host).
     pub fn visible(&self, e: usize, i: usize, j: usize) -> bool {
         let (tq, tk) = (self.queries(), self.keys());
         let (gi, gj) = (self.q_groups[e * tq + i], self.k_groups[e * tk + j]);
-        (!self.causal || self.k_index[j] <= self.q_index[i]) && ((gj == 0 && gi != -1) || gj == gi)
+        let in_window = self
+            .window
+            .as_ref()
+            .is_none_or(|w| w.k_step[j] > w.q_step[i] - w.span);
+        (!self.causal || self.k_index[j] <= self.q_index[i])
+            && ((gj == 0 && gi != -1) || gj == gi)
+            && in_window
     }
 
-    /// Number of leading keys that queries `rows` may see: with ascending key indices a causal
-    /// block needs only the keys up to its latest query (rounded up to a multiple of `step`,
-    /// [`KEY_STEP`] by default, so a long sequence's blocks share few distinct shapes: a GPU backend
-    /// compiles and tunes kernels per shape); otherwise all of them.
-    fn key_end(&self, rows: std::ops::Range<usize>, step: usize) -> usize {
+    /// The keys that queries `rows` may see, as one range: with ascending key indices a causal
+    /// block needs only the keys up to its latest query, and with a window over ascending
+    /// steps only those from its earliest query's window on (both rounded outwards to a multiple of
+    /// `step`, [`KEY_STEP`] by default, so a long sequence's blocks share few distinct shapes: a
+    /// GPU backend compiles and tunes kernels per shape); otherwise all of them. Empty when
+    /// they see none.
+    fn key_range(&self, rows: std::ops::Range<usize>, step: usize) -> std::ops::Range<usize> {
         let tk = self.keys();
-        if !self.causal || !self.k_index.is_sorted() {
-            return tk;
-        }
-        let last = self.q_index[rows].iter().copied().max().unwrap_or(i64::MIN);
-        match self.k_index.partition_point(|&k| k <= last) {
-            0 => 0,
-            end => end.next_multiple_of(step.max(1)).min(tk),
-        }
+        let step = step.max(1);
+        let end = if !self.causal || !self.k_index.is_sorted() {
+            tk
+        } else {
+            let last = self.q_index[rows.clone()]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(i64::MIN);
+            match self.k_index.partition_point(|&k| k <= last) {
+                0 => 0,
+                end => end.next_multiple_of(step).min(tk),
+            }
+        };
+        let start = match &self.window {
+            Some(w) if w.k_step.is_sorted() => {
+                let first = w.q_step[rows].iter().copied().min().unwrap_or(i64::MAX);
+                let lo = first.saturating_sub(w.span);
+                let start = w.k_step.partition_point(|&s| s <= lo);
+                start - start % step
+            }
+            _ => 0,
+        };
+        if start >= end { 0..0 } else { start..end }
     }
 
     /// The additive bias `[batch, 1, 1, rows, keys]` (0 visible, −∞ hidden) of query rows `rows`
-    /// over the first `keys` keys, built on `device` from the index and group lists.
+    /// over the keys `range`, built on `device` from the index and group lists.
     fn block_bias<B: Backend>(
         &self,
         rows: std::ops::Range<usize>,
-        keys: usize,
+        range: std::ops::Range<usize>,
         device: &B::Device,
     ) -> Tensor<B, 5> {
         let (tq, tk, batch) = (self.queries(), self.keys(), self.batch);
         let n = rows.len();
+        let keys = range.len();
         let shape = [batch, n, keys];
         let int = |values: Vec<i64>, dims: [usize; 3]| {
             Tensor::<B, 3, Int>::from_data(TensorData::new(values, dims), device).expand(shape)
@@ -193,7 +276,7 @@ impl AttentionMask {
             .copied()
             .collect();
         let gk: Vec<i64> = (0..batch)
-            .flat_map(|e| self.k_groups[e * tk..e * tk + keys].iter())
+            .flat_map(|e| self.k_groups[e * tk + range.start..e * tk + range.end].iter())
             .copied()
             .collect();
         let gi = int(gq, [batch, n, 1]);
@@ -204,9 +287,18 @@ impl AttentionMask {
             .bool_and(gi.clone().not_equal_elem(-1));
         let mut mask = context.bool_or(gj.equal(gi));
         if self.causal {
-            let qi = int(self.q_index[rows].to_vec(), [1, n, 1]);
-            let kj = int(self.k_index[..keys].to_vec(), [1, 1, keys]);
+            let qi = int(self.q_index[rows.clone()].to_vec(), [1, n, 1]);
+            let kj = int(self.k_index[range.clone()].to_vec(), [1, 1, keys]);
             mask = mask.bool_and(kj.lower_equal(qi));
+        }
+        if let Some(w) = &self.window {
+            // k_step > q_step − span  ⇔  k_step + span > q_step
+            let qs = int(w.q_step[rows].to_vec(), [1, n, 1]);
+            let ks = int(
+                w.k_step[range].iter().map(|s| s + w.span).collect(),
+                [1, 1, keys],
+            );
+            mask = mask.bool_and(ks.greater(qs));
         }
         Tensor::<B, 3>::full(shape, f32::NEG_INFINITY, device)
             .mask_fill(mask, 0.0)
@@ -384,7 +476,7 @@ pub fn flash_attention<B: TrainAttention>(
     scale: f64,
 ) -> Result<Partial<B>> {
     let [batch, heads, _, _] = q.dims();
-    let rows = block_rows(batch, heads, mask.keys());
+    let rows = block_rows(batch, heads, mask.keys_per_row());
     flash_attention_blocked(q, k, v, mask, scale, rows, KEY_STEP)
 }
 
@@ -443,15 +535,16 @@ pub fn flash_attention_blocked<B: TrainAttention>(
     })
 }
 
-/// Scores of query rows `rows` over the first `keys` keys with the mask's bias, grouped:
+/// Scores of query rows `rows` over the keys `range` with the mask's bias, grouped:
 /// `[batch, kv_heads, rep · rows, keys]`, and the grouped queries `[batch, kv_heads, rep · rows, hd]`.
 fn block_scores<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     spec: &FlashSpec,
     rows: std::ops::Range<usize>,
-    keys: usize,
+    range: std::ops::Range<usize>,
 ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let keys = range.len();
     let [batch, heads, _, hd] = q.dims();
     let kv_heads = k.dims()[1];
     let rep = heads / kv_heads;
@@ -460,9 +553,9 @@ fn block_scores<B: Backend>(
         .clone()
         .narrow(2, rows.start, n)
         .reshape([batch, kv_heads, rep * n, hd]);
-    let kb = k.clone().narrow(2, 0, keys);
+    let kb = k.clone().narrow(2, range.start, keys);
     let scores = qb.clone().matmul(kb.swap_dims(2, 3)) * spec.scale;
-    let bias = spec.mask.block_bias::<B>(rows, keys, &q.device());
+    let bias = spec.mask.block_bias::<B>(rows, range, &q.device());
     let scores = (scores.reshape([batch, kv_heads, rep, n, keys]) + bias).reshape([
         batch,
         kv_heads,
@@ -484,20 +577,20 @@ fn forward_blocks<B: Backend>(
     let mut parts = Vec::new();
     for rows in spec.mask.blocks(spec.block_rows) {
         let n = rows.len();
-        let keys = spec.mask.key_end(rows.clone(), spec.key_step);
-        if keys == 0 {
+        let range = spec.mask.key_range(rows.clone(), spec.key_step);
+        if range.is_empty() {
             let empty = Tensor::<B, 4>::zeros([batch, heads, n, hd], &device);
             let lse = Tensor::<B, 4>::full([batch, heads, n, 1], empty_row_lse(), &device);
             parts.push(Tensor::cat(vec![empty, lse], 3));
             continue;
         }
-        let (scores, _) = block_scores(&q, &k, spec, rows, keys);
+        let (scores, _) = block_scores(&q, &k, spec, rows, range.clone());
         // A row that sees no key (max −∞) gets max 0, output 0 and LSE ln(MIN_POSITIVE).
         let max = scores.clone().max_dim(3);
         let max = max.clone().mask_fill(max.is_inf(), 0.0);
         let p = (scores - max.clone()).exp();
         let sum = p.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
-        let out = p.matmul(v.clone().narrow(2, 0, keys)) / sum.clone();
+        let out = p.matmul(v.clone().narrow(2, range.start, range.len())) / sum.clone();
         let lse = max + sum.log();
         parts.push(Tensor::cat(vec![out, lse], 3).reshape([batch, heads, n, hd + 1]));
     }
@@ -531,27 +624,27 @@ fn backward_blocks<B: Backend>(
     };
     for rows in spec.mask.blocks(spec.block_rows) {
         let n = rows.len();
-        let keys = spec.mask.key_end(rows.clone(), spec.key_step);
-        if keys == 0 {
+        let range = spec.mask.key_range(rows.clone(), spec.key_step);
+        if range.is_empty() {
             dq_parts.push(Tensor::zeros([batch, heads, n, hd], &device));
             continue;
         }
-        let (scores, qb) = block_scores(&q, &k, spec, rows.clone(), keys);
+        let (scores, qb) = block_scores(&q, &k, spec, rows.clone(), range.clone());
         let p = (scores - group(lse.clone(), &rows, 1)).exp(); // [b, kv, rep·n, keys]
         let dob = group(d_out.clone(), &rows, hd);
-        let kb = k.clone().narrow(2, 0, keys);
-        let vb = v.clone().narrow(2, 0, keys);
+        let kb = k.clone().narrow(2, range.start, range.len());
+        let vb = v.clone().narrow(2, range.start, range.len());
         let dv_part = p.clone().swap_dims(2, 3).matmul(dob.clone()); // [b, kv, keys, hd]
         let dp = dob.matmul(vb.swap_dims(2, 3));
         let ds = p * (dp - group(delta.clone(), &rows, 1));
         let dq_part = ds.clone().matmul(kb) * spec.scale;
         let dk_part = ds.swap_dims(2, 3).matmul(qb) * spec.scale;
         dq_parts.push(dq_part.reshape([batch, heads, n, hd]));
-        if keys == tk {
+        if range == (0..tk) {
             dk = dk + dk_part;
             dv = dv + dv_part;
         } else {
-            let span = [0..batch, 0..kv_heads, 0..keys, 0..hd];
+            let span = [0..batch, 0..kv_heads, range, 0..hd];
             dk = dk
                 .clone()
                 .slice_assign(span.clone(), dk.slice(span.clone()) + dk_part);

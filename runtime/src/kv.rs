@@ -430,6 +430,8 @@ pub struct KvCache {
     head: usize,
     pending: Option<(Segment, usize)>,
     stats: KvStats,
+    /// Most frame-steps kept, whatever the budget allows (a model's trained window).
+    max_frames: usize,
 }
 
 impl KvCache {
@@ -488,7 +490,20 @@ impl KvCache {
             head: 0,
             pending: None,
             stats: KvStats::default(),
+            max_frames: usize::MAX,
         })
+    }
+
+    /// Keeps at most `frames` frame-steps (≥ 1): older ones are evicted as if the budget
+    /// were full.
+    pub fn with_max_frames(mut self, frames: usize) -> Self {
+        self.max_frames = frames.max(1);
+        self
+    }
+
+    /// Most frame-steps kept (`usize::MAX` when only the budget bounds them).
+    pub fn max_frames(&self) -> usize {
+        self.max_frames
     }
 
     /// The layout (and so the byte cost per token).
@@ -589,6 +604,11 @@ impl KvCache {
             ));
         }
         self.evict_to_fit(tokens);
+        if segment == Segment::Frame {
+            while self.frames.len() >= self.max_frames {
+                self.evict_oldest();
+            }
+        }
         self.pending = Some((segment, tokens));
         Ok(self.len)
     }
@@ -596,11 +616,15 @@ impl KvCache {
     /// Evicts the oldest frame-steps until `tokens` more fit. Nothing moves: the ring's head
     /// advances past them and their slots are reused.
     fn evict_to_fit(&mut self, tokens: usize) {
+        while self.len + tokens > self.capacity && !self.frames.is_empty() {
+            self.evict_oldest();
+        }
+    }
+
+    /// Evicts the oldest frame-step (if any). Nothing moves: the ring's head advances.
+    fn evict_oldest(&mut self) {
         let ring = self.capacity - self.sinks;
-        while self.len + tokens > self.capacity {
-            let Some(n) = self.frames.pop_front() else {
-                break;
-            };
+        if let Some(n) = self.frames.pop_front() {
             self.head = (self.head + n) % ring;
             self.len -= n;
             self.stats.frames_evicted += 1;

@@ -29,8 +29,9 @@
 //! - Images: one per camera, RGB8, `width * height * 3`, row-major, rendered by
 //!   [`render`] from the rig's intrinsics and extrinsics (with the task's `camera_override`s),
 //!   scaled to `image_size` as the preprocess's centre crop would.
-//! - Proprio ([`PROPRIO_DIM`] = 8): `[q1, q2, dq1, dq2, ee_x, ee_y, go, t / episode_steps]`
-//!   (rad, rad/s, metres; `go` is 0 before `go_step` and 1 from it on). Nothing in it depends
+//! - Proprio ([`PROPRIO_DIM`] = 8): `[q1, q2, dq1, dq2, ee_x, ee_y, go, phase]`
+//!   (rad, rad/s, metres; `go` is 0 before `go_step` and 1 from it on; `phase` is
+//!   `t / episode_steps`, or 0 with `phase = "none"`, [`PhaseValue`]). Nothing in it depends
 //!   on the cue: before the go phase every episode's proprio is identical.
 //! - Action ([`ACTION_DIM`] = 4): `[dq1, dq2, grip, done]`: joint velocity commands (rad/s,
 //!   clamped to `arm.max_joint_speed`), the gripper command (0 open, 1 closed: closed in the
@@ -143,6 +144,17 @@ pub struct CameraOverride {
     pub extrinsics: ExtrinsicsConfig,
 }
 
+/// What the proprio's last value holds (see [`TaskConfig::phase`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PhaseValue {
+    /// `t / episode_steps`.
+    #[default]
+    Episode,
+    /// Always 0.
+    None,
+}
+
 /// Task configuration; a TOML file under `configs/task/` (`memory.toml` is the default).
 /// Unknown keys are errors; every key has a default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -184,6 +196,10 @@ pub struct TaskConfig {
     /// (noise injection, "DART", Laskey et al. 2017), so a cloned policy learns to recover from
     /// its own errors. 0 = the plain expert. Simulators and evaluation never add it.
     pub expert_noise: f64,
+    /// The proprio's last value: `"episode"` = `t / episode_steps` (it tells a policy how long
+    /// the episode is), `"none"` = always 0 (nothing in the input leaks the episode's length:
+    /// the long-memory task).
+    pub phase: PhaseValue,
     /// Table and targets.
     pub scene: SceneConfig,
     /// The arm.
@@ -217,6 +233,7 @@ impl Default for TaskConfig {
             horizon: 8,
             success_tolerance: 0.03,
             expert_noise: 0.0,
+            phase: PhaseValue::Episode,
             scene: SceneConfig::default(),
             arm: ArmConfig::default(),
         }
@@ -1037,7 +1054,10 @@ impl Sim {
             ee[0],
             ee[1],
             f32::from(u8::from(self.go())),
-            self.t as f32 / self.plan.total as f32,
+            match self.task.config.phase {
+                PhaseValue::Episode => self.t as f32 / self.plan.total as f32,
+                PhaseValue::None => 0.0,
+            },
         ]
     }
 

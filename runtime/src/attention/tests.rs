@@ -170,6 +170,7 @@ fn run_case(case: &Case, seed: u64) -> f64 {
         n_heads: heads,
         n_kv_heads: kv,
         head_dim: hd,
+        bank: None,
     };
     let mut scratch = AttentionScratch::default();
     let mut out = Vec::new();
@@ -252,6 +253,7 @@ fn mismatched_inputs_are_shape_errors() {
         n_heads: 1,
         n_kv_heads: 1,
         head_dim: 32,
+        bank: None,
     };
     let mut out = Vec::new();
     let err = attend(&input, &rope, &mut AttentionScratch::default(), &mut out);

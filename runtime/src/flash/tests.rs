@@ -274,6 +274,39 @@ fn block_causal_with_readouts_and_padding_equals_naive() {
 }
 
 #[test]
+fn sliding_window_over_steps_equals_naive() {
+    // One episode: 3 sinks, 6 steps of 4 tokens + 1 readout; a window of 2 steps (sinks at
+    // step −1 drop out of it from step 1 on). Blocks then read keys from their window's start.
+    let (sinks, steps, chunk) = (3usize, 6usize, 5usize);
+    let mask = train_mask(&[sinks], sinks, steps, 4, 1);
+    let step: Vec<i64> = (0..sinks + steps * chunk)
+        .map(|i| {
+            if i < sinks {
+                -1
+            } else {
+                ((i - sinks) / chunk) as i64
+            }
+        })
+        .collect();
+    let mask = mask.with_window(step.clone(), step, 2).expect("window");
+    let last = sinks + steps * chunk - 1;
+    assert!(
+        mask.visible(0, last, last - chunk - 1),
+        "previous step in the window"
+    );
+    assert!(
+        !mask.visible(0, last, last - 2 * chunk - 1),
+        "two steps back is outside"
+    );
+    assert!(!mask.visible(0, sinks + chunk, 0), "sinks leave the window");
+    assert!(mask.visible(0, sinks, 0), "step 0 still sees the sinks");
+    let case = Case::new(4, 2, 16, mask, 50);
+    for rows in [1, 4, 9, 33] {
+        case.check(rows, &format!("window, {rows} rows per block"));
+    }
+}
+
+#[test]
 fn fully_masked_rows_get_zero_output_and_no_gradient() {
     // Queries 0..3 are padding (group −1) over keys that are all of group 2: they see nothing.
     // Queries 3..6 are of group 2 and see keys up to their index; ring-style indices (keys

@@ -72,6 +72,28 @@ pub struct VlaConfig {
     pub rope: RopeConfig,
     /// Default KV cache for this model.
     pub kv_cache: KvCacheConfig,
+    /// Bounded long-term memory (see [`MemoryConfig`]); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryConfig>,
+}
+
+/// The model's bounded long-term memory: every frame-step ends with one learned *memory
+/// token*; its keys and values go to a memory bank (not to the KV cache), a FIFO of the last
+/// `bank_steps` steps' memory tokens, which every later token attends to *without* RoPE
+/// (content only, so a memory reads the same at any age). The KV cache keeps at most
+/// `window_steps` frame-steps (fewer if its byte budget says so), and the model is trained
+/// with exactly that window, positions included: what it sees in training is what the
+/// rolling cache shows it at run time, at any episode length. What a memory token holds is
+/// learned from data like any other activation.
+///
+/// Bytes: `bank_steps` tokens at the KV cache's bytes per token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Memory tokens kept (one per frame-step); the oldest leaves first.
+    pub bank_steps: usize,
+    /// Frame-steps of local context (the KV cache's window, in training and at run time).
+    pub window_steps: usize,
 }
 
 impl VlaConfig {
@@ -171,6 +193,27 @@ impl VlaConfig {
                 "the step or context size overflows",
             ));
         }
+        if let Some(m) = &self.memory {
+            if m.bank_steps == 0 {
+                return Err(Error::config("memory.bank_steps", "must be ≥ 1"));
+            }
+            if m.window_steps == 0 {
+                return Err(Error::config("memory.window_steps", "must be ≥ 1"));
+            }
+            let span = self.max_sink_tokens() + m.window_steps * self.tokens_per_step() + 1;
+            if span + self.n_readout > self.context_length() {
+                return Err(Error::config(
+                    "memory.window_steps",
+                    format!(
+                        "{} frame-steps of {} tokens behind {} sinks exceed the context length {}",
+                        m.window_steps,
+                        self.tokens_per_step(),
+                        self.max_sink_tokens(),
+                        self.context_length()
+                    ),
+                ));
+            }
+        }
         let needed = self.max_sink_tokens() + self.tokens_per_step() + self.n_readout;
         if needed > self.context_length() {
             return Err(Error::config(
@@ -197,6 +240,23 @@ impl VlaConfig {
         self.n_cameras * self.patches_per_camera + 1
     }
 
+    /// Tokens a step runs through the model: its frame tokens, the memory token (with a
+    /// memory) and the readouts. Only the frame tokens are cached.
+    pub fn step_rows(&self) -> usize {
+        self.tokens_per_step() + usize::from(self.memory.is_some()) + self.n_readout
+    }
+
+    /// Bytes of the memory bank (0 without a memory): `bank_steps` tokens in `dtype`.
+    pub fn memory_bytes(&self, dtype: crate::kv::KvDtype) -> u64 {
+        self.memory.as_ref().map_or(0, |m| {
+            KvLayout {
+                dtype,
+                ..self.kv_layout()
+            }
+            .total_bytes(m.bank_steps as u64)
+        })
+    }
+
     /// Most sink tokens: the beginning-of-instruction token plus the longest instruction.
     pub fn max_sink_tokens(&self) -> usize {
         1 + self.max_instruction_bytes
@@ -212,7 +272,13 @@ impl VlaConfig {
     /// after the cached tokens, and their distance to the first sink must stay within the
     /// context length).
     pub fn max_cached_tokens(&self) -> usize {
-        self.context_length().saturating_sub(self.n_readout)
+        let context = self.context_length().saturating_sub(self.n_readout + 1);
+        match &self.memory {
+            Some(m) => {
+                context.min(self.max_sink_tokens() + m.window_steps * self.tokens_per_step())
+            }
+            None => self.context_length().saturating_sub(self.n_readout),
+        }
     }
 
     /// The KV layout of this model with the configured cache dtype.

@@ -21,7 +21,7 @@ use macerator::{Arch, Simd, WithSimd};
 
 use super::{Block, StepInput, Vla, VlaConfig};
 use crate::attention::{
-    AttendInput, AttentionScratch, HostRope, attend, fast_exp, sum_squares_lanes,
+    AttendInput, AttentionScratch, BankInput, HostRope, attend, fast_exp, sum_squares_lanes,
 };
 use crate::error::{Error, Result};
 use crate::gemm::{Mat, MatMut, Threads, Write, matmul};
@@ -62,6 +62,8 @@ pub(crate) struct HostWeights {
     instruction: Vec<f32>,
     /// `[n_readout, d_model]`.
     readout: Vec<f32>,
+    /// The memory token `[d_model]` (models with a memory).
+    memory: Option<Vec<f32>>,
     blocks: Vec<HostBlock>,
     norm: Vec<f32>,
     action: HostLinear,
@@ -154,6 +156,11 @@ impl HostWeights {
             proprio: linear(&model.proprio_embed, "proprio_embed")?,
             instruction: values(model.instruction_embed.val(), "instruction embedding")?,
             readout: values(model.readout.val(), "readout")?,
+            memory: model
+                .memory_token
+                .as_ref()
+                .map(|m| values(m.val(), "memory token"))
+                .transpose()?,
             blocks,
             norm: values(model.norm.gamma.val(), "norm")?,
             action: linear(&model.action_head, "action_head")?,
@@ -272,14 +279,15 @@ impl HostPath {
         Ok(ids.len())
     }
 
-    /// Embeds one checked frame-step and the readout tokens into the residual stream:
-    /// `tokens_per_step + n_readout` rows.
+    /// Embeds one checked frame-step, its memory token (models with a memory) and the readout
+    /// tokens into the residual stream: [`VlaConfig::step_rows`] rows.
     pub(crate) fn embed_step(&mut self, step: &StepInput<'_>) -> Result<usize> {
         let w = &self.weights;
         let c = &w.config;
         let d = c.d_model;
         let n = c.n_cameras * c.patches_per_camera;
-        let rows = n + 1 + c.n_readout;
+        let mem = usize::from(w.memory.is_some());
+        let rows = n + 1 + mem + c.n_readout;
         let x = &mut self.buf.x;
         x.clear();
         x.resize(rows * d, 0.0);
@@ -314,29 +322,44 @@ impl HostPath {
                 *t += p * wv;
             }
         }
-        x[(n + 1) * d..].copy_from_slice(&w.readout);
+        if let Some(m) = &w.memory {
+            x[(n + 1) * d..(n + 2) * d].copy_from_slice(m);
+        }
+        x[(n + 1 + mem) * d..].copy_from_slice(&w.readout);
         Ok(rows)
     }
 
     /// Runs the `tokens` rows of the residual stream through the backbone on top of `cache`
     /// (a block of `store` tokens reserved at slot `past`); the first `store` rows' keys and
-    /// values are written into the reservation. Returns the final-norm hidden states of the
-    /// rows that are not stored (all rows when all are stored), `[rows, d_model]`.
+    /// values are written into the reservation. With `memory = Some(m)`, row `m` is the
+    /// step's memory token: its keys and values go to `bank`'s reservation, and every row
+    /// attends to the bank's tokens without RoPE (row `m` itself only from row `m` on)
+    /// instead of to it as a cached token. Returns the final-norm hidden states of the rows that are
+    /// not stored and not the memory token (all rows when all are stored), `[rows, d_model]`.
     ///
     /// # Errors
-    /// [`Error::Shape`] for inconsistent sizes (cache, rope table).
+    /// [`Error::Shape`] for inconsistent sizes (cache, rope table, a memory token without a
+    /// bank).
     pub(crate) fn run(
         &mut self,
         config: &VlaConfig,
         cache: &mut KvCache,
+        bank: Option<&mut KvCache>,
         tokens: usize,
         store: usize,
+        memory: Option<usize>,
     ) -> Result<&[f32]> {
+        if memory.is_some() != bank.is_some() || memory.is_some_and(|m| m < store || m >= tokens) {
+            return Err(Error::shape(
+                "host step",
+                "a memory token needs a bank and a row after the stored ones",
+            ));
+        }
         // The whole step runs on a thread of the rayon pool (a scope entered from outside the
         // pool moves there): its dozens of parallel regions then fork from a pool thread
         // instead of each waking the pool from outside (measured: ~15% of a short step was
         // spent in the scheduler before).
-        rayon::scope(|_| self.layers(config, cache, tokens, store))?;
+        rayon::scope(|_| self.layers(config, cache, bank, tokens, store, memory))?;
         Ok(&self.buf.h)
     }
 
@@ -344,8 +367,10 @@ impl HostPath {
         &mut self,
         config: &VlaConfig,
         cache: &mut KvCache,
+        mut bank: Option<&mut KvCache>,
         tokens: usize,
         store: usize,
+        memory: Option<usize>,
     ) -> Result<()> {
         let past = cache.len();
         self.prepare(config, past + tokens);
@@ -355,7 +380,12 @@ impl HostPath {
         let (qw, kvw) = (heads * hd, kv * hd);
         let width = qw + 2 * kvw;
         let last = self.weights.blocks.len().saturating_sub(1);
-        let from = if store < tokens { store } else { 0 };
+        // Rows whose outputs are read: those after the stored ones and the memory token.
+        let from = if store < tokens {
+            memory.map_or(store, |m| m + 1)
+        } else {
+            0
+        };
         let rope = self
             .rope
             .as_ref()
@@ -399,6 +429,17 @@ impl HostPath {
             if store > 0 {
                 cache.write(layer, &b.k[..store * kvw], &b.v[..store * kvw])?;
             }
+            if let (Some(bank), Some(m)) = (bank.as_deref_mut(), memory) {
+                let row = m * kvw..(m + 1) * kvw;
+                bank.write(layer, &b.k[row.clone()], &b.v[row])?;
+            }
+            let bank_input = match (bank.as_deref(), memory) {
+                (Some(bank), Some(m)) => Some(BankInput {
+                    cached: bank.view(layer)?,
+                    new: m,
+                }),
+                _ => None,
+            };
             attend(
                 &AttendInput {
                     q: &b.q,
@@ -411,6 +452,7 @@ impl HostPath {
                     n_heads: heads,
                     n_kv_heads: kv,
                     head_dim: hd,
+                    bank: bank_input,
                 },
                 rope,
                 &mut self.scratch,

@@ -12,6 +12,7 @@
 
 pub mod config;
 mod host;
+mod memory;
 mod mirror;
 
 use burn::module::{Module, Param};
@@ -21,7 +22,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 
-pub use config::{BOS_TOKEN, INSTRUCTION_VOCAB, VlaConfig};
+pub use config::{BOS_TOKEN, INSTRUCTION_VOCAB, MemoryConfig, VlaConfig};
 
 use crate::error::{Error, Result};
 use crate::flash::{AttentionMask, TrainAttention, flash_attention};
@@ -116,6 +117,9 @@ pub struct Vla<B: Backend> {
     pub instruction_embed: Param<Tensor<B, 2>>,
     /// Learned readout tokens `[n_readout, d_model]`.
     pub readout: Param<Tensor<B, 2>>,
+    /// The learned memory token `[d_model]` that ends every frame-step, when the model has a
+    /// memory (`config.memory`).
+    pub memory_token: Option<Param<Tensor<B, 1>>>,
     /// Backbone blocks.
     pub layers: Vec<Block<B>>,
     /// Final norm (HuggingFace `model.norm`).
@@ -180,6 +184,8 @@ enum Hidden<B: Backend> {
 #[derive(Debug)]
 pub struct Stream<B: Backend> {
     cache: KvCache,
+    /// The memory bank (models with a memory): one token per frame-step, oldest evicted first.
+    bank: Option<KvCache>,
     table: Option<(RopeFrequencies, RotaryTable<B>)>,
     keys: Vec<f32>,
     values: Vec<f32>,
@@ -196,6 +202,7 @@ impl<B: Backend> Stream<B> {
     fn new(cache: KvCache, host: Option<host::HostPath>, device: &B::Device) -> Self {
         Self {
             cache,
+            bank: None,
             table: None,
             keys: Vec::new(),
             values: Vec::new(),
@@ -215,6 +222,12 @@ impl<B: Backend> Stream<B> {
     /// The cache (bytes, frames, stats).
     pub fn cache(&self) -> &KvCache {
         &self.cache
+    }
+
+    /// The memory bank, for a model with a memory: its `len()` is the memory tokens held,
+    /// `bytes()` their bytes (bounded by `budget()`).
+    pub fn memory(&self) -> Option<&KvCache> {
+        self.bank.as_ref()
     }
 
     /// The cache, mutable (benchmarks fill it with synthetic frame-steps). The device copy is
@@ -450,6 +463,7 @@ impl VlaConfig {
             proprio_embed: linear(self.proprio_dim, d, true, std, device),
             instruction_embed: param([INSTRUCTION_VOCAB, d], std, device),
             readout: param([self.n_readout, d], std, device),
+            memory_token: self.memory.as_ref().map(|_| param([d], std, device)),
             layers,
             norm: norm(),
             action_head: linear(self.n_readout * d, self.action_values(), true, std, device),
@@ -486,7 +500,7 @@ impl<B: Backend> Vla<B> {
             dtype: cache.dtype,
             ..c.kv_layout()
         };
-        let cache = KvCache::new(
+        let mut kv = KvCache::new(
             layout,
             cache.budget_bytes,
             c.max_cached_tokens(),
@@ -494,7 +508,41 @@ impl<B: Backend> Vla<B> {
             c.tokens_per_step(),
         )?;
         let host = host::HostPath::for_model(self, device)?;
-        Ok(Stream::new(cache, host, device))
+        let bank = match &c.memory {
+            None => None,
+            Some(m) => {
+                if host.is_none() {
+                    return Err(Error::config(
+                        "memory",
+                        "a model with a memory bank runs on the host (CPU) path only",
+                    ));
+                }
+                let frames = (kv.capacity() - c.max_sink_tokens()) / c.tokens_per_step();
+                if frames < m.window_steps {
+                    let needed = layout.total_bytes(
+                        (c.max_sink_tokens() + m.window_steps * c.tokens_per_step()) as u64,
+                    );
+                    return Err(Error::config(
+                        "kv_cache.budget_bytes",
+                        format!(
+                            "{} bytes hold {frames} frame-steps; this model was trained with a window of {} (memory.window_steps), which needs {needed} bytes at {}",
+                            cache.budget_bytes, m.window_steps, layout.dtype
+                        ),
+                    ));
+                }
+                kv = kv.with_max_frames(m.window_steps);
+                Some(KvCache::new(
+                    layout,
+                    layout.total_bytes(m.bank_steps as u64),
+                    m.bank_steps,
+                    0,
+                    1,
+                )?)
+            }
+        };
+        let mut stream = Stream::new(kv, host, device);
+        stream.bank = bank;
+        Ok(stream)
     }
 
     /// Token ids of an instruction: the beginning token then its bytes.
@@ -718,6 +766,23 @@ impl<B: Backend> Vla<B> {
         Ok(self.norm.forward(x))
     }
 
+    /// The same weights with a memory added (a model trained without one, as the start of a
+    /// memory model's training): the memory token is drawn like a fresh model's.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the model already has a memory or the config does not validate.
+    pub fn with_memory(mut self, memory: MemoryConfig, device: &B::Device) -> Result<Self> {
+        if self.config.memory.is_some() {
+            return Err(Error::config("memory", "the model already has a memory"));
+        }
+        let mut config = self.config.clone();
+        config.memory = Some(memory);
+        config.validate()?;
+        self.memory_token = Some(param([config.d_model], INIT_STD, device));
+        self.config = config;
+        Ok(self)
+    }
+
     /// The same weights with another RoPE (e.g. a context-extension preset for longer
     /// histories than the model was trained on).
     ///
@@ -738,6 +803,9 @@ impl<B: Backend> Vla<B> {
     pub fn start_episode(&self, instruction: &str, stream: &mut Stream<B>) -> Result<()> {
         let ids = self.instruction_ids(instruction)?;
         stream.cache.reset();
+        if let Some(bank) = stream.bank.as_mut() {
+            bank.reset();
+        }
         let x = match stream.host.as_mut() {
             Some(host) => Tokens::Host(host.embed_instruction(&ids)?),
             None => Tokens::Tensor(self.embed_instruction(&ids, &stream.device)),
@@ -761,6 +829,12 @@ impl<B: Backend> Vla<B> {
         self.check_step(step)?;
         let x = match stream.host.as_mut() {
             Some(host) => Tokens::Host(host.embed_step(step)?),
+            None if self.config.memory.is_some() => {
+                return Err(Error::config(
+                    "memory",
+                    "a model with a memory bank runs on the host (CPU) path only",
+                ));
+            }
             None => {
                 let tokens = self.step_tokens(step, &stream.device);
                 Tokens::Tensor(Tensor::cat(vec![tokens, self.readout_tokens(1)], 1))
@@ -808,10 +882,28 @@ impl<B: Backend> Vla<B> {
     ) -> Result<Hidden<B>> {
         let before = stream.cache.len();
         let past = stream.cache.reserve(segment, store)?;
+        // A frame-step's memory token (the token after its frame tokens) goes to the bank.
+        let memory = match (segment, stream.bank.as_mut()) {
+            (Segment::Frame, Some(bank)) => match bank.reserve(Segment::Frame, 1) {
+                Ok(_) => Some(store),
+                Err(e) => {
+                    stream.cache.abort();
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         let result = (|| match (x, stream.host.as_mut()) {
             (Tokens::Host(t), Some(host)) => {
                 host.check_model(&self.config)?;
-                let hidden = host.run(&self.config, &mut stream.cache, t, store)?;
+                let hidden = host.run(
+                    &self.config,
+                    &mut stream.cache,
+                    stream.bank.as_mut().filter(|_| memory.is_some()),
+                    t,
+                    store,
+                    memory,
+                )?;
                 Ok(Hidden::Host(hidden.to_vec()))
             }
             (Tokens::Tensor(x), None) => {
@@ -843,10 +935,16 @@ impl<B: Backend> Vla<B> {
         match result {
             Ok(hidden) => {
                 stream.cache.commit()?;
+                if let (Some(bank), Some(_)) = (stream.bank.as_mut(), memory) {
+                    bank.commit()?;
+                }
                 Ok(hidden)
             }
             Err(e) => {
                 stream.cache.abort();
+                if let (Some(bank), Some(_)) = (stream.bank.as_mut(), memory) {
+                    bank.abort();
+                }
                 // Rebuilt from the cache at the next step.
                 stream.mirror = None;
                 Err(e)
@@ -869,6 +967,12 @@ impl<B: Backend> Vla<B> {
     ) -> Result<StepOutput<B>> {
         if steps.is_empty() {
             return Err(Error::shape("forward_full", "no frame-steps"));
+        }
+        if self.config.memory.is_some() {
+            return Err(Error::config(
+                "memory",
+                "forward_full recomputes a context without the memory bank",
+            ));
         }
         let ids = self.instruction_ids(instruction)?;
         let mut parts = vec![self.embed_instruction(&ids, device)];
@@ -972,12 +1076,15 @@ pub(crate) fn train_bias<B: Backend>(
 }
 
 /// Layout of a sequence whose instruction has `sinks` tokens, padded to `padded_sinks`, then
-/// `steps` × (`step_tokens` step tokens, `readouts` readout tokens).
+/// `steps` × (`step_tokens` step tokens, `memory` memory tokens (0 or 1), `readouts` readout
+/// tokens). The memory token is context (group 0) at the position after its step's tokens;
+/// the readouts follow it.
 fn train_layout(
     sinks: usize,
     padded_sinks: usize,
     steps: usize,
     step_tokens: usize,
+    memory: usize,
     readouts: usize,
 ) -> TrainLayout {
     // Group per token: 0 for context (instruction and step tokens), k + 1 for step k's
@@ -991,6 +1098,9 @@ fn train_layout(
         positions.extend(first..first + step_tokens as i64);
         groups.extend(std::iter::repeat_n(0, step_tokens));
         let after = first + step_tokens as i64;
+        positions.extend(after..after + memory as i64);
+        groups.extend(std::iter::repeat_n(0, memory));
+        let after = after + memory as i64;
         positions.extend(after..after + readouts as i64);
         groups.extend(std::iter::repeat_n(k + 1, readouts));
     }
@@ -1030,6 +1140,9 @@ impl<B: Backend> Vla<B> {
     where
         B: TrainAttention,
     {
+        if self.config.memory.is_some() {
+            return self.forward_train_memory(batch, device);
+        }
         let seq = self.train_sequence(batch, device)?;
         let (table, index, groups) = self.train_positions(&seq, device)?;
         let mask = AttentionMask::grouped(
@@ -1058,6 +1171,12 @@ impl<B: Backend> Vla<B> {
         batch: &TrainBatch<'_>,
         device: &B::Device,
     ) -> Result<TrainOutput<B>> {
+        if self.config.memory.is_some() {
+            return Err(Error::config(
+                "memory",
+                "the naive training forward has no memory bank (use forward_train)",
+            ));
+        }
         let seq = self.train_sequence(batch, device)?;
         let (table, index, groups) = self.train_positions(&seq, device)?;
         let (n_batch, len) = (seq.layouts.len(), index.len());
@@ -1160,12 +1279,20 @@ impl<B: Backend> Vla<B> {
             float_tensor(batch.proprio.to_vec(), [rows, c.proprio_dim], device),
         );
         let (tps, r, d) = (c.tokens_per_step(), c.n_readout, c.d_model);
-        let chunk = tps + r;
-        let steps_x = Tensor::cat(vec![step_tokens, self.readout_tokens(rows)], 1).reshape([
-            n_batch,
-            steps * chunk,
-            d,
-        ]);
+        let chunk = c.step_rows();
+        let mut parts = vec![step_tokens];
+        let memory = match (&c.memory, &self.memory_token) {
+            (None, _) => 0,
+            (Some(_), Some(token)) => {
+                parts.push(token.val().reshape([1, 1, d]).repeat_dim(0, rows));
+                1
+            }
+            (Some(_), None) => {
+                return Err(Error::config("memory", "the model has no memory token"));
+            }
+        };
+        parts.push(self.readout_tokens(rows));
+        let steps_x = Tensor::cat(parts, 1).reshape([n_batch, steps * chunk, d]);
         let instructions: Vec<Tensor<B, 3>> = ids
             .iter()
             .map(|episode_ids| {
@@ -1181,7 +1308,7 @@ impl<B: Backend> Vla<B> {
         let x = Tensor::cat(vec![Tensor::cat(instructions, 0), steps_x], 1);
         let layouts: Vec<TrainLayout> = ids
             .iter()
-            .map(|i| train_layout(i.len(), padded_sinks, steps, tps, r))
+            .map(|i| train_layout(i.len(), padded_sinks, steps, tps, memory, r))
             .collect();
         Ok(TrainSequence {
             x,
@@ -1200,14 +1327,13 @@ impl<B: Backend> Vla<B> {
     ) -> TrainOutput<B> {
         let c = &self.config;
         let [n_batch, len, d] = hidden.dims();
-        let (tps, r) = (c.tokens_per_step(), c.n_readout);
-        let chunk = tps + r;
+        let (chunk, r) = (c.step_rows(), c.n_readout);
         let rows = n_batch * steps;
         // Every step's readouts: the last `r` tokens of each step chunk.
         let readouts = hidden
             .slice([0..n_batch, padded_sinks..len, 0..d])
             .reshape([rows, chunk, d])
-            .slice([0..rows, tps..chunk, 0..d])
+            .slice([0..rows, chunk - r..chunk, 0..d])
             .reshape([rows, r * d]);
         let actions =
             self.action_head

@@ -55,6 +55,12 @@ impl<B: TrainAttention> Vla<B> {
         let Some(home) = devices.first() else {
             return Err(Error::shape("ring training", "no devices"));
         };
+        if self.config.memory.is_some() {
+            return Err(Error::config(
+                "memory",
+                "ring training does not support a memory bank yet (train on one device)",
+            ));
+        }
         let seq = self.train_sequence(batch, home)?;
         let c = &self.config;
         let [n_batch, len, d] = seq.x.dims();

@@ -675,3 +675,110 @@ fn ring_training_forward_equals_one_device() {
     }
     assert!(m.forward_train_ring(&batch, &[]).is_err());
 }
+
+/// A model with a memory: the training forward (window, sinks and bank as three merged
+/// attentions, absolute and slot positions) equals the streaming host path step by step
+/// (cache capped to the window, FIFO bank, no RoPE on the bank), ≤ 1e-4 relative, with frame-steps
+/// evicted from the window and memory tokens from the bank; two instructions of different
+/// lengths, default RoPE and YaRN. A memory token that is ignored would change the result:
+/// zeroing the bank's contribution (a model whose memory token differs) changes the actions.
+#[test]
+fn memory_training_forward_matches_streaming_steps() {
+    let device = Default::default();
+    for rope in [DEFAULT_ROPE, YARN_ROPE] {
+        let mut c = tiny_config(1, rope, "f32", 1 << 30);
+        c.cue_classes = 3;
+        c.memory = Some(MemoryConfig {
+            bank_steps: 3,
+            window_steps: 2,
+        });
+        c.validate().expect("memory config");
+        let m = model(&c, 11);
+        let steps_n = 7;
+        let episodes = [Steps::new(&c, steps_n, 300), Steps::new(&c, steps_n, 400)];
+        let instructions = ["go", "drop it!"];
+        let mut patches = Vec::new();
+        let mut present = Vec::new();
+        let mut proprio = Vec::new();
+        for e in &episodes {
+            for k in 0..steps_n {
+                patches.extend_from_slice(&e.patches[k]);
+                present.extend_from_slice(&e.present[k]);
+                proprio.extend_from_slice(&e.proprio[k]);
+            }
+        }
+        let batch = TrainBatch {
+            instructions: &instructions,
+            steps: steps_n,
+            patches: &patches,
+            camera_present: &present,
+            proprio: &proprio,
+        };
+        let out = m.forward_train(&batch, &device).expect("train forward");
+        let trained = flat(out.actions);
+        let cue = flat(out.cue_logits.expect("cue logits"));
+        for (e, episode) in episodes.iter().enumerate() {
+            let mut s = stream(&m);
+            m.start_episode(instructions[e], &mut s).expect("start");
+            for k in 0..steps_n {
+                let step = m.forward_step(&episode.get(k), &mut s).expect("step");
+                let at = (e * steps_n + k) * c.action_values();
+                let err = rel_err(&trained[at..at + c.action_values()], &step.action.values);
+                assert!(err <= 1e-4, "{rope} episode {e} step {k}: {err:e}");
+                let at = (e * steps_n + k) * 3;
+                let inc = step.cue_logits.expect("cue");
+                let err = rel_err(&cue[at..at + 3], &inc);
+                assert!(err <= 1e-4, "{rope} cue, episode {e} step {k}: {err:e}");
+                assert!(s.cache().frames() <= 2, "window");
+                assert_eq!(s.memory().expect("bank").len(), (k + 1).min(3));
+            }
+            assert!(s.cache().stats().frames_evicted >= 5);
+        }
+        // The bank matters: the same model with another memory token acts differently.
+        let mut other = m.clone();
+        let token = other.memory_token.take().expect("memory token");
+        other.memory_token = Some(token.map(|t| t * 3.0));
+        let changed = flat(
+            other
+                .forward_train(&batch, &device)
+                .expect("forward")
+                .actions,
+        );
+        assert!(rel_err(&changed, &trained) > 1e-3);
+    }
+}
+
+/// Memory models: the tensor path and the naive/full forwards refuse them with a clear
+/// error; a KV budget that cannot hold the trained window is an error naming the bytes.
+#[test]
+fn memory_model_errors() {
+    let mut c = tiny_config(1, DEFAULT_ROPE, "f32", 1 << 30);
+    c.memory = Some(MemoryConfig {
+        bank_steps: 4,
+        window_steps: 3,
+    });
+    let m = model(&c, 12);
+    let mut s = stream(&m);
+    s.use_tensor_path();
+    m.start_episode("go", &mut s).expect("start");
+    let steps = Steps::new(&c, 1, 5);
+    assert!(matches!(
+        m.forward_step(&steps.get(0), &mut s),
+        Err(Error::Config { .. })
+    ));
+    let small = KvCacheConfig {
+        dtype: KvDtype::F32,
+        budget_bytes: 12_000,
+    };
+    let err = m.new_stream(&small, &Default::default()).map(|_| ());
+    assert!(
+        matches!(&err, Err(Error::Config { reason, .. }) if reason.contains("window")),
+        "{err:?}"
+    );
+    let mut bad = c.clone();
+    bad.memory = Some(MemoryConfig {
+        bank_steps: 0,
+        window_steps: 3,
+    });
+    assert!(bad.validate().is_err());
+}

@@ -1,0 +1,214 @@
+//! The training forward of a model with a memory ([`super::MemoryConfig`]): what the rolling
+//! cache and the memory bank show every token at run time, for a whole episode at once.
+//!
+//! A training sequence is `[instruction (padded), step 0: frame tokens, memory token, readouts,
+//! step 1: …]`. At run time a token of step `t` attends to (one softmax over all of them):
+//! - the **sinks**, at slot positions `0..S`, with its own query at its *slot* position
+//!   `S + (t − first) · tokens_per_step + i`, where `first = max(0, t − window + 1)` is the
+//!   oldest frame-step the cache still holds;
+//! - the **window**: the frame tokens of steps `first..=t` (causal within step `t`) and, for
+//!   readouts, the step's earlier readouts, all with RoPE; slot positions differ from the
+//!   absolute positions used here by the same offset for query and key, so the rotary
+//!   scores are equal;
+//! - the **bank**: the memory tokens of steps `t − bank_steps + 1 ..= t` (its own step's
+//!   from the memory token on), without RoPE.
+//!
+//! Here each part is one [`flash_attention`] call (the window's with a sliding window over
+//! steps, so its cost grows with the window, not the episode) and the three partial results
+//! are merged by their log-sum-exps ([`merge`]), which is the same softmax.
+
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
+use super::{Block, PAD_GROUP, TrainBatch, TrainOutput, Vla};
+use crate::error::{Error, Result};
+use crate::flash::{AttentionMask, TrainAttention, flash_attention};
+use crate::ring::merge;
+use crate::rope::RotaryTable;
+
+/// Group of keys that no query sees (sinks and memory tokens in the window's attention).
+const HIDDEN: i64 = -2;
+
+/// Where the parts of a training sequence are.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    /// Padded instruction tokens at the start.
+    sinks: usize,
+    steps: usize,
+    /// Tokens per step in the sequence: frame tokens, the memory token, readouts.
+    chunk: usize,
+    /// Frame tokens per step (the memory token's offset in a chunk).
+    frame: usize,
+}
+
+/// The three attentions' masks and the two rotary tables.
+struct MemoryAttention<B: Backend> {
+    window: AttentionMask,
+    sinks: AttentionMask,
+    bank: AttentionMask,
+    /// Absolute positions (queries and keys of the window, the sinks' keys).
+    abs: RotaryTable<B>,
+    /// Slot positions at run time (queries of the sink attention).
+    rel: RotaryTable<B>,
+    geometry: Geometry,
+}
+
+impl<B: Backend> Vla<B> {
+    /// [`forward_train`](Self::forward_train) for a model with a memory (see the module docs).
+    pub(crate) fn forward_train_memory(
+        &self,
+        batch: &TrainBatch<'_>,
+        device: &B::Device,
+    ) -> Result<TrainOutput<B>>
+    where
+        B: TrainAttention,
+    {
+        let c = &self.config;
+        let Some(memory) = &c.memory else {
+            return Err(Error::config("memory", "the model has no memory"));
+        };
+        let seq = self.train_sequence(batch, device)?;
+        let n_batch = seq.layouts.len();
+        let len = seq.layouts[0].positions.len();
+        let geometry = Geometry {
+            sinks: seq.padded_sinks,
+            steps: seq.steps,
+            chunk: c.step_rows(),
+            frame: c.tokens_per_step(),
+        };
+        let g = geometry;
+        // Step of every token (−1 for the instruction), the same in every episode.
+        let step: Vec<i64> = (0..len)
+            .map(|i| {
+                if i < g.sinks {
+                    -1
+                } else {
+                    ((i - g.sinks) / g.chunk) as i64
+                }
+            })
+            .collect();
+        let is_memory = |i: usize| i >= g.sinks && (i - g.sinks) % g.chunk == g.frame;
+        let index: Vec<i64> = (0..len as i64).collect();
+        let mut q_groups = Vec::with_capacity(n_batch * len);
+        let mut k_groups = Vec::with_capacity(n_batch * len);
+        let mut sink_groups = Vec::with_capacity(n_batch * g.sinks);
+        let mut abs = Vec::with_capacity(n_batch * len);
+        let mut rel = Vec::with_capacity(n_batch * len);
+        let window = memory.window_steps as i64;
+        for layout in &seq.layouts {
+            for (i, (&p, &group)) in layout.positions.iter().zip(&layout.groups).enumerate() {
+                let q = if group == PAD_GROUP { -1 } else { group as i64 };
+                q_groups.push(q);
+                let k = if q == -1 {
+                    -1
+                } else if i < g.sinks || is_memory(i) {
+                    HIDDEN
+                } else {
+                    q
+                };
+                k_groups.push(k);
+                if i < g.sinks {
+                    sink_groups.push(q);
+                }
+                abs.push(p);
+                // The oldest frame-step the cache holds at this token's step sits right
+                // behind the sinks at run time.
+                let first = (step[i] - window + 1).max(0);
+                rel.push(if i < g.sinks {
+                    p
+                } else {
+                    p - first * g.frame as i64
+                });
+            }
+        }
+        let memory_index: Vec<i64> = (0..g.steps)
+            .map(|k| (g.sinks + k * g.chunk + g.frame) as i64)
+            .collect();
+        let memory_step: Vec<i64> = (0..g.steps as i64).collect();
+        let masks_window = AttentionMask::grouped(
+            n_batch,
+            index.clone(),
+            q_groups.clone(),
+            index.clone(),
+            k_groups,
+        )?
+        .with_window(step.clone(), step.clone(), memory.window_steps)?;
+        let masks_sinks = AttentionMask::grouped(
+            n_batch,
+            index.clone(),
+            q_groups.clone(),
+            index[..g.sinks].to_vec(),
+            sink_groups,
+        )?;
+        let masks_bank = AttentionMask::grouped(
+            n_batch,
+            index,
+            q_groups,
+            memory_index,
+            vec![0; n_batch * g.steps],
+        )?
+        .with_window(step, memory_step, memory.bank_steps)?;
+        // Frequencies of the longest run-time span: the sinks, the window, the memory token and
+        // the readouts (no run-time position goes further).
+        let span = c.max_sink_tokens() + memory.window_steps * g.frame + 1 + c.n_readout;
+        let freqs = c.rope.frequencies(Some(span));
+        let attention = MemoryAttention {
+            window: masks_window,
+            sinks: masks_sinks,
+            bank: masks_bank,
+            abs: freqs.batched_table::<B>(&abs, n_batch, device)?,
+            rel: freqs.batched_table::<B>(&rel, n_batch, device)?,
+            geometry,
+        };
+        let mut x = seq.x;
+        for block in &self.layers {
+            x = block.forward_memory(x, &attention)?;
+        }
+        let hidden = self.norm.forward(x);
+        Ok(self.train_heads(hidden, seq.padded_sinks, seq.steps))
+    }
+}
+
+impl<B: Backend> Block<B> {
+    /// Block over training sequences of a model with a memory: the window's, the sinks' and
+    /// the bank's attention merged into one softmax.
+    fn forward_memory(&self, x: Tensor<B, 3>, at: &MemoryAttention<B>) -> Result<Tensor<B, 3>>
+    where
+        B: TrainAttention,
+    {
+        let a = &self.self_attn;
+        let [batch, seq, _] = x.dims();
+        let hd = a.head_dim;
+        let g = at.geometry;
+        let (q, k, v) = a.project(self.input_layernorm.forward(x.clone()));
+        let kv_heads = k.dims()[1];
+        let scale = 1.0 / (hd as f64).sqrt();
+        let k_abs = at.abs.apply(k.clone())?;
+        let window = flash_attention(
+            at.abs.apply(q.clone())?,
+            k_abs.clone(),
+            v.clone(),
+            &at.window,
+            scale,
+        )?;
+        let sinks = flash_attention(
+            at.rel.apply(q.clone())?,
+            k_abs.narrow(2, 0, g.sinks),
+            v.clone().narrow(2, 0, g.sinks),
+            &at.sinks,
+            scale,
+        )?;
+        // The memory tokens' keys and values, unrotated: [batch, kv_heads, steps, hd].
+        let memory_tokens = |t: Tensor<B, 4>| {
+            t.narrow(2, g.sinks, g.steps * g.chunk)
+                .reshape([batch, kv_heads, g.steps, g.chunk, hd])
+                .narrow(3, g.frame, 1)
+                .reshape([batch, kv_heads, g.steps, hd])
+        };
+        let bank = flash_attention(q, memory_tokens(k), memory_tokens(v), &at.bank, scale)?;
+        let out = merge(merge(window, sinks), bank).out;
+        let out = out.swap_dims(1, 2).reshape([batch, seq, a.n_heads * hd]);
+        let x = x + a.o_proj.forward(out);
+        Ok(x.clone() + self.mlp.forward(self.post_attention_layernorm.forward(x)))
+    }
+}
