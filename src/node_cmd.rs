@@ -15,7 +15,7 @@ use transport::replay::{Rate, Remap};
 
 use crate::model_cmd::read_named;
 use crate::node::demo::{Pace, read_mcap, replay_through_node, run_demo, summary_table};
-use crate::node::sim::{SimMode, SimOptions, run_sim};
+use crate::node::sim::{CacheFrames, SimMode, SimOptions, run_sim};
 use crate::node::{ClockMode, NodeConfig, NodeMonitor, run_node, setup};
 use crate::transport_cmd::{ZenohArgs, shutdown_flag};
 
@@ -299,6 +299,18 @@ fn demo_on<B: Backend>(
     if source.starts_with("UNTRAINED") {
         tracing::warn!("{source}");
         eprintln!("warning: {source}; success will be at chance level or below");
+    }
+    // The node's cache as frame-steps, for each episode's `cue_evicted`.
+    let kv = setup
+        .config
+        .kv_cache
+        .unwrap_or(setup.model.config().kv_cache);
+    if let Ok(stream) = setup.model.new_stream(&kv, &setup.device) {
+        sim.cache_frames = Some(CacheFrames {
+            capacity: stream.cache().capacity(),
+            frame_tokens: setup.model.config().tokens_per_step(),
+            max_frames: stream.cache().max_frames(),
+        });
     }
     let total = args.episodes * sim.task.episode_steps as u64;
     let mut bar = crate::progress::bar(total, "demo", args.quiet);

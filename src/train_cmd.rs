@@ -370,11 +370,8 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         let report = if model_config.memory.is_some() {
             // The memory bank runs on the host path: evaluate the saved checkpoint on the CPU.
             let cpu = Default::default();
-            let host = runtime::checkpoint::load::<burn::backend::NdArray<f32>>(
-                &args.out,
-                Some(&model_config),
-                &cpu,
-            )?;
+            let host =
+                runtime::checkpoint::load::<NdArray<f32>>(&args.out, Some(&model_config), &cpu)?;
             trainer::eval::closed_loop(&host, &task, seeds, &cpu)?
         } else {
             trainer::eval::closed_loop(&model.valid(), &task, seeds, &device)?

@@ -416,6 +416,28 @@ pub fn summary_table(o: &DemoOutcome) -> String {
         o.seconds,
         steps as f64 / o.seconds.max(1e-9)
     );
+    let mut ages: Vec<u64> = o.sim.episodes.iter().map(|e| e.cue_age_steps).collect();
+    ages.sort_unstable();
+    if let Some(&median) = ages.get(ages.len() / 2) {
+        let evicted = o
+            .sim
+            .episodes
+            .iter()
+            .filter(|e| e.cue_evicted == Some(true))
+            .count();
+        let known = o
+            .sim
+            .episodes
+            .iter()
+            .filter(|e| e.cue_evicted.is_some())
+            .count();
+        let _ = writeln!(
+            out,
+            "cue age at the go step: median {median} frame-steps (min {}, max {}); cue out of the KV cache in {evicted}/{known} episodes",
+            ages[0],
+            ages[ages.len() - 1]
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -441,6 +463,15 @@ pub fn summary_table(o: &DemoOutcome) -> String {
         c.over_budget_steps,
         c.frames_evicted
     );
+    if c.memory_budget > 0 {
+        let _ = writeln!(
+            out,
+            "memory bank: {} of a {} bound ({} memory tokens at the end)",
+            mib(c.memory_bytes),
+            mib(c.memory_budget),
+            c.memory_tokens
+        );
+    }
     let i = &n.input;
     let frames: u64 = i.cameras.iter().map(|c| c.received).sum();
     let dropped: u64 = i.cameras.iter().map(|c| c.dropped + c.unused).sum();

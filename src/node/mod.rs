@@ -603,7 +603,12 @@ impl<B: Backend> Inference<'_, B> {
         c.tokens = cache.len();
         c.frames = cache.frames();
         c.frames_evicted = cache.stats().frames_evicted;
-        if c.bytes > c.budget {
+        if let Some(bank) = self.stream.memory() {
+            c.memory_bytes = bank.bytes();
+            c.memory_budget = bank.budget();
+            c.memory_tokens = bank.len();
+        }
+        if c.bytes > c.budget || c.memory_bytes > c.memory_budget {
             c.over_budget_steps += 1;
             tracing::error!(bytes = c.bytes, budget = c.budget, "KV cache over budget");
         }

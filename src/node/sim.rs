@@ -66,6 +66,28 @@ pub struct SimOptions {
     pub wait_for_node: Duration,
     /// Stamp of the run's first step, ns (`None`: the clock's now).
     pub start_ns: Option<u64>,
+    /// The node's KV cache as frame-steps it holds, for [`EpisodeResult::cue_evicted`]: a
+    /// function of the instruction's sink tokens (`None`: not known, e.g. a remote node).
+    pub cache_frames: Option<CacheFrames>,
+}
+
+/// How many frame-steps a node's KV cache holds behind `sinks` instruction tokens: its token
+/// capacity less the sinks, in whole frame-steps, at most `max_frames`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheFrames {
+    /// Tokens the cache holds (sinks and frame-steps).
+    pub capacity: usize,
+    /// Tokens per frame-step.
+    pub frame_tokens: usize,
+    /// Most frame-steps kept whatever the bytes allow (a memory model's window).
+    pub max_frames: usize,
+}
+
+impl CacheFrames {
+    /// Frame-steps held behind `sinks` sink tokens.
+    pub fn frames(&self, sinks: usize) -> usize {
+        (self.capacity.saturating_sub(sinks) / self.frame_tokens.max(1)).min(self.max_frames)
+    }
 }
 
 impl SimOptions {
@@ -82,6 +104,7 @@ impl SimOptions {
             action_timeout: Duration::from_secs(30),
             wait_for_node: Duration::from_secs(10),
             start_ns: Some(1_000_000_000),
+            cache_frames: None,
         }
     }
 }
@@ -105,6 +128,12 @@ pub struct EpisodeResult {
     pub actions_missed: u64,
     /// Seconds the episode took.
     pub seconds: f64,
+    /// Frame-steps from the cue's last step to the go step.
+    pub cue_age_steps: u64,
+    /// Whether none of the cue's frame-steps was in the node's KV cache at the go step (the
+    /// cache holding the most recent frame-steps that fit, as in lock-step, where the node
+    /// acts on every step); `None` when the node's cache is not known.
+    pub cue_evicted: Option<bool>,
 }
 
 /// A whole run.
@@ -206,8 +235,16 @@ pub fn run_sim(
         let began = Instant::now();
         let seed = options.first_seed.wrapping_add(episode);
         let mut sim = Sim::with_task(task.clone(), seed)?;
-        let text = sim.info().instruction;
+        let info = sim.info();
+        let text = info.instruction.clone();
         instruction.publish(&StringMsg { data: text.clone() })?;
+        let cue_last = info.cue_steps.end.saturating_sub(1);
+        let cue_age_steps = info.go_step.saturating_sub(cue_last) as u64;
+        // Sinks: the beginning-of-instruction token and one per instruction byte.
+        let cue_evicted = options.cache_frames.map(|c| {
+            let held = c.frames(1 + text.len());
+            cue_last + held <= info.go_step
+        });
         let mut result = EpisodeResult {
             episode,
             seed,
@@ -217,6 +254,8 @@ pub fn run_sim(
             actions_applied: 0,
             actions_missed: 0,
             seconds: 0.0,
+            cue_age_steps,
+            cue_evicted,
         };
         loop {
             let stamp = start + global_step * period;

@@ -179,6 +179,12 @@ pub struct CacheReport {
     pub frames_evicted: u64,
     /// Steps after which the cache held more than its budget (must stay 0).
     pub over_budget_steps: u64,
+    /// The model's memory bank (models with a memory; 0 otherwise): bytes held now.
+    pub memory_bytes: u64,
+    /// The memory bank's byte bound.
+    pub memory_budget: u64,
+    /// Memory tokens (frame-steps) the bank holds now.
+    pub memory_tokens: usize,
 }
 
 /// Per-camera input counters (sync and decode).

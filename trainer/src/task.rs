@@ -1224,6 +1224,40 @@ mod tests {
         assert_eq!(parsed, TaskConfig::default());
     }
 
+    /// The long-memory task: every shipped task preset parses; with `phase = "none"` the
+    /// proprio's phase value is 0 at every step (nothing tells the episode's length), and the
+    /// training variant's cue always ends more than 16 frame-steps (the edge-long model's KV
+    /// window) before the go step, while the long task's cue ages reach hundreds of steps.
+    #[test]
+    fn long_memory_presets_hide_the_length_and_outlast_the_window() {
+        for preset in configs::TASK_PRESETS {
+            TaskConfig::from_toml(preset.text).unwrap_or_else(|e| panic!("{}: {e}", preset.name));
+        }
+        let text = |name: &str| configs::task_preset(name).expect("preset").text;
+        let train = TaskConfig::from_toml(text("memory-long-train")).unwrap();
+        let long = TaskConfig::from_toml(text("memory-long")).unwrap();
+        assert_eq!(train.phase, PhaseValue::None);
+        assert_eq!(long.phase, PhaseValue::None);
+        for seed in 0..4 {
+            let e = Episode::generate(&train, seed).unwrap();
+            assert!(e.steps.iter().all(|s| s.proprio[7] == 0.0), "phase leaks");
+            assert!(e.go_step - (e.cue_steps.end - 1) > 16, "seed {seed}");
+            assert!(
+                e.decoys
+                    .iter()
+                    .all(|d| LIGHT_COLORS[d.color].1 != e.cue_color && d.steps.end <= e.go_step)
+            );
+        }
+        let ages: Vec<usize> = (0..64)
+            .map(|seed| {
+                let e = Sim::new(&long, seed).unwrap().info();
+                e.go_step - (e.cue_steps.end - 1)
+            })
+            .collect();
+        assert!(ages.iter().all(|&a| (51..=601).contains(&a)), "{ages:?}");
+        assert!(ages.iter().filter(|&&a| a >= 300).count() >= 16, "{ages:?}");
+    }
+
     /// With `expert_noise` the recorded run leaves the expert's path (deterministically per
     /// seed), and every label is still the expert's command from the state actually recorded:
     /// the first action of each chunk is `kp (goal - q)` (clamped) with `q` from that step's
