@@ -154,9 +154,11 @@ impl PhaseTimes {
 /// before the first iteration instead of an allocation failure inside the device's thread).
 ///
 /// The terms: the activations kept for the backward pass, `24 · d_model + 5 · ffn_dim` f32
-/// values per token and layer (calibrated on an H100: the edge model at 8 × 32, 32 × 32 and
-/// 8 × 256 frame-steps peaked at 4.5, 15.2 and 25.4 GB in `nvidia-smi`, this gives 5.2, 15.1 and
-/// 27.8 GB); the memory-efficient attention's score blocks (six of
+/// values per token and layer (calibrated on an H100 with score blocks of 2^26 values: the edge
+/// model at 8 × 32, 32 × 32 and 8 × 256 frame-steps peaked at 4.5, 15.2 and 25.4 GB in
+/// `nvidia-smi`), 30% more for a model with a memory (its three attentions per layer keep
+/// rotated queries and keys twice and three partial results: edge-long at 8 × 128 peaked at
+/// 20.4 GB, estimated 20.0 GB); the memory-efficient attention's score blocks (six of
 /// [`runtime::flash::BLOCK_ELEMENTS`]); the uploaded batch; weights, gradients and the two
 /// AdamW moments. With `shards` devices each holds its share of the tokens.
 pub fn memory_estimate(c: &VlaConfig, batch: usize, steps: usize, shards: usize) -> u64 {
@@ -165,6 +167,11 @@ pub fn memory_estimate(c: &VlaConfig, batch: usize, steps: usize, shards: usize)
     let f32s = |n: u64| 4 * n;
     let (d, ffn, layers) = (c.d_model as u64, c.ffn_dim as u64, c.n_layers as u64);
     let activations = f32s(tokens * layers * (24 * d + 5 * ffn));
+    let activations = if c.memory.is_some() {
+        activations / 10 * 13
+    } else {
+        activations
+    };
     let scratch = f32s(6 * runtime::flash::BLOCK_ELEMENTS as u64);
     let patches = (c.n_cameras * c.patches_per_camera * c.patch_dim) as u64;
     let inputs = f32s(3 * (batch * steps) as u64 * (patches + c.proprio_dim as u64));
