@@ -75,6 +75,43 @@ impl Steps {
     }
 }
 
+/// Episodes' steps laid out as a training batch wants them.
+struct FlatSteps {
+    steps: usize,
+    patches: Vec<f32>,
+    present: Vec<bool>,
+    proprio: Vec<f32>,
+}
+
+impl FlatSteps {
+    fn of(episodes: &[Steps], steps: usize) -> Self {
+        let mut flat = Self {
+            steps,
+            patches: Vec::new(),
+            present: Vec::new(),
+            proprio: Vec::new(),
+        };
+        for e in episodes {
+            for k in 0..steps {
+                flat.patches.extend_from_slice(&e.patches[k]);
+                flat.present.extend_from_slice(&e.present[k]);
+                flat.proprio.extend_from_slice(&e.proprio[k]);
+            }
+        }
+        flat
+    }
+
+    fn batch<'a>(&'a self, instructions: &'a [&'a str]) -> TrainBatch<'a> {
+        TrainBatch {
+            instructions,
+            steps: self.steps,
+            patches: &self.patches,
+            camera_present: &self.present,
+            proprio: &self.proprio,
+        }
+    }
+}
+
 fn flat(t: Tensor<B, 3>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
@@ -513,23 +550,8 @@ fn training_forward_matches_incremental_steps() {
         let steps_n = 5;
         let episodes = [Steps::new(&c, steps_n, 100), Steps::new(&c, steps_n, 200)];
         let instructions = ["pick", "drop it"];
-        let mut patches = Vec::new();
-        let mut present = Vec::new();
-        let mut proprio = Vec::new();
-        for e in &episodes {
-            for k in 0..steps_n {
-                patches.extend_from_slice(&e.patches[k]);
-                present.extend_from_slice(&e.present[k]);
-                proprio.extend_from_slice(&e.proprio[k]);
-            }
-        }
-        let batch = TrainBatch {
-            instructions: &instructions,
-            steps: steps_n,
-            patches: &patches,
-            camera_present: &present,
-            proprio: &proprio,
-        };
+        let flat_steps = FlatSteps::of(&episodes, steps_n);
+        let batch = flat_steps.batch(&instructions);
         let out = m.forward_train(&batch, &device).expect("train forward");
         assert_eq!(out.actions.dims(), [2, steps_n, c.action_values()]);
         let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>();
@@ -562,7 +584,7 @@ fn training_forward_matches_incremental_steps() {
             Err(Error::Shape { .. })
         ));
         let short = TrainBatch {
-            proprio: &proprio[1..],
+            proprio: &flat_steps.proprio[1..],
             ..batch
         };
         assert!(matches!(
@@ -594,21 +616,8 @@ fn ring_training_forward_equals_one_device() {
     let steps_n = 4;
     let episodes = [Steps::new(&c, steps_n, 7), Steps::new(&c, steps_n, 8)];
     let instructions = ["pick", "drop it"];
-    let (mut patches, mut present, mut proprio) = (Vec::new(), Vec::new(), Vec::new());
-    for e in &episodes {
-        for k in 0..steps_n {
-            patches.extend_from_slice(&e.patches[k]);
-            present.extend_from_slice(&e.present[k]);
-            proprio.extend_from_slice(&e.proprio[k]);
-        }
-    }
-    let batch = TrainBatch {
-        instructions: &instructions,
-        steps: steps_n,
-        patches: &patches,
-        camera_present: &present,
-        proprio: &proprio,
-    };
+    let flat_steps = FlatSteps::of(&episodes, steps_n);
+    let batch = flat_steps.batch(&instructions);
     let device: burn::tensor::Device<AB> = Default::default();
     let host = |t: Tensor<B, 2>| -> Vec<f32> {
         t.into_data()
@@ -697,23 +706,8 @@ fn memory_training_forward_matches_streaming_steps() {
         let steps_n = 7;
         let episodes = [Steps::new(&c, steps_n, 300), Steps::new(&c, steps_n, 400)];
         let instructions = ["go", "drop it!"];
-        let mut patches = Vec::new();
-        let mut present = Vec::new();
-        let mut proprio = Vec::new();
-        for e in &episodes {
-            for k in 0..steps_n {
-                patches.extend_from_slice(&e.patches[k]);
-                present.extend_from_slice(&e.present[k]);
-                proprio.extend_from_slice(&e.proprio[k]);
-            }
-        }
-        let batch = TrainBatch {
-            instructions: &instructions,
-            steps: steps_n,
-            patches: &patches,
-            camera_present: &present,
-            proprio: &proprio,
-        };
+        let flat_steps = FlatSteps::of(&episodes, steps_n);
+        let batch = flat_steps.batch(&instructions);
         let out = m.forward_train(&batch, &device).expect("train forward");
         let trained = flat(out.actions);
         let cue = flat(out.cue_logits.expect("cue logits"));
