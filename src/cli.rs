@@ -57,6 +57,20 @@ pub enum Command {
   edgevla export --model edge --rope yarn-4x --out out/hf-edge-yarn --parity-tokens 256")]
     Export(crate::model_cmd::ExportArgs),
 
+    /// Import a HuggingFace Llama backbone (config.json + model.safetensors) into a checkpoint.
+    ///
+    /// The backbone's sizes, RMSNorm epsilon, RoPE and weights come from the folder; the parts
+    /// edgevla adds (patch/camera/proprio/readout embeddings, heads) from --base, or a fresh
+    /// seeded initialization of --model. Unsupported keys, and tensors of another name, shape
+    /// or dtype, are errors naming them.
+    #[command(
+        name = "import-weights",
+        after_help = "Examples:
+  edgevla import-weights --hf path/to/llama --out out/ckpt-llama
+  edgevla import-weights --hf out/hf-edge --base models/edge-memory --out out/edge-roundtrip"
+    )]
+    ImportWeights(crate::model_cmd::ImportWeightsArgs),
+
     /// Train the model on the synthetic multi-camera memory task (CPU, a GPU with a `--features
     /// cuda` build, or several devices with ring attention) and write a checkpoint folder.
     ///

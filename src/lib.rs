@@ -29,6 +29,9 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Rope(args) => rope_cmd::run(&args, &mut std::io::stdout().lock()),
         cli::Command::KvPlan(args) => model_cmd::kv_plan(&args, &mut std::io::stdout().lock()),
         cli::Command::Export(args) => model_cmd::export(&args, &mut std::io::stdout().lock()),
+        cli::Command::ImportWeights(args) => {
+            model_cmd::import_weights(&args, &mut std::io::stdout().lock())
+        }
         cli::Command::Train(args) => train_cmd::train(&args, &mut std::io::stdout().lock()),
         cli::Command::Eval(args) => eval_cmd::eval(&args, &mut std::io::stdout().lock()),
         cli::Command::Ring(args) => ring_cmd::ring(&args, &mut std::io::stdout().lock()),

@@ -1,7 +1,7 @@
 //! `edgevla kv-plan` (KV-cache memory planner) and `edgevla export` (HuggingFace export).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -325,5 +325,116 @@ pub(crate) fn export(args: &ExportArgs, out: &mut impl Write) -> Result<()> {
         )?;
         writeln!(out, "wrote {}", path.display())?;
     }
+    Ok(())
+}
+
+/// Arguments of `edgevla import-weights`.
+#[derive(Debug, Args)]
+pub struct ImportWeightsArgs {
+    /// HuggingFace folder with `config.json` and `model.safetensors` (Llama architecture, f32),
+    /// as `transformers` `save_pretrained` or `edgevla export` writes it.
+    #[arg(long, value_name = "DIR")]
+    pub hf: PathBuf,
+    /// Checkpoint whose other weights (patch, camera, proprio and readout embeddings, the
+    /// heads, a memory token; the instruction embedding unless the file has edgevla's byte
+    /// vocabulary) the new checkpoint keeps. Its backbone sizes must be the file's.
+    #[arg(long, value_name = "DIR", conflicts_with = "model")]
+    pub base: Option<PathBuf>,
+    /// Without --base: the model config (path or shipped name) whose other parts are drawn
+    /// fresh (seeded); its backbone sizes and RoPE are replaced by the file's.
+    #[arg(long, default_value = "edge")]
+    pub model: String,
+    /// Seed of the fresh initialization (without --base).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Checkpoint folder to write (config.toml + weights.mpk).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> Result<()> {
+    use burn::backend::NdArray;
+    use burn::tensor::backend::Backend;
+    type B = NdArray<f32>;
+    let device = Default::default();
+    let (base_config, base) = match &args.base {
+        Some(dir) => {
+            let m = runtime::checkpoint::load::<B>(dir, None, &device)
+                .with_context(|| format!("--base {}", dir.display()))?;
+            (m.config().clone(), Some(m))
+        }
+        None => (load_model_config(&args.model)?, None),
+    };
+    let config = runtime::hf_import::read_hf_config(&args.hf, &base_config)
+        .with_context(|| format!("--hf {}", args.hf.display()))?;
+    B::seed(&device, args.seed);
+    let mut model = config.init::<B>(&device);
+    let others = match base {
+        Some(m) => {
+            let c = m.config();
+            let sizes = |c: &VlaConfig| (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim);
+            if sizes(c) != sizes(&config) {
+                bail!(
+                    "--base {}: backbone (d_model, layers, heads, KV heads, ffn) {:?} but the HuggingFace model has {:?}",
+                    args.base.as_deref().unwrap_or(Path::new("")).display(),
+                    sizes(c),
+                    sizes(&config)
+                );
+            }
+            model.patch_embed = m.patch_embed;
+            model.camera_embed = m.camera_embed;
+            model.patch_pos_embed = m.patch_pos_embed;
+            model.missing_embed = m.missing_embed;
+            model.proprio_embed = m.proprio_embed;
+            model.instruction_embed = m.instruction_embed;
+            model.readout = m.readout;
+            model.memory_token = m.memory_token;
+            model.action_head = m.action_head;
+            model.cue_head = m.cue_head;
+            format!(
+                "taken from {}",
+                args.base.as_deref().unwrap_or(Path::new("")).display()
+            )
+        }
+        None => format!(
+            "initialized (seed {}, model config {})",
+            args.seed, args.model
+        ),
+    };
+    let (model, report) = runtime::hf_import::load_hf_weights(&args.hf, model, &device)
+        .with_context(|| format!("--hf {}", args.hf.display()))?;
+    runtime::checkpoint::save(&model, &args.out)?;
+    let c = model.config();
+    writeln!(
+        out,
+        "backbone from {}: {} layers, d_model {}, {} heads / {} KV heads, ffn {}, RoPE {} ({} tensors)",
+        args.hf.display(),
+        c.n_layers,
+        c.d_model,
+        c.n_heads,
+        c.n_kv_heads,
+        c.ffn_dim,
+        c.rope.scaling.rope_type(),
+        report.loaded.len()
+    )?;
+    let instruction = if report.instruction_embedding_from_file {
+        "from the file (model.embed_tokens.weight)".to_string()
+    } else {
+        others.clone()
+    };
+    writeln!(out, "instruction embedding: {instruction}")?;
+    writeln!(
+        out,
+        "patch, camera, proprio and readout embeddings, action/cue heads{}: {others}",
+        if c.memory.is_some() {
+            ", memory token"
+        } else {
+            ""
+        }
+    )?;
+    for (name, why) in &report.unused {
+        writeln!(out, "not used: {name} ({why})")?;
+    }
+    writeln!(out, "checkpoint {}", args.out.display())?;
     Ok(())
 }

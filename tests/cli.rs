@@ -278,3 +278,101 @@ fn kv_plan_budget_and_errors() {
     assert!(!unknown.status.success());
     assert!(!text(&unknown.stderr).contains("panicked"));
 }
+
+/// `edgevla import-weights`: export → import (keeping the rest from the base checkpoint) →
+/// export gives the same safetensors bytes; a config key edgevla does not implement is an error
+/// naming it, and nothing is written.
+#[test]
+fn import_weights_round_trips_and_names_bad_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let ok = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        )
+    };
+    ok(&edgevla(
+        &[
+            "export",
+            "--model",
+            "edge",
+            "--seed",
+            "3",
+            "--out",
+            &path("hf"),
+        ],
+        None,
+    ));
+    ok(&edgevla(
+        &[
+            "export",
+            "--model",
+            "edge",
+            "--seed",
+            "4",
+            "--out",
+            &path("hf-other"),
+        ],
+        None,
+    ));
+    // Base: another model (seed 4) saved as a checkpoint by importing its own export.
+    ok(&edgevla(
+        &[
+            "import-weights",
+            "--hf",
+            &path("hf-other"),
+            "--out",
+            &path("base"),
+        ],
+        None,
+    ));
+    let imported = edgevla(
+        &[
+            "import-weights",
+            "--hf",
+            &path("hf"),
+            "--base",
+            &path("base"),
+            "--out",
+            &path("ckpt"),
+        ],
+        None,
+    );
+    ok(&imported);
+    assert!(text(&imported.stdout).contains("instruction embedding: from the file"));
+    ok(&edgevla(
+        &[
+            "export",
+            "--model",
+            &path("ckpt/config.toml"),
+            "--checkpoint",
+            &path("ckpt"),
+            "--out",
+            &path("hf2"),
+        ],
+        None,
+    ));
+    let a = std::fs::read(dir.path().join("hf/model.safetensors")).expect("read");
+    let b = std::fs::read(dir.path().join("hf2/model.safetensors")).expect("read");
+    assert!(a == b, "export → import → export changed the weights");
+    // An architecture edgevla lacks.
+    let config = dir.path().join("hf/config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).expect("config")).expect("json");
+    json["mlp_bias"] = serde_json::json!(true);
+    std::fs::write(&config, json.to_string()).expect("write");
+    let bad = edgevla(
+        &["import-weights", "--hf", &path("hf"), "--out", &path("bad")],
+        None,
+    );
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("mlp_bias"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert!(!dir.path().join("bad").exists());
+}

@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod error;
 pub mod flash;
 pub mod gemm;
+pub mod hf_import;
 pub mod host;
 pub mod kv;
 pub mod model;

@@ -881,7 +881,7 @@ impl RopeFrequencies {
         positions: &[i64],
         device: &B::Device,
     ) -> Result<RotaryTable<B>> {
-        self.build(positions, 1, self.attention_factor, device)
+        self.build(positions, 1, self.attention_factor, false, device)
     }
 
     /// Like [`table`](Self::table) with different positions per batch row: `positions` is
@@ -895,7 +895,7 @@ impl RopeFrequencies {
         rows: usize,
         device: &B::Device,
     ) -> Result<RotaryTable<B>> {
-        self.build(positions, rows, self.attention_factor, device)
+        self.build(positions, rows, self.attention_factor, false, device)
     }
 
     /// Table that re-rotates already-rotated keys by `deltas` positions (pure rotation, no
@@ -909,7 +909,22 @@ impl RopeFrequencies {
         deltas: &[i64],
         device: &B::Device,
     ) -> Result<RotaryTable<B>> {
-        self.build(deltas, 1, 1.0, device)
+        self.build(deltas, 1, 1.0, false, device)
+    }
+
+    /// [`table`](Self::table) with the angles computed as HuggingFace's `LlamaRotaryEmbedding`
+    /// computes them, in float32 (`inv_freq.float() @ position_ids.float()`, then `cos`/`sin`),
+    /// even in a float64 model: at position 6000 that is ~4e-4 rad off the exact angle. For
+    /// parity checks against HuggingFace's outputs; the runtime uses exact angles.
+    ///
+    /// # Errors
+    /// As [`table`](Self::table).
+    pub fn table_hf_f32<B: Backend>(
+        &self,
+        positions: &[i64],
+        device: &B::Device,
+    ) -> Result<RotaryTable<B>> {
+        self.build(positions, 1, self.attention_factor, true, device)
     }
 
     fn build<B: Backend>(
@@ -917,6 +932,7 @@ impl RopeFrequencies {
         positions: &[i64],
         rows: usize,
         scale: f64,
+        f32_angles: bool,
         device: &B::Device,
     ) -> Result<RotaryTable<B>> {
         if rows == 0 || positions.is_empty() || !positions.len().is_multiple_of(rows) {
@@ -938,8 +954,16 @@ impl RopeFrequencies {
                 .inv_freq
                 .iter()
                 .map(|f| {
-                    let angle = p as f64 * f;
-                    (angle.cos() * scale, angle.sin() * scale)
+                    if f32_angles {
+                        let angle = p as f32 * *f as f32;
+                        (
+                            f64::from(angle.cos() * scale as f32),
+                            f64::from(angle.sin() * scale as f32),
+                        )
+                    } else {
+                        let angle = p as f64 * f;
+                        (angle.cos() * scale, angle.sin() * scale)
+                    }
                 })
                 .unzip();
             cos.extend_from_slice(&c);
