@@ -214,14 +214,14 @@ where
             ("history-blind (no memory)".to_string(), None)
         }
         _ => {
-            if !args.model.join("config.toml").exists() {
+            let Some((dir, _)) = crate::model_cmd::find_checkpoint(&args.model) else {
                 bail!(
                     "--model {}: no checkpoint there (config.toml + weights.mpk, as `edgevla train --out` writes)",
                     args.model.display()
                 );
-            }
-            let model = runtime::checkpoint::load::<B>(&args.model, None, &device)
-                .with_context(|| format!("loading {}", args.model.display()))?;
+            };
+            let model = runtime::checkpoint::load::<B>(&dir, None, &device)
+                .with_context(|| format!("loading {}", dir.display()))?;
             let c = model.config();
             let cameras = trainer::task::Task::new(&task)?.cameras().len();
             if c.n_cameras != cameras {

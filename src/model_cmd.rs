@@ -438,3 +438,35 @@ pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> 
     writeln!(out, "checkpoint {}", args.out.display())?;
     Ok(())
 }
+
+/// Where a checkpoint folder named by a relative path (such as the default `models/edge-memory`)
+/// is found when it is not below the working directory: `$EDGEVLA_HOME/<path>`, then beside the
+/// executable (its folder and the folders above it, so `target/release/edgevla` and an
+/// installed `bin/edgevla` next to `models/` both work), then the source tree this binary was
+/// built from. Returns the folder and where it was found; `None` when no candidate holds a
+/// `config.toml`.
+pub(crate) fn find_checkpoint(path: &Path) -> Option<(PathBuf, &'static str)> {
+    let holds = |dir: &Path| dir.join("config.toml").is_file();
+    if holds(path) {
+        return Some((path.to_path_buf(), "working directory"));
+    }
+    if path.is_absolute() {
+        return None;
+    }
+    if let Some(home) = std::env::var_os("EDGEVLA_HOME") {
+        let dir = Path::new(&home).join(path);
+        if holds(&dir) {
+            return Some((dir, "EDGEVLA_HOME"));
+        }
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for base in exe.ancestors().skip(1).take(4) {
+            let dir = base.join(path);
+            if holds(&dir) {
+                return Some((dir, "beside the executable"));
+            }
+        }
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    holds(&dir).then_some((dir, "the source tree it was built from"))
+}

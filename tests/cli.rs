@@ -376,3 +376,43 @@ fn import_weights_round_trips_and_names_bad_keys() {
     );
     assert!(!dir.path().join("bad").exists());
 }
+
+/// A checkpoint named by a relative path that is not below the working directory is looked for
+/// in `EDGEVLA_HOME`: `eval --model models/x` run from elsewhere loads `$EDGEVLA_HOME/models/x`
+/// (here a checkpoint with corrupt weights, so the error names the folder it found).
+#[test]
+fn relative_checkpoints_are_found_in_edgevla_home() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let ckpt = home.path().join("models/x");
+    std::fs::create_dir_all(&ckpt).expect("mkdir");
+    std::fs::write(
+        ckpt.join("config.toml"),
+        include_str!("../configs/model/edge.toml"),
+    )
+    .expect("config");
+    std::fs::write(ckpt.join("weights.mpk"), b"not weights").expect("weights");
+    let run = |home: Option<&std::path::Path>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_edgevla"));
+        cmd.args(["eval", "--model", "models/x", "--quick", "--out"])
+            .arg(cwd.path().join("out"))
+            .current_dir(cwd.path());
+        if let Some(h) = home {
+            cmd.env("EDGEVLA_HOME", h);
+        } else {
+            cmd.env_remove("EDGEVLA_HOME");
+        }
+        cmd.output().expect("run edgevla")
+    };
+    let found = run(Some(home.path()));
+    assert!(!found.status.success());
+    let err = text(&found.stderr);
+    assert!(err.contains(&ckpt.display().to_string()), "{err}");
+    let missing = run(None);
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("no checkpoint there"),
+        "{}",
+        text(&missing.stderr)
+    );
+}

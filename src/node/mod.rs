@@ -86,18 +86,25 @@ pub fn setup<B: Backend>(
 ) -> Result<(NodeSetup<B>, String)> {
     let rig_text = crate::model_cmd::read_named(&config.rig, configs::rig_preset(&config.rig))?;
     let rig = Rig::from_toml_str(&rig_text).with_context(|| format!("rig {}", config.rig))?;
-    let found = checkpoint.map(Path::to_path_buf).or_else(|| {
-        config
+    // An explicit --model is taken as given; the config's default checkpoint is also looked for
+    // beside the executable and in EDGEVLA_HOME (`find_checkpoint`).
+    let found = match checkpoint {
+        Some(dir) => Some((dir.to_path_buf(), "")),
+        None => config
             .checkpoint
             .as_ref()
-            .map(std::path::PathBuf::from)
-            .filter(|p| p.join("config.toml").is_file())
-    });
+            .and_then(|p| crate::model_cmd::find_checkpoint(Path::new(p))),
+    };
     let (mut model, source) = match found {
-        Some(dir) => {
+        Some((dir, how)) => {
             let model = runtime::checkpoint::load::<B>(&dir, None, &device)
                 .with_context(|| format!("loading checkpoint {}", dir.display()))?;
-            (model, format!("checkpoint {}", dir.display()))
+            let from = if how.is_empty() {
+                String::new()
+            } else {
+                format!(" (found in {how})")
+            };
+            (model, format!("checkpoint {}{from}", dir.display()))
         }
         None => {
             let model_config = crate::model_cmd::load_model_config(&config.model)?;
