@@ -20,3 +20,17 @@ pub(crate) fn uniform(seed: u64, n: usize) -> Vec<f64> {
 pub(crate) fn uniform_f32(seed: u64, n: usize) -> Vec<f32> {
     uniform(seed, n).into_iter().map(|v| v as f32).collect()
 }
+
+/// max |a − b| / max |b|; NaN if either side holds a NaN (so `err <= tol` fails).
+pub(crate) fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    if a.iter().chain(b).any(|x| x.is_nan()) {
+        return f64::NAN;
+    }
+    let diff = a
+        .iter()
+        .zip(b)
+        .fold(0.0f64, |m, (x, y)| m.max(f64::from((x - y).abs())));
+    let scale = b.iter().fold(0.0f64, |m, y| m.max(f64::from(y.abs())));
+    diff / scale
+}

@@ -10,6 +10,7 @@ use safetensors::SafeTensors;
 use super::*;
 use crate::checkpoint::export_hf;
 use crate::model::causal_bias;
+use crate::test_util::rel_err;
 
 type B = NdArray<f32>;
 
@@ -17,19 +18,6 @@ const EDGE: &str = include_str!("../../../configs/model/edge.toml");
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden/hf_llama")
-}
-
-/// max |a − b| / max |b|; NaN in either makes it NaN (and every `<=` check fail).
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    if a.iter().chain(b).any(|x| x.is_nan()) {
-        return f64::NAN;
-    }
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max(f64::from((x - y).abs())));
-    diff / b.iter().fold(0.0f64, |m, y| m.max(f64::from(y.abs())))
 }
 
 fn f32s(file: &SafeTensors<'_>, name: &str) -> (Vec<f32>, Vec<usize>) {

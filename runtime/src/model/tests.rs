@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 
 use super::*;
 use crate::kv::{KvCacheConfig, KvDtype, round_trip};
-use crate::test_util::uniform_f32 as values;
+use crate::test_util::{rel_err, uniform_f32 as values};
 
 type B = NdArray<f32>;
 
@@ -117,20 +117,6 @@ fn flat(t: Tensor<B, 3>) -> Vec<f32> {
         .convert::<f32>()
         .into_vec::<f32>()
         .expect("tensor data")
-}
-
-/// max |a − b| / max |b|; NaN if either side holds a NaN (so `err <= tol` fails).
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    if a.iter().chain(b).any(|x| x.is_nan()) {
-        return f64::NAN;
-    }
-    let diff = a
-        .iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max(f64::from((x - y).abs())));
-    let scale = b.iter().fold(0.0f64, |m, y| m.max(f64::from(y.abs())));
-    diff / scale
 }
 
 /// burn's random initialization draws from one global generator per backend; tests run in
