@@ -369,14 +369,14 @@ pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> 
         .with_context(|| format!("--hf {}", args.hf.display()))?;
     B::seed(&device, args.seed);
     let mut model = config.init::<B>(&device);
-    let others = match base {
-        Some(m) => {
+    let others = match (args.base.as_deref(), base) {
+        (Some(dir), Some(m)) => {
             let c = m.config();
             let sizes = |c: &VlaConfig| (c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_dim);
             if sizes(c) != sizes(&config) {
                 bail!(
                     "--base {}: backbone (d_model, layers, heads, KV heads, ffn) {:?} but the HuggingFace model has {:?}",
-                    args.base.as_deref().unwrap_or(Path::new("")).display(),
+                    dir.display(),
                     sizes(c),
                     sizes(&config)
                 );
@@ -391,12 +391,9 @@ pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> 
             model.memory_token = m.memory_token;
             model.action_head = m.action_head;
             model.cue_head = m.cue_head;
-            format!(
-                "taken from {}",
-                args.base.as_deref().unwrap_or(Path::new("")).display()
-            )
+            format!("taken from {}", dir.display())
         }
-        None => format!(
+        _ => format!(
             "initialized (seed {}, model config {})",
             args.seed, args.model
         ),

@@ -300,18 +300,23 @@ fn demo_on<B: Backend>(
         tracing::warn!("{source}");
         eprintln!("warning: {source}; success will be at chance level or below");
     }
-    // The node's cache as frame-steps, for each episode's `cue_evicted`.
-    let kv = setup
-        .config
-        .kv_cache
-        .unwrap_or(setup.model.config().kv_cache);
-    if let Ok(stream) = setup.model.new_stream(&kv, &setup.device) {
-        sim.cache_frames = Some(CacheFrames {
-            capacity: stream.cache().capacity(),
-            frame_tokens: setup.model.config().tokens_per_step(),
-            max_frames: stream.cache().max_frames(),
-        });
-    }
+    // The node's cache as frame-steps, for each episode's `cue_evicted` (the capacity its
+    // stream's cache gets, computed without allocating one).
+    let c = setup.model.config();
+    let kv = setup.config.kv_cache.unwrap_or(c.kv_cache);
+    let layout = runtime::kv::KvLayout {
+        dtype: kv.dtype,
+        ..c.kv_layout()
+    };
+    sim.cache_frames = Some(CacheFrames {
+        capacity: runtime::kv::KvCache::capacity_for(
+            &layout,
+            kv.budget_bytes,
+            c.max_cached_tokens(),
+        ),
+        frame_tokens: c.tokens_per_step(),
+        max_frames: c.memory.as_ref().map_or(usize::MAX, |m| m.window_steps),
+    });
     let total = args.episodes * sim.task.episode_steps as u64;
     let mut bar = crate::progress::bar(total, "demo", args.quiet);
     let outcome = run_demo(

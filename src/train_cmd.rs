@@ -296,9 +296,8 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         start..until,
         trainer::train::LOSS_READ_EVERY + 1,
     );
-    let tokens_per_batch = (file.batch_size
-        * (model_config.max_sink_tokens() + task.episode_steps * model_config.step_rows()))
-        as f64;
+    let tokens_per_batch =
+        (file.batch_size * model_config.train_sequence_len(task.episode_steps)) as f64;
     let mut progress = crate::progress::bar(until as u64, "training", args.quiet);
     let started = Instant::now();
     let header = "iteration,loss,learning_rate,elapsed_s,tokens_per_s\n";

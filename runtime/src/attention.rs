@@ -248,30 +248,26 @@ pub fn attend(
     }
     let rep = h / kv;
     let rows = rep * tq;
-    // Queries rotated to their positions and scaled once, grouped by KV head.
+    // Queries rotated to their positions and scaled once, grouped by KV head; for the bank,
+    // scaled and not rotated.
     let scale = 1.0 / (hd as f32).sqrt();
+    let bank_keys = input.bank.as_ref().map_or(0, |b| b.cached.len() + 1);
     scratch.q.resize(kv * rows * hd, 0.0);
+    if input.bank.is_some() {
+        scratch.q_bank.resize(kv * rows * hd, 0.0);
+    }
     for head in 0..h {
         let (g, j) = (head / rep, head % rep);
         for i in 0..tq {
             let at = (g * rows + j * tq + i) * hd;
+            let src = &input.q[(i * h + head) * hd..(i * h + head + 1) * hd];
             rope.rotate(
                 input.past + input.q_first + i,
-                &input.q[(i * h + head) * hd..(i * h + head + 1) * hd],
+                src,
                 scale,
                 &mut scratch.q[at..at + hd],
             );
-        }
-    }
-    // The bank's queries: scaled, not rotated.
-    let bank_keys = input.bank.as_ref().map_or(0, |b| b.cached.len() + 1);
-    if input.bank.is_some() {
-        scratch.q_bank.resize(kv * rows * hd, 0.0);
-        for head in 0..h {
-            let (g, j) = (head / rep, head % rep);
-            for i in 0..tq {
-                let at = (g * rows + j * tq + i) * hd;
-                let src = &input.q[(i * h + head) * hd..(i * h + head + 1) * hd];
+            if input.bank.is_some() {
                 for (o, x) in scratch.q_bank[at..at + hd].iter_mut().zip(src) {
                     *o = x * scale;
                 }
@@ -291,7 +287,6 @@ pub fn attend(
     scratch
         .tasks
         .resize_with(near + bank_tasks, TaskScratch::default);
-    scratch.tasks.truncate(near + bank_tasks);
     let (queries, bank_queries) = (&scratch.q, &scratch.q_bank);
     scratch
         .tasks
@@ -329,15 +324,14 @@ pub fn attend(
     out.clear();
     out.resize(tq * h * hd, 0.0);
     for g in 0..kv {
-        let bank_part = scratch.tasks.get(near + g).filter(|_| bank_tasks > 0);
-        let parts: Vec<&TaskScratch> = scratch.tasks[g * segments..(g + 1) * segments]
+        // The head's segments, then its bank task (`tasks` holds one only with a bank).
+        let parts = scratch.tasks[g * segments..(g + 1) * segments]
             .iter()
-            .chain(bank_part)
-            .collect();
+            .chain(scratch.tasks.get(near + g));
         for r in 0..rows {
             let (j, i) = (r / tq, r % tq);
-            let m = parts.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.m[r]));
-            let weights = parts.iter().map(|p| {
+            let m = parts.clone().fold(f32::NEG_INFINITY, |m, p| m.max(p.m[r]));
+            let weights = parts.clone().map(|p| {
                 if p.m[r] == f32::NEG_INFINITY {
                     0.0
                 } else {
@@ -345,14 +339,14 @@ pub fn attend(
                 }
             });
             let l: f32 = parts
-                .iter()
+                .clone()
                 .zip(weights.clone())
                 .map(|(p, w)| p.l[r] * w)
                 .sum();
             let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
             let head = g * rep + j;
             let dst = &mut out[(i * h + head) * hd..(i * h + head + 1) * hd];
-            for (p, w) in parts.iter().zip(weights) {
+            for (p, w) in parts.clone().zip(weights) {
                 let w = w * inv;
                 for (o, a) in dst.iter_mut().zip(&p.acc[r * hd..(r + 1) * hd]) {
                     *o += a * w;

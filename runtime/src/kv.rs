@@ -452,9 +452,7 @@ impl KvCache {
     ) -> Result<Self> {
         layout.validate()?;
         let by_budget = layout.tokens_for_budget(budget);
-        let capacity = usize::try_from(by_budget)
-            .unwrap_or(usize::MAX)
-            .min(max_tokens);
+        let capacity = Self::capacity_for(&layout, budget, max_tokens);
         let needed = sinks + max_frame_tokens;
         if capacity < needed {
             let per_token = layout.bytes_per_token();
@@ -492,6 +490,14 @@ impl KvCache {
             stats: KvStats::default(),
             max_frames: usize::MAX,
         })
+    }
+
+    /// Tokens a cache of `layout` holds under `budget` bytes and at most `max_tokens` tokens
+    /// (what [`new`](Self::new) allocates, without allocating).
+    pub fn capacity_for(layout: &KvLayout, budget: u64, max_tokens: usize) -> usize {
+        usize::try_from(layout.tokens_for_budget(budget))
+            .unwrap_or(usize::MAX)
+            .min(max_tokens)
     }
 
     /// Keeps at most `frames` frame-steps (≥ 1): older ones are evicted as if the budget
@@ -603,28 +609,21 @@ impl KvCache {
                 ),
             ));
         }
-        self.evict_to_fit(tokens);
-        if segment == Segment::Frame {
-            while self.frames.len() >= self.max_frames {
-                self.evict_oldest();
-            }
-        }
+        self.evict_to_fit(segment, tokens);
         self.pending = Some((segment, tokens));
         Ok(self.len)
     }
 
-    /// Evicts the oldest frame-steps until `tokens` more fit. Nothing moves: the ring's head
-    /// advances past them and their slots are reused.
-    fn evict_to_fit(&mut self, tokens: usize) {
-        while self.len + tokens > self.capacity && !self.frames.is_empty() {
-            self.evict_oldest();
-        }
-    }
-
-    /// Evicts the oldest frame-step (if any). Nothing moves: the ring's head advances.
-    fn evict_oldest(&mut self) {
+    /// Evicts the oldest frame-steps until `tokens` more fit, and, for a new frame-step, until
+    /// it makes at most `max_frames`. Nothing moves: the ring's head advances past them and
+    /// their slots are reused.
+    fn evict_to_fit(&mut self, segment: Segment, tokens: usize) {
         let ring = self.capacity - self.sinks;
-        if let Some(n) = self.frames.pop_front() {
+        let frame = usize::from(segment == Segment::Frame);
+        while self.len + tokens > self.capacity || self.frames.len() + frame > self.max_frames {
+            let Some(n) = self.frames.pop_front() else {
+                break;
+            };
             self.head = (self.head + n) % ring;
             self.len -= n;
             self.stats.frames_evicted += 1;

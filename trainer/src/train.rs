@@ -162,7 +162,7 @@ impl PhaseTimes {
 /// [`runtime::flash::BLOCK_ELEMENTS`]); the uploaded batch; weights, gradients and the two
 /// AdamW moments. With `shards` devices each holds its share of the tokens.
 pub fn memory_estimate(c: &VlaConfig, batch: usize, steps: usize, shards: usize) -> u64 {
-    let tokens = batch * (c.max_sink_tokens() + steps * c.step_rows());
+    let tokens = batch * c.train_sequence_len(steps);
     let tokens = tokens.div_ceil(shards.max(1)) as u64;
     let f32s = |n: u64| 4 * n;
     let (d, ffn, layers) = (c.d_model as u64, c.ffn_dim as u64, c.n_layers as u64);

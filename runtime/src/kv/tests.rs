@@ -166,6 +166,35 @@ fn evicts_oldest_frames_and_keeps_sinks() {
     assert_eq!((cache.len(), cache.bytes(), cache.frames()), (0, 0, 0));
 }
 
+/// A frame-step cap (a memory model's window) evicts like a full budget, and the budget still
+/// evicts below the cap; `capacity_for` is the capacity `new` allocates.
+#[test]
+fn max_frames_caps_the_frame_steps() {
+    let l = layout(1, 1, 32, KvDtype::F32);
+    let budget = l.total_bytes(20);
+    assert_eq!(KvCache::capacity_for(&l, budget, usize::MAX), 20);
+    assert_eq!(KvCache::capacity_for(&l, budget, 12), 12);
+    let mut cache = KvCache::new(l, budget, usize::MAX, 2, 4)
+        .expect("cache")
+        .with_max_frames(2);
+    assert_eq!(cache.capacity(), 20);
+    append(&mut cache, Segment::Sinks, 1000, 2);
+    for f in 0..4 {
+        append(&mut cache, Segment::Frame, 10 * f, 2);
+    }
+    assert_eq!(cache.frames(), 2);
+    assert_eq!(token_ids(&cache, 0), vec![1000, 1001, 20, 21, 30, 31]);
+    assert_eq!(cache.stats().frames_evicted, 2);
+    // Frames of 9 tokens: the budget (2 sinks + 18) allows two, then evicts before the cap.
+    append(&mut cache, Segment::Frame, 40, 9);
+    append(&mut cache, Segment::Frame, 50, 9);
+    assert_eq!(cache.frames(), 2);
+    assert_eq!(cache.frame_lens().collect::<Vec<_>>(), vec![9, 9]);
+    append(&mut cache, Segment::Frame, 60, 4);
+    assert_eq!(cache.frame_lens().collect::<Vec<_>>(), vec![9, 4]);
+    assert!(cache.bytes() <= budget);
+}
+
 #[test]
 fn context_limit_bounds_positions() {
     let l = layout(1, 1, 32, KvDtype::F16);

@@ -246,6 +246,12 @@ impl VlaConfig {
         self.tokens_per_step() + usize::from(self.memory.is_some()) + self.n_readout
     }
 
+    /// Tokens of one training sequence of `steps` frame-steps: the padded instruction, then
+    /// every step's [`step_rows`](Self::step_rows).
+    pub fn train_sequence_len(&self, steps: usize) -> usize {
+        self.max_sink_tokens() + steps * self.step_rows()
+    }
+
     /// Bytes of the memory bank (0 without a memory): `bank_steps` tokens in `dtype`.
     pub fn memory_bytes(&self, dtype: crate::kv::KvDtype) -> u64 {
         self.memory.as_ref().map_or(0, |m| {
@@ -272,11 +278,12 @@ impl VlaConfig {
     /// after the cached tokens, and their distance to the first sink must stay within the
     /// context length).
     pub fn max_cached_tokens(&self) -> usize {
-        let context = self.context_length().saturating_sub(self.n_readout + 1);
         match &self.memory {
-            Some(m) => {
-                context.min(self.max_sink_tokens() + m.window_steps * self.tokens_per_step())
-            }
+            // The step's memory token sits after its frame tokens, before the readouts.
+            Some(m) => self
+                .context_length()
+                .saturating_sub(self.n_readout + 1)
+                .min(self.max_sink_tokens() + m.window_steps * self.tokens_per_step()),
             None => self.context_length().saturating_sub(self.n_readout),
         }
     }

@@ -20,7 +20,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{Block, PAD_GROUP, TrainBatch, TrainOutput, Vla};
+use super::{Block, TrainBatch, TrainOutput, Vla, group_ids};
 use crate::error::{Error, Result};
 use crate::flash::{AttentionMask, TrainAttention, flash_attention};
 use crate::ring::merge;
@@ -89,38 +89,38 @@ impl<B: Backend> Vla<B> {
             .collect();
         let is_memory = |i: usize| i >= g.sinks && (i - g.sinks) % g.chunk == g.frame;
         let index: Vec<i64> = (0..len as i64).collect();
-        let mut q_groups = Vec::with_capacity(n_batch * len);
-        let mut k_groups = Vec::with_capacity(n_batch * len);
-        let mut sink_groups = Vec::with_capacity(n_batch * g.sinks);
-        let mut abs = Vec::with_capacity(n_batch * len);
-        let mut rel = Vec::with_capacity(n_batch * len);
-        let window = memory.window_steps as i64;
-        for layout in &seq.layouts {
-            for (i, (&p, &group)) in layout.positions.iter().zip(&layout.groups).enumerate() {
-                let q = if group == PAD_GROUP { -1 } else { group as i64 };
-                q_groups.push(q);
-                let k = if q == -1 {
-                    -1
-                } else if i < g.sinks || is_memory(i) {
+        // Queries keep their groups; in the window's attention the sinks and the memory tokens
+        // are keys no query sees (they have attentions of their own).
+        let q_groups = group_ids(seq.layouts.iter().flat_map(|l| l.groups.iter().copied()));
+        let k_groups: Vec<i64> = q_groups
+            .iter()
+            .enumerate()
+            .map(|(at, &q)| {
+                let i = at % len;
+                if q != -1 && (i < g.sinks || is_memory(i)) {
                     HIDDEN
                 } else {
                     q
-                };
-                k_groups.push(k);
-                if i < g.sinks {
-                    sink_groups.push(q);
                 }
-                abs.push(p);
-                // The oldest frame-step the cache holds at this token's step sits right
-                // behind the sinks at run time.
-                let first = (step[i] - window + 1).max(0);
-                rel.push(if i < g.sinks {
-                    p
-                } else {
-                    p - first * g.frame as i64
-                });
-            }
-        }
+            })
+            .collect();
+        let sink_groups: Vec<i64> = q_groups
+            .chunks(len)
+            .flat_map(|episode| episode[..g.sinks].iter().copied())
+            .collect();
+        let abs: Vec<i64> = seq
+            .layouts
+            .iter()
+            .flat_map(|l| l.positions.iter().copied())
+            .collect();
+        // At run time the oldest frame-step the cache holds at a token's step sits right behind
+        // the sinks (for the instruction, step −1, that is position 0: no shift).
+        let window = memory.window_steps as i64;
+        let rel: Vec<i64> = abs
+            .iter()
+            .enumerate()
+            .map(|(at, &p)| p - (step[at % len] - window + 1).max(0) * g.frame as i64)
+            .collect();
         let memory_index: Vec<i64> = (0..g.steps)
             .map(|k| (g.sinks + k * g.chunk + g.frame) as i64)
             .collect();

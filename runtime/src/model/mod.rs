@@ -256,6 +256,14 @@ impl<B: Backend> Stream<B> {
     }
 }
 
+/// The error for a model with a memory on the tensor path: the bank runs on the host only.
+fn host_only() -> Error {
+    Error::config(
+        "memory",
+        "a model with a memory bank runs on the host (CPU) path only",
+    )
+}
+
 /// Additive attention bias `[1, tq, past + tq]`: query `i` (at position `past + i`) sees keys
 /// `0..=past + i`. Only the `tq × tq` block of the new tokens is uploaded; the zeros over the
 /// `past` cached keys are filled on the device.
@@ -512,10 +520,7 @@ impl<B: Backend> Vla<B> {
             None => None,
             Some(m) => {
                 if host.is_none() {
-                    return Err(Error::config(
-                        "memory",
-                        "a model with a memory bank runs on the host (CPU) path only",
-                    ));
+                    return Err(host_only());
                 }
                 let frames = (kv.capacity() - c.max_sink_tokens()) / c.tokens_per_step();
                 if frames < m.window_steps {
@@ -533,7 +538,7 @@ impl<B: Backend> Vla<B> {
                 kv = kv.with_max_frames(m.window_steps);
                 Some(KvCache::new(
                     layout,
-                    layout.total_bytes(m.bank_steps as u64),
+                    c.memory_bytes(layout.dtype),
                     m.bank_steps,
                     0,
                     1,
@@ -829,12 +834,7 @@ impl<B: Backend> Vla<B> {
         self.check_step(step)?;
         let x = match stream.host.as_mut() {
             Some(host) => Tokens::Host(host.embed_step(step)?),
-            None if self.config.memory.is_some() => {
-                return Err(Error::config(
-                    "memory",
-                    "a model with a memory bank runs on the host (CPU) path only",
-                ));
-            }
+            None if self.config.memory.is_some() => return Err(host_only()),
             None => {
                 let tokens = self.step_tokens(step, &stream.device);
                 Tokens::Tensor(Tensor::cat(vec![tokens, self.readout_tokens(1)], 1))
