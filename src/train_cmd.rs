@@ -300,7 +300,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         (file.batch_size * model_config.train_sequence_len(task.episode_steps)) as f64;
     let mut progress = crate::progress::bar(until as u64, "training", args.quiet);
     let started = Instant::now();
-    let header = "iteration,loss,learning_rate,elapsed_s,tokens_per_s\n";
+    let header = "iteration,loss,learning_rate,elapsed_s,tokens_per_s,cue_loss\n";
     let mut metrics = if earlier_metrics.starts_with(header) {
         earlier_metrics
     } else {
@@ -314,16 +314,21 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         args.time_limit
             .map(|limit| started + std::time::Duration::from_secs_f64(limit)),
         |iteration| prefetch.get(iteration),
-        |iteration, loss| {
+        |iteration, step| {
             let elapsed = started.elapsed().as_secs_f64();
             let rate = tokens_per_batch * (iteration + 1 - start) as f64 / elapsed.max(1e-9);
+            let loss = step.total;
+            let cue = step.cue.map_or(String::new(), |cue| format!("{cue:e}"));
             metrics.push_str(&format!(
-                "{iteration},{loss:e},{:e},{elapsed:.3},{rate:.1}\n",
+                "{iteration},{loss:e},{:e},{elapsed:.3},{rate:.1},{cue}\n",
                 optimizer.learning_rate_at(iteration)
             ));
+            let cue = step
+                .cue
+                .map_or(String::new(), |cue| format!(" (cue {cue:.3})"));
             progress.step(
                 iteration as u64 + 1,
-                &format!("loss {loss:.4e}, {rate:.0} tokens/s"),
+                &format!("loss {loss:.4e}{cue}, {rate:.0} tokens/s"),
             );
             true
         },
@@ -386,6 +391,13 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
             writeln!(
                 out,
                 "cue recall at the last step: {hits}/{} episodes",
+                report.episodes
+            )?;
+        }
+        if let Some(hits) = report.cue_correct_at_go {
+            writeln!(
+                out,
+                "cue recall at the go step: {hits}/{} episodes",
                 report.episodes
             )?;
         }

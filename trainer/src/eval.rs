@@ -20,6 +20,9 @@ pub struct EvalReport {
     /// Episodes whose cue-recall head named the cued pad at the last step (models with a
     /// cue head only).
     pub cue_correct: Option<usize>,
+    /// Episodes whose cue-recall head named the cued pad at the go step, before the arm moves
+    /// toward it (what the model remembers, not what it sees the arm do).
+    pub cue_correct_at_go: Option<usize>,
 }
 
 impl EvalReport {
@@ -55,6 +58,7 @@ pub fn closed_loop<B: Backend>(
         let mut sim = Sim::with_task(task.clone(), seed)?;
         model.start_episode(&sim.info().instruction, &mut stream)?;
         let recalled;
+        let mut recalled_at_go = None;
         loop {
             let step = sim.observe();
             patches.clear();
@@ -68,6 +72,12 @@ pub fn closed_loop<B: Backend>(
                 },
                 &mut stream,
             )?;
+            if sim.t() == sim.go_step() {
+                recalled_at_go = out
+                    .cue_logits
+                    .as_deref()
+                    .map(|logits| argmax(logits) == sim.target());
+            }
             if sim.is_last() {
                 recalled = out.cue_logits.map(|logits| argmax(&logits) == sim.target());
                 break;
@@ -78,6 +88,9 @@ pub fn closed_loop<B: Backend>(
         report.successes += usize::from(sim.success());
         if let Some(hit) = recalled {
             *report.cue_correct.get_or_insert(0) += usize::from(hit);
+        }
+        if let Some(hit) = recalled_at_go {
+            *report.cue_correct_at_go.get_or_insert(0) += usize::from(hit);
         }
     }
     Ok(report)

@@ -10,7 +10,7 @@
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use runtime::flash::TrainAttention;
 use runtime::host::float_tensor;
@@ -259,7 +259,7 @@ pub fn train<B: AutodiffBackend + TrainAttention>(
         None,
         next_batch,
         |iteration, loss| {
-            on_step(iteration, loss);
+            on_step(iteration, loss.total);
             true
         },
         devices,
@@ -287,7 +287,7 @@ pub fn train_resumable<B: AutodiffBackend + TrainAttention>(
     until: usize,
     deadline: Option<std::time::Instant>,
     mut next_batch: impl FnMut(usize) -> Result<Batch>,
-    mut on_step: impl FnMut(usize, f64) -> bool,
+    mut on_step: impl FnMut(usize, &StepLoss) -> bool,
     devices: &[B::Device],
 ) -> Result<(Vla<B>, TrainReport, OptimizerRecord<B>)> {
     config.validate()?;
@@ -323,7 +323,7 @@ pub fn train_resumable<B: AutodiffBackend + TrainAttention>(
         .clone();
     watch_device_threads();
     // Losses of the iterations queued since the last read-back.
-    let mut pending: Vec<(usize, Tensor<B::InnerBackend, 1>)> = Vec::new();
+    let mut pending: Vec<Pending<B>> = Vec::new();
     let mut go_on = true;
     let end = until.min(config.iterations);
     for iteration in start..end {
@@ -347,7 +347,8 @@ pub fn train_resumable<B: AutodiffBackend + TrainAttention>(
         }
         runtime::Error::check_finite("expert actions", &batch.actions)?;
         let t = std::time::Instant::now();
-        let loss = batch_loss(&model, &batch, config.cue_loss_weight, devices)?;
+        let parts = batch_loss_parts(&model, &batch, config.cue_loss_weight, devices)?;
+        let loss = parts.total;
         report.phases.forward += t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
@@ -355,14 +356,18 @@ pub fn train_resumable<B: AutodiffBackend + TrainAttention>(
         let t = std::time::Instant::now();
         model = optimizer.step(config.learning_rate_at(iteration), model, grads);
         report.phases.step += t.elapsed().as_secs_f64();
-        pending.push((iteration, loss.inner()));
+        pending.push(Pending {
+            iteration,
+            total: loss.inner(),
+            cue: parts.cue.map(|cue| cue.inner()),
+        });
         if pending.len() >= LOSS_READ_EVERY {
             let t = std::time::Instant::now();
             let values = read_losses::<B>(&mut pending, &device)?;
             report.phases.sync += t.elapsed().as_secs_f64();
             for (i, value) in values {
-                report.losses.push(value);
-                go_on &= on_step(i, value);
+                report.losses.push(value.total);
+                go_on &= on_step(i, &value);
             }
             if !go_on {
                 break;
@@ -371,23 +376,45 @@ pub fn train_resumable<B: AutodiffBackend + TrainAttention>(
     }
     let t = std::time::Instant::now();
     for (i, value) in read_losses::<B>(&mut pending, &device)? {
-        report.losses.push(value);
-        on_step(i, value);
+        report.losses.push(value.total);
+        on_step(i, &value);
     }
     report.phases.sync += t.elapsed().as_secs_f64();
     Ok((model, report, optimizer.to_record()))
 }
 
+/// One iteration's loss, read back from the device.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepLoss {
+    /// The loss that was minimized.
+    pub total: f64,
+    /// Its cue cross-entropy term before weighting (`None` without a cue loss).
+    pub cue: Option<f64>,
+}
+
+/// An iteration's loss tensors, still on the device.
+struct Pending<B: AutodiffBackend> {
+    iteration: usize,
+    total: Tensor<B::InnerBackend, 1>,
+    cue: Option<Tensor<B::InnerBackend, 1>>,
+}
+
 /// Reads the queued losses back in one transfer, checking the device and each value.
 fn read_losses<B: AutodiffBackend>(
-    pending: &mut Vec<(usize, Tensor<B::InnerBackend, 1>)>,
+    pending: &mut Vec<Pending<B>>,
     device: &B::Device,
-) -> Result<Vec<(usize, f64)>> {
-    let Some(&(last, _)) = pending.last() else {
+) -> Result<Vec<(usize, StepLoss)>> {
+    let Some(last) = pending.last().map(|p| p.iteration) else {
         return Ok(Vec::new());
     };
-    let (iterations, losses): (Vec<usize>, Vec<_>) = pending.drain(..).unzip();
-    let data = Tensor::cat(losses, 0).try_into_data();
+    let mut layout = Vec::with_capacity(pending.len());
+    let mut tensors = Vec::with_capacity(2 * pending.len());
+    for p in pending.drain(..) {
+        layout.push((p.iteration, p.cue.is_some()));
+        tensors.push(p.total);
+        tensors.extend(p.cue);
+    }
+    let data = Tensor::cat(tensors, 0).try_into_data();
     let device_error = |reason: String| Error::Device {
         iteration: last,
         reason,
@@ -403,18 +430,24 @@ fn read_losses<B: AutodiffBackend>(
         .convert::<f64>()
         .into_vec::<f64>()
         .map_err(|e| device_error(format!("loss read-back: {e:?}")))?;
-    iterations
+    let mut values = values.into_iter();
+    let mut finite = |iteration: usize| match values.next() {
+        Some(value) if value.is_finite() => Ok(value),
+        _ => Err(Error::NonFinite {
+            what: "loss",
+            iteration,
+        }),
+    };
+    layout
         .into_iter()
-        .zip(values)
-        .map(|(iteration, value)| {
-            if value.is_finite() {
-                Ok((iteration, value))
+        .map(|(iteration, has_cue)| {
+            let total = finite(iteration)?;
+            let cue = if has_cue {
+                Some(finite(iteration)?)
             } else {
-                Err(Error::NonFinite {
-                    what: "loss",
-                    iteration,
-                })
-            }
+                None
+            };
+            Ok((iteration, StepLoss { total, cue }))
         })
         .collect()
 }
@@ -433,6 +466,28 @@ pub fn batch_loss<B: TrainAttention>(
     cue_weight: f64,
     devices: &[B::Device],
 ) -> Result<Tensor<B, 1>> {
+    batch_loss_parts(model, batch, cue_weight, devices).map(|parts| parts.total)
+}
+
+/// [`batch_loss`] and its terms.
+#[derive(Debug)]
+pub struct LossParts<B: Backend> {
+    /// The loss to minimize.
+    pub total: Tensor<B, 1>,
+    /// The unweighted cue cross-entropy (`None` when the batch or the run has no cue loss).
+    pub cue: Option<Tensor<B, 1>>,
+}
+
+/// [`batch_loss`] with its cue term apart (for the training log).
+///
+/// # Errors
+/// As [`batch_loss`].
+pub fn batch_loss_parts<B: TrainAttention>(
+    model: &Vla<B>,
+    batch: &Batch,
+    cue_weight: f64,
+    devices: &[B::Device],
+) -> Result<LossParts<B>> {
     let Some(device) = devices.first() else {
         return Err(Error::config("devices", "no device to train on"));
     };
@@ -471,11 +526,12 @@ pub fn batch_loss<B: TrainAttention>(
             .sum()
             .div_scalar(total.max(f32::MIN_POSITIVE))
     };
+    let action_only = |total| LossParts { total, cue: None };
     let Some(logits) = out.cue_logits.filter(|_| cue_weight > 0.0) else {
-        return Ok(action_loss);
+        return Ok(action_only(action_loss));
     };
     if batch.cue_targets.is_empty() {
-        return Ok(action_loss);
+        return Ok(action_only(action_loss));
     }
     let classes = model.config().cue_classes;
     if batch.cue_targets.len() != n * steps
@@ -491,7 +547,7 @@ pub fn batch_loss<B: TrainAttention>(
     }
     let labelled = batch.cue_targets.iter().filter(|&&c| c >= 0).count();
     if labelled == 0 {
-        return Ok(action_loss);
+        return Ok(action_only(action_loss));
     }
     let mask: Vec<f32> = batch
         .cue_targets
@@ -503,7 +559,10 @@ pub fn batch_loss<B: TrainAttention>(
     let log_p = log_softmax(logits.reshape([n * steps, classes]), 1).gather(1, index);
     let mask = float_tensor::<B, f32, 2>(mask, [n * steps, 1], device);
     let cue_loss = (log_p * mask).sum().neg().div_scalar(labelled as f32);
-    Ok(action_loss + cue_loss.mul_scalar(cue_weight as f32))
+    Ok(LossParts {
+        total: action_loss + cue_loss.clone().mul_scalar(cue_weight as f32),
+        cue: Some(cue_loss),
+    })
 }
 
 #[cfg(test)]
@@ -807,6 +866,16 @@ mod tests {
             ((got - want) / want).abs() < 1e-5,
             "loss {got} vs direct {want}"
         );
+        // The cue term on its own (the training log's `cue_loss`), unweighted.
+        let parts = batch_loss_parts(&model, &batch, 0.7, &[device]).expect("parts");
+        let cue: f64 = parts.cue.expect("cue term").into_scalar().elem();
+        let want_cue = ce / labelled;
+        assert!(
+            ((cue - want_cue) / want_cue).abs() < 1e-5,
+            "cue loss {cue} vs direct {want_cue}"
+        );
+        let action_only = batch_loss_parts(&model, &batch, 0.0, &[device]).expect("parts");
+        assert!(action_only.cue.is_none());
         // Labels out of range and weights of the wrong length are errors.
         let mut bad = batch.clone();
         bad.cue_targets[0] = 3;
