@@ -1227,7 +1227,8 @@ mod tests {
     /// The long-memory task: every shipped task preset parses; with `phase = "none"` the
     /// proprio's phase value is 0 at every step (nothing tells the episode's length), and the
     /// training variant's cue always ends more than 16 frame-steps (the edge-long model's KV
-    /// window) before the go step, while the long task's cue ages reach hundreds of steps.
+    /// window) before the go step and comes early or late in the episode, while the long
+    /// task's cue ages reach hundreds of steps.
     #[test]
     fn long_memory_presets_hide_the_length_and_outlast_the_window() {
         for preset in configs::TASK_PRESETS {
@@ -1248,6 +1249,19 @@ mod tests {
                     .all(|d| LIGHT_COLORS[d.color].1 != e.cue_color && d.steps.end <= e.go_step)
             );
         }
+        // The training cue comes at any time, not only while the window is still filling (a
+        // model trained on early cues only learned to keep the episode's first steps).
+        let starts: Vec<usize> = (0..64)
+            .map(|seed| Sim::new(&train, seed).unwrap().cue_steps().start)
+            .collect();
+        assert!(
+            starts.iter().filter(|&&s| s < 16).count() >= 8,
+            "{starts:?}"
+        );
+        assert!(
+            starts.iter().filter(|&&s| s >= 32).count() >= 16,
+            "{starts:?}"
+        );
         let ages: Vec<usize> = (0..64)
             .map(|seed| {
                 let e = Sim::new(&long, seed).unwrap().info();
