@@ -10,12 +10,12 @@ use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use clap::Args;
 use runtime::kv::KvDtype;
+use sim::TaskConfig;
 use trainer::needle::report::{self, ReportMeta};
 use trainer::needle::sweep::{
     Budget, Design, HistoryBlindFactory, ModelFactory, OracleFactory, PolicyFactory, RopeMethod,
     SweepSpec, run_sweep,
 };
-use trainer::task::TaskConfig;
 
 use crate::model_cmd::read_named;
 
@@ -223,7 +223,7 @@ where
             let model = runtime::checkpoint::load::<B>(&dir, None, &device)
                 .with_context(|| format!("loading {}", dir.display()))?;
             let c = model.config();
-            let cameras = trainer::task::Task::new(&task)?.cameras().len();
+            let cameras = sim::Task::new(&task)?.cameras().len();
             if c.n_cameras != cameras {
                 bail!(
                     "--model {}: the model takes {} cameras, the task's rig `{}` has {cameras}",

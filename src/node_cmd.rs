@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use clap::Args;
-use trainer::task::TaskConfig;
+use sim::TaskConfig;
 use transport::replay::{Rate, Remap};
 
 use crate::model_cmd::read_named;

@@ -10,8 +10,8 @@ use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Deserialize;
+use sim::TaskConfig;
 use trainer::data::{Prefetch, StepWeights};
-use trainer::task::TaskConfig;
 use trainer::train::{Resume, TrainConfig};
 
 use crate::model_cmd::read_named;

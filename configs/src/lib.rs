@@ -46,7 +46,7 @@ pub fn rig_preset(name: &str) -> Option<&'static Preset> {
     RIG_PRESETS.iter().find(|p| p.name == name)
 }
 
-/// Task configs (`configs/task/`), parsed by `trainer::task::TaskConfig`.
+/// Task configs (`configs/task/`), parsed by `sim::TaskConfig`.
 pub const TASK_PRESETS: &[Preset] = presets!(
     "task": "memory",
     "memory-short",

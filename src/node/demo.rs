@@ -438,6 +438,27 @@ pub fn summary_table(o: &DemoOutcome) -> String {
             ages[ages.len() - 1]
         );
     }
+    let failed: Vec<&EpisodeResult> = o.sim.episodes.iter().filter(|e| !e.success).collect();
+    if !failed.is_empty() {
+        let mut near: Vec<f64> = failed
+            .iter()
+            .filter(|e| e.at_cued_pad)
+            .map(|e| 100.0 * e.final_error_m)
+            .collect();
+        near.sort_by(f64::total_cmp);
+        let elsewhere = failed.len() - near.len();
+        let precision = match near.get(near.len() / 2) {
+            Some(median) => format!(
+                "{} ended nearest the cued pad but {median:.1} cm (median) from its centre",
+                near.len()
+            ),
+            None => "none ended nearest the cued pad".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "failures: {elsewhere} ended nearest another pad (memory or reach); {precision}"
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(
         out,

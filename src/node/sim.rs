@@ -1,4 +1,4 @@
-//! `edgevla sim`: the trainer's memory task ([`trainer::task::Sim`]) as a live robot over
+//! `edgevla sim`: the trainer's memory task ([`sim::Sim`]) as a live robot over
 //! zenoh.
 //!
 //! Per episode it publishes the instruction (`std_msgs/String` on `<prefix>/<id>/instruction`,
@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use image::ExtendedColorType;
 use image::codecs::jpeg::JpegEncoder;
 use serde::Serialize;
-use trainer::task::{ACTION_DIM, Sim, Task, TaskConfig};
+use sim::{ACTION_DIM, Sim, Task, TaskConfig};
 use transport::clock::Clock;
 use transport::keys::{KeySpace, Topic};
 use transport::msg::{AnyMessage, CompressedImage, Header, JointState, StringMsg, Time};
@@ -134,6 +134,11 @@ pub struct EpisodeResult {
     /// cache holding the most recent frame-steps that fit, as in lock-step, where the node
     /// acts on every step); `None` when the node's cache is not known.
     pub cue_evicted: Option<bool>,
+    /// At the last step: the end effector's distance to the cued pad's centre, metres.
+    pub final_error_m: f64,
+    /// At the last step: whether the pad nearest the end effector is the cued one (a failure
+    /// with `true` is one of precision, with `false` one of memory or of reaching).
+    pub at_cued_pad: bool,
 }
 
 /// A whole run.
@@ -256,6 +261,8 @@ pub fn run_sim(
             seconds: 0.0,
             cue_age_steps,
             cue_evicted,
+            final_error_m: f64::NAN,
+            at_cued_pad: false,
         };
         loop {
             let stamp = start + global_step * period;
@@ -362,6 +369,8 @@ pub fn run_sim(
             sim.step(&applied[..ACTION_DIM])?;
         }
         result.success = sim.success();
+        result.final_error_m = sim.distance_to_pad(sim.target());
+        result.at_cued_pad = sim.nearest_pad() == sim.target();
         result.seconds = began.elapsed().as_secs_f64();
         on_episode(&result);
         report.episodes.push(result);

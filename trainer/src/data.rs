@@ -9,8 +9,8 @@ use std::thread::JoinHandle;
 use vision::{PreprocessConfig, Preprocessor};
 
 use crate::error::{Error, Result};
-use crate::task::{Episode, TaskConfig};
 use crate::train::Batch;
+use sim::{Episode, TaskConfig};
 
 /// Per-step loss weighting of a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -34,6 +34,9 @@ pub enum Error {
     /// A camera rig (or a task's camera override) failed to parse or validate.
     #[error(transparent)]
     Vision(#[from] vision::VisionError),
+    /// The task simulator rejected a config or an input.
+    #[error(transparent)]
+    Sim(#[from] sim::Error),
     /// A caller-supplied value (an action chunk, a needle depth) has the wrong shape or value.
     #[error("invalid {what}: {reason}")]
     Input {

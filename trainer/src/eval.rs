@@ -1,14 +1,15 @@
 //! Closed-loop evaluation: the model drives the task's simulator step by step through the
 //! streaming path (`Vla::forward_step` over its KV cache), exactly as on the robot, and an
 //! episode counts as a success when the end effector ends within tolerance of the target.
+//! One episode is [`crate::needle::run_episode`] with a [`ModelPolicy`], as in the sweep.
 
 use burn::tensor::backend::Backend;
 use runtime::kv::KvCacheConfig;
-use runtime::model::{StepInput, Vla};
-use vision::{PreprocessConfig, Preprocessor};
+use runtime::model::Vla;
+use sim::{Sim, Task, TaskConfig};
 
 use crate::error::Result;
-use crate::task::{Sim, Task, TaskConfig};
+use crate::needle::{ModelPolicy, run_episode};
 
 /// Outcome of a closed-loop evaluation.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,61 +51,20 @@ pub fn closed_loop<B: Backend>(
         budget_bytes: layout.total_bytes(c.max_cached_tokens() as u64),
     };
     let task = Task::new(task_config)?;
-    let mut preprocess = Preprocessor::new(PreprocessConfig::default())?;
-    let mut patches = Vec::new();
-    let mut stream = model.new_stream(&cache, device)?;
+    let mut policy = ModelPolicy::new(model.clone(), &cache, device)?;
     let mut report = EvalReport::default();
     for seed in seeds {
-        let mut sim = Sim::with_task(task.clone(), seed)?;
-        model.start_episode(&sim.info().instruction, &mut stream)?;
-        let recalled;
-        let mut recalled_at_go = None;
-        loop {
-            let step = sim.observe();
-            patches.clear();
-            step.append_patches(&mut preprocess, &mut patches)?;
-            let present = vec![true; step.images.len()];
-            let out = model.forward_step(
-                &StepInput {
-                    patches: &patches,
-                    camera_present: &present,
-                    proprio: &step.proprio,
-                },
-                &mut stream,
-            )?;
-            if sim.t() == sim.go_step() {
-                recalled_at_go = out
-                    .cue_logits
-                    .as_deref()
-                    .map(|logits| argmax(logits) == sim.target());
-            }
-            if sim.is_last() {
-                recalled = out.cue_logits.map(|logits| argmax(&logits) == sim.target());
-                break;
-            }
-            sim.step(&out.action.values)?;
-        }
+        let outcome = run_episode(&mut policy, Sim::with_task(task.clone(), seed)?, seed)?;
         report.episodes += 1;
-        report.successes += usize::from(sim.success());
-        if let Some(hit) = recalled {
+        report.successes += usize::from(outcome.success);
+        if let Some(hit) = outcome.cue_correct {
             *report.cue_correct.get_or_insert(0) += usize::from(hit);
         }
-        if let Some(hit) = recalled_at_go {
+        if let Some(hit) = outcome.cue_correct_at_go {
             *report.cue_correct_at_go.get_or_insert(0) += usize::from(hit);
         }
     }
     Ok(report)
-}
-
-/// Index of the largest value (the first on ties; 0 for an empty slice).
-fn argmax(values: &[f32]) -> usize {
-    values
-        .iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
-            if v > best.1 { (i, v) } else { best }
-        })
-        .0
 }
 
 #[cfg(test)]

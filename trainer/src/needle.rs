@@ -35,7 +35,8 @@ use runtime::model::{StepInput, Stream, Vla};
 use vision::{PreprocessConfig, Preprocessor};
 
 use crate::error::{Error, Result};
-use crate::task::{PROPRIO_DIM, Sim, Step};
+use sim::rng::mix64;
+use sim::{PROPRIO_DIM, Sim, Step};
 
 /// What a policy returns for one step.
 #[derive(Clone, Debug, PartialEq)]
@@ -267,6 +268,8 @@ pub struct Outcome {
     pub success: bool,
     /// The policy's cue guess at the last step named the cued pad (`None`: it did not guess).
     pub cue_correct: Option<bool>,
+    /// Its guess at the go step, before the arm moves toward the pad (`None`: no guess).
+    pub cue_correct_at_go: Option<bool>,
     /// Frame-steps run.
     pub steps: usize,
 }
@@ -281,6 +284,7 @@ pub fn run_episode(policy: &mut dyn Policy, mut sim: Sim, episode_seed: u64) -> 
     let needs_frames = policy.needs_frames();
     let privileged = policy.privileged();
     let steps = sim.total_steps();
+    let mut cue_correct_at_go = None;
     loop {
         let frame = needs_frames.then(|| sim.observe());
         let act = policy.act(&Observation {
@@ -290,10 +294,14 @@ pub fn run_episode(policy: &mut dyn Policy, mut sim: Sim, episode_seed: u64) -> 
             arm: ArmView { sim: &sim },
             cue: privileged.then(|| sim.target()),
         })?;
+        if sim.t() == sim.go_step() {
+            cue_correct_at_go = act.cue.map(|c| c == sim.target());
+        }
         if sim.is_last() {
             return Ok(Outcome {
                 success: sim.success(),
                 cue_correct: act.cue.map(|c| c == sim.target()),
+                cue_correct_at_go,
                 steps,
             });
         }
@@ -310,12 +318,4 @@ pub(crate) fn argmax(values: &[f32]) -> usize {
             if v > best.1 { (i, v) } else { best }
         })
         .0
-}
-
-/// SplitMix64's finalizer: a well-mixed 64-bit hash.
-pub(crate) fn mix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }

@@ -33,9 +33,10 @@ use runtime::kv::{KvCacheConfig, KvDtype};
 use runtime::model::{Vla, VlaConfig};
 use runtime::rope::{RopeConfig, RopeScaling, YarnScaling};
 
-use super::{HistoryBlind, ModelPolicy, Oracle, Outcome, Policy, mix64, run_episode};
+use super::{HistoryBlind, ModelPolicy, Oracle, Outcome, Policy, run_episode};
 use crate::error::{Error, Result};
-use crate::task::{Sim, Task, TaskConfig};
+use sim::rng::mix64;
+use sim::{Sim, Task, TaskConfig};
 
 /// How the RoPE of a cell is built for its length (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,7 +6,7 @@ use runtime::rope::RopeScaling;
 use super::heatmap;
 use super::report::{self, CSV_HEADER, ReportMeta, Z95, wilson};
 use super::sweep::*;
-use crate::task::TaskConfig;
+use sim::TaskConfig;
 
 type B = NdArray<f32>;
 
@@ -371,8 +371,8 @@ fn model_policy_runs_the_streaming_path() {
         budget: Budget::Window(2),
     };
     let mut policy = factory.build(&config, 16).expect("policy");
-    let task = crate::task::Task::new(&tiny_task()).expect("task");
-    let sim = crate::task::Sim::needle_with_task(task, 5, 0.5, 5).expect("sim");
+    let task = sim::Task::new(&tiny_task()).expect("task");
+    let sim = sim::Sim::needle_with_task(task, 5, 0.5, 5).expect("sim");
     let a = super::run_episode(policy.as_mut(), sim.clone(), 5).expect("episode");
     assert_eq!(a.steps, 16);
     assert!(a.cue_correct.is_some());

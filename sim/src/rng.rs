@@ -7,6 +7,19 @@
 //! 0.8 and 0.9, while these ten lines never change. Statistical quality is far beyond what
 //! sampling a few targets and positions needs (SplitMix64 passes BigCrush).
 
+/// SplitMix64's output function on `x + γ` (γ the golden-ratio increment): the value a stream
+/// whose state is `x` draws next. A well-mixed 64-bit hash (seeds of derived streams, the
+/// evaluation's episode seeds).
+pub fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(GOLDEN_GAMMA);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The golden-ratio increment, 2^64 / φ.
+const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
+
 /// A SplitMix64 stream.
 #[derive(Clone, Debug)]
 pub(crate) struct SplitMix64 {
@@ -27,11 +40,9 @@ impl SplitMix64 {
 
     /// The next 64 random bits.
     pub(crate) fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let out = mix64(self.state);
+        self.state = self.state.wrapping_add(GOLDEN_GAMMA);
+        out
     }
 
     /// Standard normal (Box-Muller, one value per two uniforms).

@@ -19,7 +19,7 @@
 //! ([`success`]). A policy that ignores the cue succeeds at chance, `1 / n_targets`.
 //!
 //! # Determinism
-//! Everything is a function of the config and the `u64` seed: one SplitMix64 stream (`task/rng.rs`)
+//! Everything is a function of the config and the `u64` seed: one SplitMix64 stream (`rng.rs`)
 //! samples, in a fixed order, the target, the cue color, the cue start, the go delay, the
 //! distractors and the decoys. No wall clock, no threads. Rendering and kinematics use `f64`
 //! `sin`/`cos`/`acos`/`atan2` from the platform's libm: byte-identical on one platform; across
@@ -43,12 +43,16 @@
 //! - [`Sim`] applies the first action of a chunk per step (receding horizon) with the same
 //!   integrator, so the expert run through the simulator reproduces its own plan exactly.
 //!
-//! Layout: this file (config, episode, simulator), `task/arm.rs` (kinematics, controller),
-//! `task/render.rs` (cameras, ray caster), `task/rng.rs` (SplitMix64).
+//! The crate uses no burn: the node's simulator, the trainer's data and the evaluation share it.
+//! Layout: this file (config, episode, simulator), `arm.rs` (kinematics, controller),
+//! `render.rs` (cameras, ray caster), `rng.rs` (SplitMix64), `error.rs`.
 
 pub mod arm;
+mod error;
 pub mod render;
-mod rng;
+pub mod rng;
+
+pub use error::{Error, Result};
 
 use std::ops::Range;
 
@@ -57,7 +61,6 @@ use vision::{
     ExtrinsicsConfig, Image, PixelFormat, PreprocessConfig, Preprocessor, Rig, RigConfig,
 };
 
-use crate::error::{Error, Result};
 use arm::{ArmConfig, ArmState};
 use render::{Prim, RenderCamera, Rgb, Shape, Stage};
 use rng::SplitMix64;
@@ -950,6 +953,22 @@ impl Sim {
     pub fn ee_xy(&self) -> [f32; 2] {
         let p = self.task.config.arm.forward(self.state.q);
         [p[0] as f32, p[1] as f32]
+    }
+
+    /// Distance (metres) from the end effector to the centre of pad `k` (infinite for a pad
+    /// the task does not have).
+    pub fn distance_to_pad(&self, k: usize) -> f64 {
+        let [x, y] = self.ee_xy();
+        self.task.targets.get(k).map_or(f64::INFINITY, |t| {
+            (f64::from(x) - t[0]).hypot(f64::from(y) - t[1])
+        })
+    }
+
+    /// The pad whose centre is nearest the end effector (where the arm went).
+    pub fn nearest_pad(&self) -> usize {
+        (0..self.task.targets.len())
+            .min_by(|&a, &b| self.distance_to_pad(a).total_cmp(&self.distance_to_pad(b)))
+            .unwrap_or(0)
     }
 
     /// Whether the end effector is within tolerance of the target now.

@@ -1,12 +1,12 @@
-//! Integration tests of `trainer::task`: determinism, cue visibility, projection against an
+//! Integration tests of the `sim` crate: determinism, cue visibility, projection against an
 //! independent computation, expert and cue-blind closed-loop success rates, needle episodes,
 //! config errors, patches and a contact sheet.
 
 // Helpers outside #[test] fns unwrap too (clippy.toml's test allowance covers only test fns).
 #![allow(clippy::unwrap_used)]
 
-use trainer::Error;
-use trainer::task::{ACTION_DIM, Episode, LIGHT_COLORS, PROPRIO_DIM, Sim, Task, TaskConfig};
+use sim::Error;
+use sim::{ACTION_DIM, Episode, LIGHT_COLORS, PROPRIO_DIM, Sim, Task, TaskConfig};
 use vision::PreprocessConfig;
 
 fn config() -> TaskConfig {
@@ -210,6 +210,29 @@ fn expert_succeeds_and_cue_blind_policy_is_at_chance() {
     // Chance is 1/K = 0.25; binomial sd over 200 seeds is 0.031, so [0.15, 0.35] is ±3.3 sd.
     assert!((0.15..=0.35).contains(&blind), "cue-blind success {blind}");
     assert!(per_target.iter().all(|&n| n >= 30), "{per_target:?}");
+}
+
+/// Where the arm ended: at rest every pad's distance is the plain distance from `arm.rest_xy`;
+/// a run to pad k ends nearest pad k, within the tolerance of its centre.
+#[test]
+fn distance_to_pads_and_nearest_pad() {
+    let c = config();
+    let task = Task::new(&c).unwrap();
+    let sim = Sim::with_task(task.clone(), 3).unwrap();
+    let rest = c.arm.rest_xy;
+    for (k, t) in task.targets().iter().enumerate() {
+        let want = (rest[0] - t[0]).hypot(rest[1] - t[1]);
+        let got = sim.distance_to_pad(k);
+        assert!((got - want).abs() < 1e-6, "pad {k}: {got} vs {want}");
+    }
+    assert!(sim.distance_to_pad(task.targets().len()).is_infinite());
+    for k in 0..task.targets().len() {
+        let mut sim = Sim::with_task(task.clone(), 3).unwrap();
+        let pad = task.targets()[k];
+        run(&mut sim, |s| s.chunk_to(pad));
+        assert_eq!(sim.nearest_pad(), k);
+        assert!(sim.distance_to_pad(k) < c.success_tolerance, "pad {k}");
+    }
 }
 
 #[test]
