@@ -416,15 +416,16 @@ fn frame_message(
             Ok(MessageKind::CompressedImage)
         }
         ImageMode::Raw => {
-            let (encoding, channels) = match pixels.format() {
-                PixelFormat::Gray8 => ("mono8", 1),
-                PixelFormat::Rgb8 => ("rgb8", 3),
+            let encoding = match pixels.format() {
+                PixelFormat::Gray8 => Encoding::Mono8,
+                PixelFormat::Rgb8 => Encoding::Rgb8,
             };
+            let channels = encoding.raw_bytes_per_pixel().unwrap_or(1);
             let msg = Image {
                 header,
                 height: pixels.height(),
                 width: pixels.width(),
-                encoding: encoding.to_owned(),
+                encoding: encoding.name().to_owned(),
                 is_bigendian: 0,
                 step: pixels.width() * channels,
                 data: pixels.data().to_vec(),

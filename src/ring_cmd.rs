@@ -110,10 +110,7 @@ impl Synthetic {
 }
 
 fn to_host<B: Backend>(t: Tensor<B, 3>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| anyhow::anyhow!("reading a tensor back: {e:?}"))
+    Ok(runtime::host::host_values(t, "ring output")?)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -145,10 +145,7 @@ fn first_difference(stored: &VlaConfig, expected: &VlaConfig) -> Option<String> 
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| Error::shape("export", format!("{e:?}")))
+    crate::host::host_values(t, "export")
 }
 
 /// One tensor as it goes into a safetensors file.

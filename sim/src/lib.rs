@@ -67,6 +67,11 @@ use rng::SplitMix64;
 
 /// Values per proprio vector.
 pub const PROPRIO_DIM: usize = 8;
+
+/// The proprio channels' names, in order (`JointState.name` when the simulator publishes them;
+/// the node config's default `proprio` list).
+pub const PROPRIO_NAMES: [&str; PROPRIO_DIM] =
+    ["q1", "q2", "dq1", "dq2", "ee_x", "ee_y", "go", "phase"];
 /// The random stream of the recorded expert's command noise (`expert_noise`), apart from the
 /// episode's plan.
 const NOISE_STREAM: u64 = 0x006E_6F69_7365; // "noise"

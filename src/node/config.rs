@@ -79,9 +79,7 @@ fn default_model() -> String {
     "edge".to_owned()
 }
 fn default_proprio() -> Vec<String> {
-    ["q1", "q2", "dq1", "dq2", "ee_x", "ee_y", "go", "phase"]
-        .map(str::to_owned)
-        .to_vec()
+    sim::PROPRIO_NAMES.map(str::to_owned).to_vec()
 }
 fn default_restart_ms() -> f64 {
     1000.0

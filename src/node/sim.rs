@@ -30,8 +30,7 @@ use transport::keys::{KeySpace, Topic};
 use transport::msg::{AnyMessage, CompressedImage, Header, JointState, StringMsg, Time};
 use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberConfig};
 
-/// Proprio channel names as the simulator publishes them (`JointState.name`).
-pub const PROPRIO_NAMES: [&str; 8] = ["q1", "q2", "dq1", "dq2", "ee_x", "ee_y", "go", "phase"];
+pub use sim::PROPRIO_NAMES;
 
 /// How the simulator paces itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]

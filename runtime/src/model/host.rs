@@ -15,7 +15,6 @@
 //! It computes what the tensor path computes (test `tensor_path_equals_host_path`, and every
 //! model test that runs on NdArray goes through it).
 
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use macerator::{Arch, Simd, WithSimd};
 
@@ -25,6 +24,7 @@ use crate::attention::{
 };
 use crate::error::{Error, Result};
 use crate::gemm::{Mat, MatMut, Threads, Write, matmul};
+use crate::host::host_values;
 use crate::kv::KvCache;
 
 /// One backbone block's weights, row-major `[d_in, d_out]` as burn's `Linear` stores them.
@@ -70,19 +70,12 @@ pub(crate) struct HostWeights {
     cue: Option<HostLinear>,
 }
 
-fn values<B: Backend, const D: usize>(t: Tensor<B, D>, what: &'static str) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| Error::shape(what, format!("{e:?}")))
-}
-
 fn linear<B: Backend>(l: &burn::nn::Linear<B>, what: &'static str) -> Result<HostLinear> {
     let d_out = l.weight.dims()[1];
     Ok(HostLinear {
-        weight: values(l.weight.val(), what)?,
+        weight: host_values(l.weight.val(), what)?,
         bias: match &l.bias {
-            Some(b) => values(b.val(), what)?,
+            Some(b) => host_values(b.val(), what)?,
             None => vec![0.0; d_out],
         },
     })
@@ -108,8 +101,8 @@ impl HostWeights {
     pub(crate) fn new<B: Backend>(model: &Vla<B>) -> Result<Self> {
         let c = model.config().clone();
         let d = c.d_model;
-        let camera = values(model.camera_embed.val(), "camera embedding")?;
-        let patch_pos = values(model.patch_pos_embed.val(), "patch embedding")?;
+        let camera = host_values(model.camera_embed.val(), "camera embedding")?;
+        let patch_pos = host_values(model.patch_pos_embed.val(), "patch embedding")?;
         let mut patch_add = Vec::with_capacity(c.n_cameras * c.patches_per_camera * d);
         for cam in 0..c.n_cameras {
             for p in 0..c.patches_per_camera {
@@ -127,42 +120,42 @@ impl HostWeights {
             .map(|b: &Block<B>| {
                 let a = &b.self_attn;
                 Ok(HostBlock {
-                    input_norm: values(b.input_layernorm.gamma.val(), "norm")?,
+                    input_norm: host_values(b.input_layernorm.gamma.val(), "norm")?,
                     qkv: side_by_side(
                         &[
-                            values(a.q_proj.weight.val(), "q_proj")?,
-                            values(a.k_proj.weight.val(), "k_proj")?,
-                            values(a.v_proj.weight.val(), "v_proj")?,
+                            host_values(a.q_proj.weight.val(), "q_proj")?,
+                            host_values(a.k_proj.weight.val(), "k_proj")?,
+                            host_values(a.v_proj.weight.val(), "v_proj")?,
                         ],
                         d,
                     ),
-                    o: values(a.o_proj.weight.val(), "o_proj")?,
-                    post_norm: values(b.post_attention_layernorm.gamma.val(), "norm")?,
+                    o: host_values(a.o_proj.weight.val(), "o_proj")?,
+                    post_norm: host_values(b.post_attention_layernorm.gamma.val(), "norm")?,
                     gate_up: side_by_side(
                         &[
-                            values(b.mlp.gate_proj.weight.val(), "gate_proj")?,
-                            values(b.mlp.up_proj.weight.val(), "up_proj")?,
+                            host_values(b.mlp.gate_proj.weight.val(), "gate_proj")?,
+                            host_values(b.mlp.up_proj.weight.val(), "up_proj")?,
                         ],
                         d,
                     ),
-                    down: values(b.mlp.down_proj.weight.val(), "down_proj")?,
+                    down: host_values(b.mlp.down_proj.weight.val(), "down_proj")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch_embed: linear(&model.patch_embed, "patch_embed")?,
             patch_add,
-            missing: values(model.missing_embed.val(), "missing embedding")?,
+            missing: host_values(model.missing_embed.val(), "missing embedding")?,
             proprio: linear(&model.proprio_embed, "proprio_embed")?,
-            instruction: values(model.instruction_embed.val(), "instruction embedding")?,
-            readout: values(model.readout.val(), "readout")?,
+            instruction: host_values(model.instruction_embed.val(), "instruction embedding")?,
+            readout: host_values(model.readout.val(), "readout")?,
             memory: model
                 .memory_token
                 .as_ref()
-                .map(|m| values(m.val(), "memory token"))
+                .map(|m| host_values(m.val(), "memory token"))
                 .transpose()?,
             blocks,
-            norm: values(model.norm.gamma.val(), "norm")?,
+            norm: host_values(model.norm.gamma.val(), "norm")?,
             action: linear(&model.action_head, "action_head")?,
             cue: model
                 .cue_head

@@ -108,11 +108,7 @@ impl<B: Backend> Stream<B> {
         // One download: [2 · layers, store, kv, hd], keys and values of each layer in turn.
         let token_major: Vec<Tensor<B, 4>> =
             new.iter().map(|t| t.clone().swap_dims(1, 2)).collect();
-        let host = Tensor::cat(token_major, 0)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| Error::shape("kv write", format!("{e:?}")))?;
+        let host = crate::host::host_values(Tensor::cat(token_major, 0), "kv write")?;
         let n = store * kv * hd;
         for (layer, pair) in host.chunks_exact(2 * n).enumerate() {
             self.cache.write(layer, &pair[..n], &pair[n..])?;

@@ -714,12 +714,10 @@ impl<B: Backend> Vla<B> {
         let cue_logits = match &self.cue_head {
             Some(head) => {
                 let [batch, r, d] = readout.dims();
-                let logits = head
-                    .forward(readout.clone().reshape([batch, r * d]))
-                    .into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .map_err(|e| Error::shape("cue head", format!("{e:?}")))?;
+                let logits = crate::host::host_values(
+                    head.forward(readout.clone().reshape([batch, r * d])),
+                    "cue head",
+                )?;
                 Error::check_finite("model output (cue logits)", &logits)?;
                 Some(logits)
             }
@@ -734,12 +732,7 @@ impl<B: Backend> Vla<B> {
 
     fn action_chunk(&self, readout: Tensor<B, 3>) -> Result<ActionChunk> {
         let c = &self.config;
-        let values = self
-            .action_head(readout)
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .map_err(|e| Error::shape("action head", format!("{e:?}")))?;
+        let values = crate::host::host_values(self.action_head(readout), "action head")?;
         Error::check_finite("model output (action chunk)", &values)?;
         Ok(ActionChunk {
             horizon: c.horizon,
