@@ -589,7 +589,10 @@ impl<B: Backend> Inference<'_, B> {
             values: out.action.values,
         };
         self.sequence += 1;
-        actions.publish(&msg)?;
+        if let Err(e) = actions.publish(&msg) {
+            self.report.publish_errors += 1;
+            tracing::error!(error = %e, "action publish failed; the robot gets no chunk for this step");
+        }
         let t3 = Instant::now();
         self.hists.publish.record(duration_ns(t3 - t2));
         self.hists
@@ -667,7 +670,7 @@ fn duration_ns(d: Duration) -> u64 {
 ///
 /// # Errors
 /// Setup failures (subscriptions, publishers, a cache the budget cannot hold) and a failed
-/// ingest thread; bad inputs and failed model steps are counted, not errors.
+/// ingest thread; bad inputs, failed model steps and failed publishes are counted, not errors.
 pub fn run_node<B: Backend>(
     session: &zenoh::Session,
     setup: &NodeSetup<B>,
@@ -791,6 +794,7 @@ pub fn run_node<B: Backend>(
                 last_status = now;
                 let text = serde_json::to_string(&inf.report)?;
                 if let Err(e) = status.publish(&StringMsg { data: text }) {
+                    inf.report.publish_errors += 1;
                     tracing::warn!(error = %e, "status publish failed");
                 }
             }

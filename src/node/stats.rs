@@ -242,7 +242,7 @@ pub struct NodeReport {
     pub state: NodeState,
     /// Episodes started.
     pub episodes: u64,
-    /// Actions published.
+    /// Model steps that produced an action chunk (published, or counted in `publish_errors`).
     pub steps: u64,
     /// Steps in the current episode.
     pub episode_steps: u64,
@@ -250,6 +250,9 @@ pub struct NodeReport {
     pub rate_hz: f64,
     /// Model steps that failed (logged; no action for that step).
     pub model_errors: u64,
+    /// Action chunks and status messages zenoh failed to publish (counted and logged; the
+    /// node goes on with the next step).
+    pub publish_errors: u64,
     /// Latency per stage.
     pub latency: StageLatency,
     /// KV cache.
