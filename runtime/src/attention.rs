@@ -169,6 +169,8 @@ pub struct BankInput<'a> {
     pub cached: KvRuns<'a>,
     /// Index of the step's memory token among the new tokens.
     pub new: usize,
+    /// The model's memory settings (the bank scores' log-length factor).
+    pub config: &'a crate::model::MemoryConfig,
 }
 
 /// Softmax attention of the queries over the cache and the new tokens (causal among them),
@@ -267,9 +269,13 @@ pub fn attend(
                 scale,
                 &mut scratch.q[at..at + hd],
             );
-            if input.bank.is_some() {
+            if let Some(bank) = &input.bank {
+                // Memory tokens this query sees: the stored ones, and the step's own from the
+                // memory token on.
+                let own = usize::from(input.q_first + i >= bank.new);
+                let factor = bank.config.bank_score_factor(bank.cached.len() + own);
                 for (o, x) in scratch.q_bank[at..at + hd].iter_mut().zip(src) {
-                    *o = x * scale;
+                    *o = x * scale * factor;
                 }
             }
         }

@@ -94,6 +94,26 @@ pub struct MemoryConfig {
     pub bank_steps: usize,
     /// Frame-steps of local context (the KV cache's window, in training and at run time).
     pub window_steps: usize,
+    /// Sharper bank reads for longer banks: a token that sees `n` memory tokens has its bank
+    /// scores multiplied by `max(1, ln n / ln bank_log_scale)` (the log-length attention
+    /// scaling of Chiang & Cholak 2022 and Su's "entropy-invariant" softmax, here on the bank
+    /// alone), so a bank longer than any seen in training keeps the softmax's entropy near its
+    /// trained level instead of spreading it over more entries. Set it to the longest bank of
+    /// the training episodes; `None` (the default): no scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_log_scale: Option<usize>,
+}
+
+impl MemoryConfig {
+    /// The factor on the bank scores of a token that sees `visible` memory tokens.
+    pub fn bank_score_factor(&self, visible: usize) -> f32 {
+        match self.bank_log_scale {
+            Some(from) if visible > from && from >= 2 => {
+                ((visible as f64).ln() / (from as f64).ln()) as f32
+            }
+            _ => 1.0,
+        }
+    }
 }
 
 impl VlaConfig {
@@ -199,6 +219,9 @@ impl VlaConfig {
             }
             if m.window_steps == 0 {
                 return Err(Error::config("memory.window_steps", "must be ≥ 1"));
+            }
+            if m.bank_log_scale.is_some_and(|from| from < 2) {
+                return Err(Error::config("memory.bank_log_scale", "must be ≥ 2"));
             }
             let span = self.max_sink_tokens() + m.window_steps * self.tokens_per_step() + 1;
             if span + self.n_readout > self.context_length() {

@@ -426,10 +426,11 @@ impl HostPath {
                 let row = m * kvw..(m + 1) * kvw;
                 bank.write(layer, &b.k[row.clone()], &b.v[row])?;
             }
-            let bank_input = match (bank.as_deref(), memory) {
-                (Some(bank), Some(m)) => Some(BankInput {
+            let bank_input = match (bank.as_deref(), memory, &config.memory) {
+                (Some(bank), Some(m), Some(settings)) => Some(BankInput {
                     cached: bank.view(layer)?,
                     new: m,
+                    config: settings,
                 }),
                 _ => None,
             };

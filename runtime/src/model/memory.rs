@@ -50,6 +50,9 @@ struct MemoryAttention<B: Backend> {
     abs: RotaryTable<B>,
     /// Slot positions at run time (queries of the sink attention).
     rel: RotaryTable<B>,
+    /// Factor on each token's bank scores `[1, 1, len, 1]` (`MemoryConfig::bank_log_scale`),
+    /// or `None` when every factor is 1.
+    bank_factor: Option<Tensor<B, 4>>,
     geometry: Geometry,
 }
 
@@ -152,12 +155,29 @@ impl<B: Backend> Vla<B> {
         // the readouts (no run-time position goes further).
         let span = c.max_sink_tokens() + memory.window_steps * g.frame + 1 + c.n_readout;
         let freqs = c.rope.frequencies(Some(span));
+        // A token of step t sees the memory tokens of the bank's earlier steps, and its own
+        // step's from the memory token on.
+        let factors: Vec<f32> = (0..len)
+            .map(|i| {
+                if i < g.sinks {
+                    return 1.0;
+                }
+                let (t, within) = ((i - g.sinks) / g.chunk, (i - g.sinks) % g.chunk);
+                let visible = t.min(memory.bank_steps - 1) + usize::from(within >= g.frame);
+                memory.bank_score_factor(visible)
+            })
+            .collect();
+        let bank_factor = factors
+            .iter()
+            .any(|&f| f != 1.0)
+            .then(|| crate::host::float_tensor::<B, f32, 4>(factors, [1, 1, len, 1], device));
         let attention = MemoryAttention {
             window: masks_window,
             sinks: masks_sinks,
             bank: masks_bank,
             abs: freqs.batched_table::<B>(&abs, n_batch, device)?,
             rel: freqs.batched_table::<B>(&rel, n_batch, device)?,
+            bank_factor,
             geometry,
         };
         let mut x = seq.x;
@@ -204,6 +224,10 @@ impl<B: Backend> Block<B> {
                 .reshape([batch, kv_heads, g.steps, g.chunk, hd])
                 .narrow(3, g.frame, 1)
                 .reshape([batch, kv_heads, g.steps, hd])
+        };
+        let q = match &at.bank_factor {
+            Some(f) => q * f.clone(),
+            None => q,
         };
         let bank = flash_attention(q, memory_tokens(k), memory_tokens(v), &at.bank, scale)?;
         let out = merge(merge(window, sinks), bank).out;

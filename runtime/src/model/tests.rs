@@ -675,17 +675,24 @@ fn ring_training_forward_equals_one_device() {
 /// attentions, absolute and slot positions) equals the streaming host path step by step
 /// (cache capped to the window, FIFO bank, no RoPE on the bank), ≤ 1e-4 relative, with frame-steps
 /// evicted from the window and memory tokens from the bank; two instructions of different
-/// lengths, default RoPE and YaRN. A memory token that is ignored would change the result:
+/// lengths, default RoPE and YaRN, and with the bank's log-length scaling. A memory token
+/// that is ignored would change the result:
 /// zeroing the bank's contribution (a model whose memory token differs) changes the actions.
 #[test]
 fn memory_training_forward_matches_streaming_steps() {
     let device = Default::default();
-    for rope in [DEFAULT_ROPE, YARN_ROPE] {
+    // Bank log-scaling at 2: factors 1 and ln 3 / ln 2 for the 2 and 3 memory tokens seen.
+    for (rope, log_scale) in [
+        (DEFAULT_ROPE, None),
+        (YARN_ROPE, None),
+        (DEFAULT_ROPE, Some(2)),
+    ] {
         let mut c = tiny_config(1, rope, "f32", 1 << 30);
         c.cue_classes = 3;
         c.memory = Some(MemoryConfig {
             bank_steps: 3,
             window_steps: 2,
+            bank_log_scale: log_scale,
         });
         c.validate().expect("memory config");
         let m = model(&c, 11);
@@ -697,6 +704,18 @@ fn memory_training_forward_matches_streaming_steps() {
         let out = m.forward_train(&batch, &device).expect("train forward");
         let trained = flat(out.actions);
         let cue = flat(out.cue_logits.expect("cue logits"));
+        if log_scale.is_some() {
+            // The scaling is in effect: the same weights without it act differently.
+            let mut plain = c.clone();
+            plain.memory = plain.memory.map(|m| MemoryConfig {
+                bank_log_scale: None,
+                ..m
+            });
+            let unscaled = model(&plain, 11)
+                .forward_train(&batch, &device)
+                .expect("forward");
+            assert!(rel_err(&flat(unscaled.actions), &trained) > 1e-4);
+        }
         for (e, episode) in episodes.iter().enumerate() {
             let mut s = stream(&m);
             m.start_episode(instructions[e], &mut s).expect("start");
@@ -704,11 +723,17 @@ fn memory_training_forward_matches_streaming_steps() {
                 let step = m.forward_step(&episode.get(k), &mut s).expect("step");
                 let at = (e * steps_n + k) * c.action_values();
                 let err = rel_err(&trained[at..at + c.action_values()], &step.action.values);
-                assert!(err <= 1e-4, "{rope} episode {e} step {k}: {err:e}");
+                assert!(
+                    err <= 1e-4,
+                    "{rope} {log_scale:?} episode {e} step {k}: {err:e}"
+                );
                 let at = (e * steps_n + k) * 3;
                 let inc = step.cue_logits.expect("cue");
                 let err = rel_err(&cue[at..at + 3], &inc);
-                assert!(err <= 1e-4, "{rope} cue, episode {e} step {k}: {err:e}");
+                assert!(
+                    err <= 1e-4,
+                    "{rope} {log_scale:?} cue, episode {e} step {k}: {err:e}"
+                );
                 assert!(s.cache().frames() <= 2, "window");
                 assert_eq!(s.memory().expect("bank").len(), (k + 1).min(3));
             }
@@ -736,6 +761,7 @@ fn memory_model_errors() {
     c.memory = Some(MemoryConfig {
         bank_steps: 4,
         window_steps: 3,
+        bank_log_scale: None,
     });
     let m = model(&c, 12);
     let mut s = stream(&m);
@@ -759,6 +785,16 @@ fn memory_model_errors() {
     bad.memory = Some(MemoryConfig {
         bank_steps: 0,
         window_steps: 3,
+        bank_log_scale: None,
     });
     assert!(bad.validate().is_err());
+    bad.memory = Some(MemoryConfig {
+        bank_steps: 4,
+        window_steps: 3,
+        bank_log_scale: Some(1),
+    });
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Config { key, .. }) if key == "memory.bank_log_scale"
+    ));
 }
