@@ -382,6 +382,45 @@ mod tests {
         let relaxed = load::<B>(dir.path(), Some(&other_rope), &device).expect("other rope");
         assert_eq!(relaxed.config().rope, other_rope.rope);
 
+        // Truncated weights (a copy cut at several lengths): an error naming the weights, not
+        // a panic.
+        let weights = std::fs::read(dir.path().join("weights.mpk")).expect("weights");
+        for cut in [weights.len() / 2, weights.len() - 1, 16] {
+            std::fs::write(dir.path().join("weights.mpk"), &weights[..cut]).expect("write");
+            let err = load::<B>(dir.path(), None, &device)
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|m| m.contains("weights")),
+                "cut at {cut}: {err:?}"
+            );
+        }
+        // A corrupt or unknown-key config.toml: an error naming the file (and the key).
+        let config_path = dir.path().join("config.toml");
+        let good = std::fs::read_to_string(&config_path).expect("config");
+        for (bad, names) in [
+            ("d_model = [oops".to_string(), "config.toml"),
+            (format!("{good}\nd_modle = 3\n"), "d_modle"),
+        ] {
+            std::fs::write(&config_path, bad).expect("write");
+            let err = load::<B>(dir.path(), None, &device)
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|m| m.contains(names)),
+                "{names}: {err:?}"
+            );
+        }
+        std::fs::write(&config_path, good).expect("write");
+        // A folder without weights.
+        std::fs::remove_file(dir.path().join("weights.mpk")).expect("remove");
+        let err = load::<B>(dir.path(), None, &device)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|m| m.contains("missing")),
+            "{err:?}"
+        );
         // Corrupt weights: an error, not a panic.
         std::fs::write(dir.path().join("weights.mpk"), b"not a checkpoint").expect("write");
         assert!(matches!(

@@ -21,10 +21,11 @@ pub(crate) fn uniform_f32(seed: u64, n: usize) -> Vec<f32> {
     uniform(seed, n).into_iter().map(|v| v as f32).collect()
 }
 
-/// max |a − b| / max |b|; NaN if either side holds a NaN (so `err <= tol` fails).
+/// max |a − b| / max |b|; NaN if either side holds a NaN or an infinity (so `err <= tol`
+/// fails: `∞ − ∞` would otherwise vanish in the max).
 pub(crate) fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    if a.iter().chain(b).any(|x| x.is_nan()) {
+    if a.iter().chain(b).any(|x| !x.is_finite()) {
         return f64::NAN;
     }
     let diff = a
@@ -33,4 +34,24 @@ pub(crate) fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         .fold(0.0f64, |m, (x, y)| m.max(f64::from((x - y).abs())));
     let scale = b.iter().fold(0.0f64, |m, y| m.max(f64::from(y.abs())));
     diff / scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rel_err;
+
+    /// The comparison fails on anything not finite, on either side, and measures the rest.
+    #[test]
+    fn rel_err_fails_on_nan_and_infinity() {
+        assert_eq!(rel_err(&[1.0, -2.0], &[1.0, -2.0]), 0.0);
+        assert!((rel_err(&[1.0, -2.5], &[1.0, -2.0]) - 0.25).abs() < 1e-12);
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert!(rel_err(&[bad, 1.0], &[0.0, 1.0]).is_nan());
+            assert!(rel_err(&[0.0, 1.0], &[bad, 1.0]).is_nan());
+            assert!(rel_err(&[bad, 1.0], &[bad, 1.0]).is_nan());
+            // A tolerance check `err <= tol` fails on it.
+            let within = rel_err(&[bad], &[bad]) <= 1e-4;
+            assert!(!within);
+        }
+    }
 }
