@@ -313,6 +313,8 @@ enum Frames {
     NoLeftWrist,
     /// Camera 0 sends bytes that are not a JPEG (valid CDR), plus a payload that is not CDR.
     CorruptHead,
+    /// All cameras; the joint state carries a NaN and an infinity.
+    NanJoints,
 }
 
 impl Robot {
@@ -366,7 +368,16 @@ impl Robot {
             .publish(&JointState {
                 header: header("base"),
                 name: PROPRIO_NAMES.iter().map(|s| (*s).to_owned()).collect(),
-                position: obs.proprio.iter().map(|&v| f64::from(v)).collect(),
+                position: obs
+                    .proprio
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| match (frames, i) {
+                        (Frames::NanJoints, 0) => f64::NAN,
+                        (Frames::NanJoints, 2) => f64::INFINITY,
+                        _ => f64::from(v),
+                    })
+                    .collect(),
                 velocity: vec![],
                 effort: vec![],
             })
@@ -398,8 +409,8 @@ fn settled_report(monitor: &NodeMonitor, done: impl Fn(&NodeReport) -> bool) -> 
     report
 }
 
-/// The node keeps running through a camera that stops, corrupt frames, a stalled stream and a
-/// publisher restart (stamps from the start again), reports each, and recovers.
+/// The node keeps running through a camera that stops, corrupt frames, joint states with NaN
+/// and ∞, a stalled stream and a publisher restart (stamps from the start again), reports each, and recovers.
 #[test]
 fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
     let _serial = serial();
@@ -435,7 +446,12 @@ fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
             acted += u64::from(r.step(k, Frames::CorruptHead));
         }
         for k in 25..35 {
-            acted += u64::from(r.step(k, Frames::All));
+            let frames = if (28..30).contains(&k) {
+                Frames::NanJoints
+            } else {
+                Frames::All
+            };
+            acted += u64::from(r.step(k, frames));
         }
         assert_eq!(acted, 35, "an action for every step through the faults");
         // Every step's camera slots (each assembled step gives each camera one).
@@ -448,6 +464,11 @@ fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
         assert_eq!((wrist.held, wrist.missing), (3, 7), "{wrist:?}");
         assert_eq!(wrist.matched, 25);
         assert_eq!(rep.input.cameras[0].decode_errors, 5);
+        // Non-finite joint states: dropped and counted; those steps ran on the last good
+        // proprio (stale), and no model step failed.
+        assert_eq!(rep.input.proprio_non_finite, 2);
+        assert!(rep.input.proprio_stale >= 2, "{}", rep.input.proprio_stale);
+        assert_eq!(rep.model_errors, 0);
         assert_eq!(rep.input.subscriber.decode_errors, 5);
         assert_eq!(rep.state, NodeState::Running);
         // Stall: nothing for longer than stall_ms.

@@ -217,6 +217,7 @@ struct IngestCounters {
     joints: u64,
     proprio_stale: u64,
     proprio_missing_names: u64,
+    proprio_non_finite: u64,
     instructions: u64,
     steps_assembled: u64,
     steps_without_cameras: u64,
@@ -391,14 +392,20 @@ impl Ingest {
                         })
                         .collect()
                 };
+                let finite = values.iter().all(|v| v.is_finite());
                 {
                     let mut c = self.lock_counters();
                     c.joints += 1;
                     c.proprio_missing_names += missing;
+                    c.proprio_non_finite += u64::from(!finite);
                 }
-                self.joints.push_back((stamp, values));
-                while self.joints.len() > 64 {
-                    self.joints.pop_front();
+                if finite {
+                    self.joints.push_back((stamp, values));
+                    while self.joints.len() > 64 {
+                        self.joints.pop_front();
+                    }
+                } else {
+                    tracing::warn!(stamp, "joint state with a non-finite proprio value dropped");
                 }
                 if self.config.clock == ClockMode::Joints {
                     let tolerance = NodeConfig::ns(self.rig.sync.tolerance_ms);
@@ -652,6 +659,7 @@ impl<B: Backend> Inference<'_, B> {
         i.joints = ingest.joints;
         i.proprio_stale = ingest.proprio_stale;
         i.proprio_missing_names = ingest.proprio_missing_names;
+        i.proprio_non_finite = ingest.proprio_non_finite;
         i.instructions = ingest.instructions;
         i.steps_assembled = ingest.steps_assembled;
         i.steps_superseded = superseded;

@@ -221,6 +221,9 @@ pub struct InputReport {
     pub proprio_stale: u64,
     /// Proprio names missing from a joint state (read as 0).
     pub proprio_missing_names: u64,
+    /// Joint states with a NaN or infinite value among the proprio channels: their values are
+    /// dropped (the step uses the last good proprio, counted stale), their stamp still counts.
+    pub proprio_non_finite: u64,
     /// Instructions received (episode starts).
     pub instructions: u64,
     /// Frame-steps assembled by the synchronizer.
