@@ -109,7 +109,7 @@ mod tests {
         )
         .expect("short task");
         let device = Default::default();
-        let model = c.init::<B>(&device);
+        let model = crate::test_util::seeded_model::<B>(&c, 8);
         let a = closed_loop(&model, &task, 0..3, &device).expect("eval");
         let b = closed_loop(&model, &task, 0..3, &device).expect("eval again");
         assert_eq!(a.episodes, 3);

@@ -19,3 +19,25 @@ pub mod plot;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// Helpers shared by the crate's unit tests.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use burn::tensor::backend::Backend;
+    use runtime::model::{Vla, VlaConfig};
+
+    /// burn's random initialization draws from one global generator per backend and tests
+    /// run in parallel threads: every test model is seeded and initialized under this lock,
+    /// so each one's weights are a function of its seed alone.
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// A model of `config` initialized from `seed` (see [`INIT`]).
+    pub(crate) fn seeded_model<B: Backend>(config: &VlaConfig, seed: u64) -> Vla<B> {
+        let _guard = INIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let device = Default::default();
+        B::seed(&device, seed);
+        config.init::<B>(&device)
+    }
+}

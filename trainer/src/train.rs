@@ -634,8 +634,7 @@ mod tests {
     fn overfits_a_fixed_batch() {
         let device = Default::default();
         let c = tiny_model_config();
-        B::seed(&device, 3);
-        let model = c.init::<B>(&device);
+        let model = crate::test_util::seeded_model::<B>(&c, 3);
         let batch = fixed_batch(&c);
         let config = TrainConfig {
             iterations: 150,
@@ -671,7 +670,7 @@ mod tests {
         use burn::module::Module;
         let device = Default::default();
         let c = tiny_model_config();
-        let model = c.init::<B>(&device).map(&mut Poison);
+        let model = crate::test_util::seeded_model::<B>(&c, 4).map(&mut Poison);
         let batch = fixed_batch(&c);
         let config = TrainConfig {
             iterations: 3,
@@ -721,7 +720,7 @@ mod tests {
             grad_clip_norm: Some(1.0),
             cue_loss_weight: 0.0,
         };
-        let model = c.init::<B>(&device);
+        let model = crate::test_util::seeded_model::<B>(&c, 5);
         let run = |devices: &[burn::tensor::Device<B>]| {
             train(
                 model.clone(),
@@ -749,7 +748,7 @@ mod tests {
     fn bad_configs_and_batches_are_errors() {
         let device = Default::default();
         let c = tiny_model_config();
-        let model = c.init::<B>(&device);
+        let model = crate::test_util::seeded_model::<B>(&c, 6);
         let good = TrainConfig {
             iterations: 1,
             learning_rate: 1e-3,
@@ -809,7 +808,7 @@ mod tests {
         let device = Default::default();
         let mut c = tiny_model_config();
         c.cue_classes = 3;
-        let model = c.init::<Plain>(&device);
+        let model = crate::test_util::seeded_model::<Plain>(&c, 7);
         let mut batch = fixed_batch(&c);
         let rows = batch.instructions.len() * batch.steps;
         batch.weights = (0..rows).map(|i| 0.5 + i as f32).collect();

@@ -269,7 +269,7 @@ fn tiny_task() -> TaskConfig {
 #[test]
 fn model_sweep_writes_parseable_csv_markdown_and_pngs() {
     let device = Default::default();
-    let model = tiny_model_config().init::<B>(&device);
+    let model = crate::test_util::seeded_model::<B>(&tiny_model_config(), 9);
     let factory = ModelFactory::new(model, None, &device);
     assert_eq!(factory.original(), 256);
     let s = SweepSpec {
@@ -363,7 +363,7 @@ fn model_sweep_writes_parseable_csv_markdown_and_pngs() {
 #[test]
 fn model_policy_runs_the_streaming_path() {
     let device = Default::default();
-    let model = tiny_model_config().init::<B>(&device);
+    let model = crate::test_util::seeded_model::<B>(&tiny_model_config(), 10);
     let factory = ModelFactory::new(model, None, &device);
     let config = EvalConfig {
         method: RopeMethod::Trained,
