@@ -649,21 +649,42 @@ fn node_command_stops_cleanly_on_ctrl_c() {
         ),
     )
     .expect("write node config");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_edgevla"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgevla"))
         .args(["node", "--config", config.to_str().expect("utf-8 path")])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn edgevla node");
-    // Wait until it is up (it says which model it runs), then interrupt it.
-    std::thread::sleep(Duration::from_secs(3));
+    // Wait until it is up (it says which model it runs and where it listens; its SIGINT
+    // handler is in place before that), then interrupt it.
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let up = Instant::now() + Duration::from_secs(60);
+    while !seen.iter().any(|l: &String| l.contains("listening on")) {
+        let left = up.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("edgevla node never came up ({e}): {seen:?}"),
+        }
+    }
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .expect("kill -INT");
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut child = child;
     while child.try_wait().expect("wait").is_none() {
         assert!(
             Instant::now() < deadline,
@@ -672,7 +693,9 @@ fn node_command_stops_cleanly_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().expect("output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    reader.join().expect("stderr reader");
+    seen.extend(lines.try_iter());
+    let stderr = seen.join("\n");
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("UNTRAINED random init"), "{stderr}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
