@@ -241,7 +241,9 @@ where
                 c.rope.factor(),
                 if c.cue_classes > 0 { "yes" } else { "no" }
             );
-            let f = ModelFactory::new(model, args.original_context, &device);
+            let preprocess = crate::model_cmd::model_preprocess(Some(&dir), c)?;
+            let f = ModelFactory::new(model, args.original_context, &device)
+                .with_preprocess(preprocess);
             let original = f.original();
             factory = Box::new(f);
             (description, Some(original))

@@ -438,6 +438,60 @@ pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> 
 
 /// Where a checkpoint folder named by a relative path (such as the default `models/edge-memory`)
 /// is found when it is not below the working directory: `$EDGEVLA_HOME/<path>`, then beside the
+/// The file beside a checkpoint's `config.toml` holding the image preprocessing it was trained
+/// with (a `vision::PreprocessConfig` table).
+pub(crate) const PREPROCESS_FILE: &str = "preprocess.toml";
+
+/// Writes `preprocess` into checkpoint folder `dir` ([`PREPROCESS_FILE`]).
+pub(crate) fn write_preprocess(dir: &Path, preprocess: &vision::PreprocessConfig) -> Result<()> {
+    let path = dir.join(PREPROCESS_FILE);
+    std::fs::write(&path, toml::to_string(preprocess)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The image preprocessing a model is fed with: checkpoint `dir`'s [`PREPROCESS_FILE`], or the
+/// default (64x64, 16-pixel patches, values in [-1, 1]) for a checkpoint without one or no
+/// checkpoint; checked against the model's patch sizes, so that a checkpoint and images of
+/// another geometry are an error at start-up, not wrong patches.
+pub(crate) fn model_preprocess(
+    dir: Option<&Path>,
+    model: &VlaConfig,
+) -> Result<vision::PreprocessConfig> {
+    let path = dir.map(|d| d.join(PREPROCESS_FILE));
+    let preprocess = match path.as_deref().filter(|p| p.exists()) {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+        }
+        None => vision::PreprocessConfig::default(),
+    };
+    let from = path
+        .as_deref()
+        .filter(|p| p.exists())
+        .map_or("the default preprocessing".to_string(), |p| {
+            p.display().to_string()
+        });
+    preprocess
+        .validate("preprocess")
+        .with_context(|| from.clone())?;
+    if preprocess.n_patches() != model.patches_per_camera
+        || preprocess.patch_dim() != model.patch_dim
+    {
+        bail!(
+            "{from}: {}x{} images in {}-pixel patches give {} patches of {} values, the model takes {} of {}",
+            preprocess.width,
+            preprocess.height,
+            preprocess.patch_size,
+            preprocess.n_patches(),
+            preprocess.patch_dim(),
+            model.patches_per_camera,
+            model.patch_dim
+        );
+    }
+    Ok(preprocess)
+}
+
 /// executable (its folder and the folders above it, so `target/release/edgevla` and an
 /// installed `bin/edgevla` next to `models/` both work), then the source tree this binary was
 /// built from. Returns the folder and where it was found; `None` when no candidate holds a
@@ -466,4 +520,57 @@ pub(crate) fn find_checkpoint(path: &Path) -> Option<(PathBuf, &'static str)> {
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     holds(&dir).then_some((dir, "the source tree it was built from"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn edge() -> VlaConfig {
+        VlaConfig::from_toml(configs::model_preset("edge").expect("edge").text).expect("edge")
+    }
+
+    /// A checkpoint's preprocess.toml is read and checked against the model's patch sizes:
+    /// none means the default, one of another geometry or with an unknown key is an error
+    /// naming the file.
+    #[test]
+    fn model_preprocess_reads_and_checks_the_checkpoints() {
+        let model = edge();
+        let default = model_preprocess(None, &model).expect("default");
+        assert_eq!(default, vision::PreprocessConfig::default());
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            model_preprocess(Some(dir.path()), &model).expect("absent"),
+            default
+        );
+        let mut normalized = default.clone();
+        normalized.mean = [0.4, 0.45, 0.5];
+        write_preprocess(dir.path(), &normalized).expect("write");
+        assert_eq!(
+            model_preprocess(Some(dir.path()), &model).expect("read"),
+            normalized
+        );
+        let small = vision::PreprocessConfig {
+            width: 32,
+            height: 32,
+            ..default
+        };
+        write_preprocess(dir.path(), &small).expect("write");
+        let err = format!(
+            "{:#}",
+            model_preprocess(Some(dir.path()), &model).unwrap_err()
+        );
+        assert!(
+            err.contains("preprocess.toml")
+                && err.contains("4 patches")
+                && err.contains("16 of 768"),
+            "{err}"
+        );
+        std::fs::write(dir.path().join(PREPROCESS_FILE), "widht = 64\n").expect("write");
+        let err = format!(
+            "{:#}",
+            model_preprocess(Some(dir.path()), &model).unwrap_err()
+        );
+        assert!(err.contains("widht"), "{err}");
+    }
 }

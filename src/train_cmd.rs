@@ -345,6 +345,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         )?;
     }
     runtime::checkpoint::save(&model, &args.out)?;
+    crate::model_cmd::write_preprocess(&args.out, &trainer::data::training_preprocess())?;
     let metrics_path = args.out.join("metrics.csv");
     std::fs::write(&metrics_path, &metrics)
         .with_context(|| format!("writing {}", metrics_path.display()))?;

@@ -78,6 +78,9 @@ fn train_writes_a_loadable_checkpoint() {
     );
     assert!(out.join("weights.mpk").exists() && out.join("config.toml").exists());
     assert!(out.join("metrics.csv").exists() && out.join("loss.png").exists());
+    // The preprocessing the episodes were made with travels with the checkpoint.
+    let preprocess = std::fs::read_to_string(out.join("preprocess.toml")).expect("preprocess");
+    assert!(preprocess.contains("patch_size = 16"), "{preprocess}");
 
     let export = Command::new(env!("CARGO_BIN_EXE_edgevla"))
         .args([

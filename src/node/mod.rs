@@ -69,6 +69,9 @@ pub struct NodeSetup<B: Backend> {
     pub rig: Rig,
     /// The policy.
     pub model: Vla<B>,
+    /// The image preprocessing the model was trained with (its checkpoint's, checked against
+    /// its patch sizes).
+    pub preprocess: PreprocessConfig,
     /// Where it runs.
     pub device: B::Device,
 }
@@ -95,6 +98,7 @@ pub fn setup<B: Backend>(
             .as_ref()
             .and_then(|p| crate::model_cmd::find_checkpoint(Path::new(p))),
     };
+    let dir = found.as_ref().map(|(dir, _)| dir.clone());
     let (mut model, source) = match found {
         Some((dir, how)) => {
             let model = runtime::checkpoint::load::<B>(&dir, None, &device)
@@ -139,11 +143,13 @@ pub fn setup<B: Backend>(
             mc.proprio_dim
         );
     }
+    let preprocess = crate::model_cmd::model_preprocess(dir.as_deref(), mc)?;
     Ok((
         NodeSetup {
             config,
             rig,
             model,
+            preprocess,
             device,
         },
         source,
@@ -695,7 +701,7 @@ pub fn run_node<B: Backend>(
         .model
         .new_stream(&cache_config, &setup.device)
         .context("KV cache")?;
-    let pipeline = VisionPipeline::for_rig(&setup.rig, &PreprocessConfig::default())?;
+    let pipeline = VisionPipeline::for_rig(&setup.rig, &setup.preprocess)?;
     let wall: Arc<dyn transport::clock::Clock> = Arc::new(transport::clock::SystemClock::new());
     let subscriber = Subscriber::declare(
         session,

@@ -12,6 +12,12 @@ use crate::error::{Error, Result};
 use crate::train::Batch;
 use sim::{Episode, TaskConfig};
 
+/// The image preprocessing of training episodes (written beside every checkpoint as
+/// `preprocess.toml`, so that what runs the model feeds it the same patches).
+pub fn training_preprocess() -> PreprocessConfig {
+    PreprocessConfig::default()
+}
+
 /// Per-step loss weighting of a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepWeights {
@@ -165,7 +171,7 @@ impl Prefetch {
         let (sender, receiver): (SyncSender<Result<Batch>>, _) = sync_channel(depth.max(1));
         let start = range.start;
         let worker = std::thread::spawn(move || {
-            let preprocess = PreprocessConfig::default();
+            let preprocess = training_preprocess();
             for i in range {
                 let first = first_seed.wrapping_add((i * batch_size) as u64);
                 let seeds: Vec<u64> = (0..batch_size as u64)

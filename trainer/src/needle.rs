@@ -211,12 +211,26 @@ impl<B: Backend> ModelPolicy<B> {
     /// # Errors
     /// [`Error::Runtime`] if the budget cannot hold the sinks plus one frame-step.
     pub fn new(model: Vla<B>, cache: &KvCacheConfig, device: &B::Device) -> Result<Self> {
+        Self::with_preprocess(model, cache, device, crate::data::training_preprocess())
+    }
+
+    /// [`ModelPolicy::new`] feeding the model images preprocessed by `preprocess` (the
+    /// checkpoint's own, where it has one).
+    ///
+    /// # Errors
+    /// As [`ModelPolicy::new`]; [`Error::Vision`] for an invalid `preprocess`.
+    pub fn with_preprocess(
+        model: Vla<B>,
+        cache: &KvCacheConfig,
+        device: &B::Device,
+        preprocess: PreprocessConfig,
+    ) -> Result<Self> {
         let stream = model.new_stream(cache, device)?;
         let present = vec![true; model.config().n_cameras];
         Ok(Self {
             model,
             stream,
-            preprocess: Preprocessor::new(PreprocessConfig::default())?,
+            preprocess: Preprocessor::new(preprocess)?,
             patches: Vec::new(),
             present,
         })

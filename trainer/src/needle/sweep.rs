@@ -507,6 +507,7 @@ pub struct ModelFactory<B: Backend> {
     base: Mutex<Vla<B>>,
     trained: VlaConfig,
     original: usize,
+    preprocess: vision::PreprocessConfig,
     device: B::Device,
 }
 
@@ -520,8 +521,17 @@ impl<B: Backend> ModelFactory<B> {
             base: Mutex::new(model),
             trained,
             original,
+            preprocess: crate::data::training_preprocess(),
             device: device.clone(),
         }
+    }
+
+    /// The factory's policies feed the model images preprocessed by `preprocess` (the
+    /// checkpoint's own) instead of the training default.
+    #[must_use]
+    pub fn with_preprocess(mut self, preprocess: vision::PreprocessConfig) -> Self {
+        self.preprocess = preprocess;
+        self
     }
 
     /// The original context the factors are relative to.
@@ -573,7 +583,12 @@ where
             .load_record(record)
             .with_rope(model_config.rope.clone())?;
         let cache = self.cache(&model_config, config);
-        Ok(Box::new(ModelPolicy::new(model, &cache, &self.device)?))
+        Ok(Box::new(ModelPolicy::with_preprocess(
+            model,
+            &cache,
+            &self.device,
+            self.preprocess.clone(),
+        )?))
     }
 
     fn setup(&self, config: &EvalConfig, length: usize) -> Result<CellSetup> {
