@@ -194,6 +194,13 @@ pub struct TaskConfig {
     pub n_decoys: usize,
     /// Static distractor objects on the table.
     pub n_distractors: usize,
+    /// Camera dropouts: this many times per episode, between the cue's end and the go step,
+    /// one camera (drawn uniformly) delivers no frame for a number of steps drawn from
+    /// `dropout_steps` (a driver that loses a camera; the node then holds and masks it).
+    /// Never during the cue, so the cue stays visible. 0 (the default): none.
+    pub camera_dropouts: usize,
+    /// Length of a camera dropout in steps, inclusive range `[min, max]`.
+    pub dropout_steps: [usize; 2],
     /// Actions per expert chunk.
     pub horizon: usize,
     /// Success radius around the target, metres.
@@ -238,6 +245,8 @@ impl Default for TaskConfig {
             n_colors: 3,
             n_decoys: 2,
             n_distractors: 4,
+            camera_dropouts: 0,
+            dropout_steps: [2, 8],
             horizon: 8,
             success_tolerance: 0.03,
             expert_noise: 0.0,
@@ -303,6 +312,15 @@ impl TaskConfig {
         }
         if self.reach_steps < 2 {
             return Err(cfg_err("reach_steps", "must be at least 2"));
+        }
+        if self.dropout_steps[0] == 0 || self.dropout_steps[0] > self.dropout_steps[1] {
+            return Err(cfg_err(
+                "dropout_steps",
+                "needs 1 ≤ min ≤ max (steps without a camera's frame)",
+            ));
+        }
+        if self.camera_dropouts > 64 {
+            return Err(cfg_err("camera_dropouts", "at most 64 per episode"));
         }
         let latest_go = self.cue_start[1] + self.cue_steps + self.go_delay[1];
         if latest_go + self.reach_steps > self.episode_steps {
@@ -642,6 +660,8 @@ struct Plan {
     total: usize,
     decoys: Vec<Decoy>,
     distractors: Vec<Distractor>,
+    /// Camera dropouts: (camera, steps without its frame).
+    dropouts: Vec<(usize, Range<usize>)>,
 }
 
 /// How the cue and go times are chosen.
@@ -703,6 +723,17 @@ impl Plan {
                 }
             }
         }
+        // Drawn last, so that tasks without dropouts keep their episodes.
+        let mut dropouts = Vec::with_capacity(c.camera_dropouts);
+        let n_cams = task.cameras.len();
+        if go_step > cue.end && n_cams > 0 {
+            for _ in 0..c.camera_dropouts {
+                let camera = rng.below(n_cams);
+                let length = rng.inclusive(c.dropout_steps[0], c.dropout_steps[1]);
+                let start = cue.end + rng.below(go_step - cue.end);
+                dropouts.push((camera, start..(start + length).min(go_step)));
+            }
+        }
         Ok(Self {
             seed,
             target,
@@ -712,6 +743,7 @@ impl Plan {
             total,
             decoys,
             distractors,
+            dropouts,
         })
     }
 }
@@ -766,6 +798,9 @@ pub struct Step {
     pub height: u32,
     /// One RGB8 image per camera (rig order), `width * height * 3`, row-major.
     pub images: Vec<Vec<u8>>,
+    /// Per camera (rig order): whether it delivered its frame this step (`false` during a
+    /// camera dropout, when its image is not to be used).
+    pub camera_present: Vec<bool>,
     /// `[q1, q2, dq1, dq2, ee_x, ee_y, go, t / episode_steps]` (see the module docs).
     pub proprio: [f32; PROPRIO_DIM],
     /// Expert chunk, `horizon * ACTION_DIM`, action-major: `[dq1, dq2, grip, done]` per action.
@@ -1176,11 +1211,22 @@ impl Sim {
     /// The full observation of the current step, with the expert's chunk as its label.
     pub fn observe(&mut self) -> Step {
         let [width, height] = self.task.config.image_size;
+        let images = self.render();
+        let camera_present = (0..images.len())
+            .map(|cam| {
+                !self
+                    .plan
+                    .dropouts
+                    .iter()
+                    .any(|(c, steps)| *c == cam && steps.contains(&self.t))
+            })
+            .collect();
         Step {
             stamp_ns: self.t as u64 * self.task.config.period_ns(),
             width,
             height,
-            images: self.render(),
+            images,
+            camera_present,
             proprio: self.proprio(),
             expert_action: self.expert_chunk(),
         }
@@ -1263,6 +1309,7 @@ mod tests {
         let long = TaskConfig::from_toml(text("memory-long")).unwrap();
         assert_eq!(train.phase, PhaseValue::None);
         assert_eq!(long.phase, PhaseValue::None);
+        assert!(train.camera_dropouts > 0 && long.camera_dropouts > 0);
         for seed in 0..4 {
             let e = Episode::generate(&train, seed).unwrap();
             assert!(e.steps.iter().all(|s| s.proprio[7] == 0.0), "phase leaks");

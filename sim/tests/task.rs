@@ -235,6 +235,46 @@ fn distance_to_pads_and_nearest_pad() {
     }
 }
 
+/// Camera dropouts: only between the cue's end and the go step, one camera at a time per
+/// dropout, lengths within `dropout_steps`; none by default; the same seed drops the same
+/// frames; the rest of the episode (cue, go step, target) is that of the task without them.
+#[test]
+fn camera_dropouts_fall_between_cue_and_go() {
+    let plain = config();
+    let mut c = plain.clone();
+    c.camera_dropouts = 3;
+    c.dropout_steps = [2, 5];
+    c.validate().unwrap();
+    let mut dropped_total = 0;
+    for seed in 0..8 {
+        let e = Episode::generate(&c, seed).unwrap();
+        let p = Episode::generate(&plain, seed).unwrap();
+        assert_eq!(
+            (e.go_step, e.target, e.cue_steps.clone()),
+            (p.go_step, p.target, p.cue_steps.clone())
+        );
+        assert!(p.steps.iter().all(|s| s.camera_present.iter().all(|&x| x)));
+        for (t, step) in e.steps.iter().enumerate() {
+            let dropped = step.camera_present.iter().filter(|&&x| !x).count();
+            if dropped > 0 {
+                assert!(
+                    t >= e.cue_steps.end && t < e.go_step,
+                    "seed {seed} step {t}"
+                );
+            }
+            assert_eq!(step.camera_present.len(), step.images.len());
+            dropped_total += dropped;
+        }
+        assert_eq!(e, Episode::generate(&c, seed).unwrap(), "deterministic");
+    }
+    // 8 episodes x 3 dropouts of 2-5 steps (fewer where one is cut at the go step or two
+    // overlap): well above none, at most 8 x 3 x 5.
+    assert!((16..=120).contains(&dropped_total), "{dropped_total}");
+    let mut bad = plain;
+    bad.dropout_steps = [0, 3];
+    assert!(bad.validate().is_err());
+}
+
 #[test]
 fn proprio_and_pre_go_actions_do_not_depend_on_the_cue() {
     let c = config();

@@ -273,7 +273,17 @@ pub fn run_sim(
                 stamp: Time::from_nanos(stamp),
                 frame_id: frame_id.to_owned(),
             };
-            for ((img, publisher), name) in step.images.iter().zip(&cams).zip(&names) {
+            for (((img, publisher), name), &present) in step
+                .images
+                .iter()
+                .zip(&cams)
+                .zip(&names)
+                .zip(&step.camera_present)
+            {
+                // A camera in a dropout delivers nothing (the node holds, then masks it).
+                if !present {
+                    continue;
+                }
                 jpeg(
                     img,
                     step.width,

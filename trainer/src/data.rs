@@ -41,7 +41,7 @@ struct EpisodeRows {
     actions: Vec<f32>,
     weights: Vec<f32>,
     cue_targets: Vec<i64>,
-    cameras: usize,
+    camera_present: Vec<bool>,
 }
 
 fn episode_rows(
@@ -61,10 +61,11 @@ fn episode_rows(
         actions: Vec::new(),
         weights: Vec::with_capacity(n),
         cue_targets: Vec::with_capacity(n),
-        cameras: episode.steps.first().map_or(0, |s| s.images.len()),
+        camera_present: Vec::new(),
     };
     for (t, step) in episode.steps.iter().enumerate() {
         step.append_patches(&mut pre, &mut rows.patches)?;
+        rows.camera_present.extend_from_slice(&step.camera_present);
         rows.proprio.extend_from_slice(&step.proprio);
         rows.actions.extend_from_slice(&step.expert_action);
         rows.weights.push(if t >= episode.go_step {
@@ -136,9 +137,7 @@ pub fn episode_batch(
             }
             batch.instructions.push(rows.instruction);
             batch.patches.extend(rows.patches);
-            batch
-                .camera_present
-                .extend(std::iter::repeat_n(true, rows.steps * rows.cameras));
+            batch.camera_present.extend(rows.camera_present);
             batch.proprio.extend(rows.proprio);
             batch.actions.extend(rows.actions);
             batch.weights.extend(rows.weights);
@@ -225,7 +224,8 @@ mod tests {
     /// the labels follow the episode's cue and go steps.
     #[test]
     fn batch_matches_episodes_and_labels() {
-        let task = short_task();
+        let mut task = short_task();
+        task.camera_dropouts = 2;
         let seeds = [5u64, 6, 7];
         let pre = PreprocessConfig::default();
         let batch = episode_batch(&task, &seeds, StepWeights { go: 3.0 }, &pre).expect("batch");
@@ -246,6 +246,20 @@ mod tests {
             }
         }
         assert_eq!(batch.patches, patches);
+        // Cameras in a dropout are marked absent, step by step, as the episode says.
+        let present: Vec<bool> = seeds
+            .iter()
+            .flat_map(|&seed| {
+                let episode = Episode::generate(&task, seed).expect("episode");
+                episode
+                    .steps
+                    .into_iter()
+                    .flat_map(|step| step.camera_present)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(batch.camera_present, present);
+        assert!(present.iter().any(|&p| !p), "some camera dropped");
     }
 
     #[test]

@@ -260,6 +260,9 @@ impl<B: Backend> Policy for ModelPolicy<B> {
         })?;
         self.patches.clear();
         frame.append_patches(&mut self.preprocess, &mut self.patches)?;
+        if frame.camera_present.len() == self.present.len() {
+            self.present.copy_from_slice(&frame.camera_present);
+        }
         let out = self.model.forward_step(
             &StepInput {
                 patches: &self.patches,
