@@ -382,18 +382,22 @@ mod tests {
         let relaxed = load::<B>(dir.path(), Some(&other_rope), &device).expect("other rope");
         assert_eq!(relaxed.config().rope, other_rope.rope);
 
+        // Loading the folder fails with a message that names `what`.
+        let fails_naming = |what: &str| {
+            let err = load::<B>(dir.path(), None, &device)
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|m| m.contains(what)),
+                "{what}: {err:?}"
+            );
+        };
         // Truncated weights (a copy cut at several lengths): an error naming the weights, not
         // a panic.
         let weights = std::fs::read(dir.path().join("weights.mpk")).expect("weights");
         for cut in [weights.len() / 2, weights.len() - 1, 16] {
             std::fs::write(dir.path().join("weights.mpk"), &weights[..cut]).expect("write");
-            let err = load::<B>(dir.path(), None, &device)
-                .err()
-                .map(|e| e.to_string());
-            assert!(
-                err.as_deref().is_some_and(|m| m.contains("weights")),
-                "cut at {cut}: {err:?}"
-            );
+            fails_naming("weights");
         }
         // A corrupt or unknown-key config.toml: an error naming the file (and the key).
         let config_path = dir.path().join("config.toml");
@@ -403,24 +407,12 @@ mod tests {
             (format!("{good}\nd_modle = 3\n"), "d_modle"),
         ] {
             std::fs::write(&config_path, bad).expect("write");
-            let err = load::<B>(dir.path(), None, &device)
-                .err()
-                .map(|e| e.to_string());
-            assert!(
-                err.as_deref().is_some_and(|m| m.contains(names)),
-                "{names}: {err:?}"
-            );
+            fails_naming(names);
         }
         std::fs::write(&config_path, good).expect("write");
         // A folder without weights.
         std::fs::remove_file(dir.path().join("weights.mpk")).expect("remove");
-        let err = load::<B>(dir.path(), None, &device)
-            .err()
-            .map(|e| e.to_string());
-        assert!(
-            err.as_deref().is_some_and(|m| m.contains("missing")),
-            "{err:?}"
-        );
+        fails_naming("missing");
         // Corrupt weights: an error, not a panic.
         std::fs::write(dir.path().join("weights.mpk"), b"not a checkpoint").expect("write");
         assert!(matches!(
