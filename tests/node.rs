@@ -422,10 +422,7 @@ fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
         Default::default(),
     )
     .expect("node setup");
-    let port = transport::session::free_local_port().expect("port");
-    let node_session =
-        transport::session::open(&transport::session::SessionConfig::peer_listening(port))
-            .expect("node session");
+    let (node_session, port) = transport::session::listening_peer().expect("node session");
     let robot_session = connect(port);
     let monitor = NodeMonitor::default();
     let stop = AtomicBool::new(false);

@@ -18,7 +18,7 @@ use transport::msg::{ActionChunk, MessageKind};
 use transport::record::{McapRecorder, RecordLimits, RecorderConfig, peek_stamp, record_session};
 use transport::recording::Recording;
 use transport::replay::{Rate, Remap, Replayer, SteppedReplay};
-use transport::session::{SessionConfig, free_local_port, open};
+use transport::session::{SessionConfig, listening_peer, open};
 use zenoh::Wait;
 
 use super::sim::{EpisodeResult, SimOptions, SimReport, run_sim};
@@ -30,19 +30,10 @@ use super::{NodeMonitor, NodeReport, NodeSetup, run_node};
 /// # Errors
 /// zenoh failures after a few retries (a free port can be taken between lookup and bind).
 pub fn loopback_pair() -> Result<(zenoh::Session, zenoh::Session)> {
-    let mut last = None;
-    for _ in 0..5 {
-        let port = free_local_port()?;
-        match open(&SessionConfig::peer_listening(port)) {
-            Ok(a) => {
-                let b = open(&SessionConfig::peer_connecting(port))?;
-                transport::session::wait_for_connections(&b, 1, Duration::from_secs(10))?;
-                return Ok((a, b));
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or_else(|| anyhow!("no loopback port"), anyhow::Error::from))
+    let (a, port) = listening_peer()?;
+    let b = open(&SessionConfig::peer_connecting(port))?;
+    transport::session::wait_for_connections(&b, 1, Duration::from_secs(10))?;
+    Ok((a, b))
 }
 
 /// Live numbers of a running demo.

@@ -178,6 +178,26 @@ pub fn free_local_port() -> Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
+/// A peer session listening on a fresh loopback port, and the port. Retried (5 times): another
+/// process may take the port between [`free_local_port`] and zenoh's bind.
+///
+/// # Errors
+/// The last zenoh failure when every try fails.
+pub fn listening_peer() -> Result<(Session, u16)> {
+    let mut last = None;
+    for _ in 0..5 {
+        let port = free_local_port()?;
+        match open(&SessionConfig::peer_listening(port)) {
+            Ok(session) => return Ok((session, port)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or(TransportError::Zenoh {
+        context: "listen on loopback",
+        message: "no attempt made".into(),
+    }))
+}
+
 /// Waits until the session sees at least `n` peers or routers, up to `timeout`.
 ///
 /// # Errors

@@ -22,7 +22,9 @@ use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberConfig, Su
 use transport::record::{McapRecorder, RecordLimits, RecorderConfig, record_session};
 use transport::recording::parse_recording;
 use transport::replay::{Rate, Remap, Replayer, SteppedReplay};
-use transport::session::{SessionConfig, free_local_port, open, wait_for_connections};
+use transport::session::{
+    SessionConfig, free_local_port, listening_peer, open, wait_for_connections,
+};
 use zenoh::{Session, Wait};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,20 +35,6 @@ fn peer_pair() -> Result<(Session, Session, u16)> {
     let b = open(&SessionConfig::peer_connecting(port))?;
     wait_for_connections(&b, 1, TIMEOUT)?;
     Ok((a, b, port))
-}
-
-/// A peer listening on a fresh loopback port (retried: another process may take the port
-/// between `free_local_port` and zenoh's bind).
-fn listening_peer() -> Result<(Session, u16)> {
-    let mut last = None;
-    for _ in 0..5 {
-        let port = free_local_port()?;
-        match open(&SessionConfig::peer_listening(port)) {
-            Ok(s) => return Ok((s, port)),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map_or_else(|| anyhow::anyhow!("no port"), anyhow::Error::from))
 }
 
 fn clock() -> Arc<dyn Clock> {
