@@ -436,8 +436,6 @@ pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> 
     Ok(())
 }
 
-/// Where a checkpoint folder named by a relative path (such as the default `models/edge-memory`)
-/// is found when it is not below the working directory: `$EDGEVLA_HOME/<path>`, then beside the
 /// The file beside a checkpoint's `config.toml` holding the image preprocessing it was trained
 /// with (a `vision::PreprocessConfig` table).
 pub(crate) const PREPROCESS_FILE: &str = "preprocess.toml";
@@ -457,21 +455,22 @@ pub(crate) fn model_preprocess(
     dir: Option<&Path>,
     model: &VlaConfig,
 ) -> Result<vision::PreprocessConfig> {
-    let path = dir.map(|d| d.join(PREPROCESS_FILE));
-    let preprocess = match path.as_deref().filter(|p| p.exists()) {
+    let file = dir
+        .map(|d| d.join(PREPROCESS_FILE))
+        .filter(|path| path.exists());
+    let (preprocess, from) = match &file {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("{}", path.display()))?
+            let from = path.display().to_string();
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {from}"))?;
+            let preprocess: vision::PreprocessConfig =
+                toml::from_str(&text).with_context(|| from.clone())?;
+            (preprocess, from)
         }
-        None => vision::PreprocessConfig::default(),
+        None => (
+            vision::PreprocessConfig::default(),
+            "the default preprocessing".to_string(),
+        ),
     };
-    let from = path
-        .as_deref()
-        .filter(|p| p.exists())
-        .map_or("the default preprocessing".to_string(), |p| {
-            p.display().to_string()
-        });
     preprocess
         .validate("preprocess")
         .with_context(|| from.clone())?;
@@ -492,6 +491,8 @@ pub(crate) fn model_preprocess(
     Ok(preprocess)
 }
 
+/// Where a checkpoint folder named by a relative path (such as the default `models/edge-memory`)
+/// is found when it is not below the working directory: `$EDGEVLA_HOME/<path>`, then beside the
 /// executable (its folder and the folders above it, so `target/release/edgevla` and an
 /// installed `bin/edgevla` next to `models/` both work), then the source tree this binary was
 /// built from. Returns the folder and where it was found; `None` when no candidate holds a

@@ -301,8 +301,13 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     let mut progress = crate::progress::bar(until as u64, "training", args.quiet);
     let started = Instant::now();
     let header = "iteration,loss,learning_rate,elapsed_s,tokens_per_s,cue_loss\n";
+    // Runs saved before the cue_loss column keep their rows, with that column empty.
+    let old_header = "iteration,loss,learning_rate,elapsed_s,tokens_per_s\n";
     let mut metrics = if earlier_metrics.starts_with(header) {
         earlier_metrics
+    } else if let Some(rows) = earlier_metrics.strip_prefix(old_header) {
+        rows.lines()
+            .fold(String::from(header), |all, row| all + row + ",\n")
     } else {
         String::from(header)
     };

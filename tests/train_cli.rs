@@ -193,6 +193,27 @@ fn resume_continues_where_a_stopped_run_ended() {
             b[i]
         );
     }
+    // A run saved before metrics.csv had its cue_loss column keeps its rows when resumed.
+    let metrics_path = std::path::Path::new(&first).join("metrics.csv");
+    let current = std::fs::read_to_string(&metrics_path).expect("metrics");
+    let old_format: String = current
+        .lines()
+        .map(|l| format!("{}\n", l.rsplit_once(',').expect("columns").0))
+        .collect();
+    assert!(old_format.starts_with("iteration,loss,learning_rate,elapsed_s,tokens_per_s\n"));
+    std::fs::write(&metrics_path, old_format).expect("write");
+    let resumed_old = out("resumed_old");
+    ok(train(&[
+        "--config",
+        &config,
+        "--resume",
+        &first,
+        "--out",
+        &resumed_old,
+    ]));
+    let c = losses(&resumed_old);
+    assert_eq!(c.len(), 4);
+    assert_eq!(c[..2], losses(&first)[..]);
     // Another architecture, a corrupt state, nothing left to do.
     let run = train(&[
         "--config",

@@ -254,6 +254,11 @@ pub fn attend(
     // scaled and not rotated.
     let scale = 1.0 / (hd as f32).sqrt();
     let bank_keys = input.bank.as_ref().map_or(0, |b| b.cached.len() + 1);
+    // The bank scores' factor for a query that sees the stored memory tokens only, and for
+    // one that also sees the step's own (from the memory token on).
+    let bank_factors = input.bank.as_ref().map_or([1.0; 2], |b| {
+        [0, 1].map(|own| b.config.bank_score_factor(b.cached.len() + own))
+    });
     scratch.q.resize(kv * rows * hd, 0.0);
     if input.bank.is_some() {
         scratch.q_bank.resize(kv * rows * hd, 0.0);
@@ -270,10 +275,7 @@ pub fn attend(
                 &mut scratch.q[at..at + hd],
             );
             if let Some(bank) = &input.bank {
-                // Memory tokens this query sees: the stored ones, and the step's own from the
-                // memory token on.
-                let own = usize::from(input.q_first + i >= bank.new);
-                let factor = bank.config.bank_score_factor(bank.cached.len() + own);
+                let factor = bank_factors[usize::from(input.q_first + i >= bank.new)];
                 for (o, x) in scratch.q_bank[at..at + hd].iter_mut().zip(src) {
                     *o = x * scale * factor;
                 }

@@ -202,7 +202,6 @@ pub struct ModelPolicy<B: Backend> {
     preprocess: Preprocessor,
     /// The current frame-step's patches (reused).
     patches: Vec<f32>,
-    present: Vec<bool>,
 }
 
 impl<B: Backend> ModelPolicy<B> {
@@ -226,13 +225,11 @@ impl<B: Backend> ModelPolicy<B> {
         preprocess: PreprocessConfig,
     ) -> Result<Self> {
         let stream = model.new_stream(cache, device)?;
-        let present = vec![true; model.config().n_cameras];
         Ok(Self {
             model,
             stream,
             preprocess: Preprocessor::new(preprocess)?,
             patches: Vec::new(),
-            present,
         })
     }
 
@@ -260,13 +257,10 @@ impl<B: Backend> Policy for ModelPolicy<B> {
         })?;
         self.patches.clear();
         frame.append_patches(&mut self.preprocess, &mut self.patches)?;
-        if frame.camera_present.len() == self.present.len() {
-            self.present.copy_from_slice(&frame.camera_present);
-        }
         let out = self.model.forward_step(
             &StepInput {
                 patches: &self.patches,
-                camera_present: &self.present,
+                camera_present: &frame.camera_present,
                 proprio: &obs.proprio,
             },
             &mut self.stream,
