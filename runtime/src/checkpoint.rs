@@ -65,11 +65,13 @@ pub fn load<B: Backend>(
     let stored = VlaConfig::from_toml(&text)
         .map_err(|e| Error::checkpoint(dir, format!("{CONFIG_FILE}: {e}")))?;
     if let Some(expected) = expected
-        && let Some(difference) = first_difference(&stored, expected)
+        && let Some((key, have, want)) = stored.architecture_difference(expected)
     {
         return Err(Error::checkpoint(
             dir,
-            format!("was trained with another model architecture ({difference})"),
+            format!(
+                "was trained with another model architecture (`{key}`: checkpoint has {have}, expected {want})"
+            ),
         ));
     }
     let weights = dir.join(format!("{WEIGHTS_STEM}.mpk"));
@@ -114,34 +116,6 @@ pub fn load_init<B: Backend>(
     };
     let model = load(dir, Some(&without), device)?;
     Ok((model.with_memory(memory.clone(), device)?, true))
-}
-
-/// Keys that do not shape the weights.
-const RUN_TIME_KEYS: [&str; 3] = ["rope", "kv_cache", "context_length"];
-
-/// Names the first architecture key whose value differs between two configs, if any.
-fn first_difference(stored: &VlaConfig, expected: &VlaConfig) -> Option<String> {
-    let (a, b) = (serde_json::to_value(stored), serde_json::to_value(expected));
-    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (a, b) else {
-        return Some("configs not comparable".to_string());
-    };
-    let keys = a
-        .keys()
-        .chain(b.keys())
-        .filter(|k| !RUN_TIME_KEYS.contains(&k.as_str()));
-    for key in keys {
-        if a.get(key) != b.get(key) {
-            let show = |v: Option<&serde_json::Value>| {
-                v.map_or("nothing".to_string(), ToString::to_string)
-            };
-            return Some(format!(
-                "`{key}`: checkpoint has {}, expected {}",
-                show(a.get(key)),
-                show(b.get(key))
-            ));
-        }
-    }
-    None
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {

@@ -116,7 +116,76 @@ impl MemoryConfig {
     }
 }
 
+/// The keys of [`VlaConfig`] that are run-time settings: they do not shape the weights, so a
+/// checkpoint loads under other values of them ([`VlaConfig::same_architecture`] ignores the
+/// same fields).
+pub const RUN_TIME_KEYS: [&str; 3] = ["rope", "kv_cache", "context_length"];
+
 impl VlaConfig {
+    /// Whether a model of `other` has the weights of a model of `self`: every key equal but
+    /// the [`RUN_TIME_KEYS`] (RoPE, context length, default cache). No copies: a stream checks
+    /// it at every step.
+    pub fn same_architecture(&self, other: &Self) -> bool {
+        // Destructured without `..`: a new key must be sorted into architecture or run time.
+        let Self {
+            d_model,
+            n_layers,
+            n_heads,
+            n_kv_heads,
+            ffn_dim,
+            rms_norm_eps,
+            n_cameras,
+            patches_per_camera,
+            patch_dim,
+            proprio_dim,
+            max_instruction_bytes,
+            n_readout,
+            horizon,
+            action_dim,
+            cue_classes,
+            context_length: _,
+            rope: _,
+            kv_cache: _,
+            memory,
+        } = self;
+        *d_model == other.d_model
+            && *n_layers == other.n_layers
+            && *n_heads == other.n_heads
+            && *n_kv_heads == other.n_kv_heads
+            && *ffn_dim == other.ffn_dim
+            && *rms_norm_eps == other.rms_norm_eps
+            && *n_cameras == other.n_cameras
+            && *patches_per_camera == other.patches_per_camera
+            && *patch_dim == other.patch_dim
+            && *proprio_dim == other.proprio_dim
+            && *max_instruction_bytes == other.max_instruction_bytes
+            && *n_readout == other.n_readout
+            && *horizon == other.horizon
+            && *action_dim == other.action_dim
+            && *cue_classes == other.cue_classes
+            && *memory == other.memory
+    }
+
+    /// Names the first architecture key whose value differs (as `key: a vs b`), or `None`
+    /// when [`same_architecture`](Self::same_architecture) holds.
+    pub fn architecture_difference(&self, other: &Self) -> Option<(String, String, String)> {
+        if self.same_architecture(other) {
+            return None;
+        }
+        let (a, b) = (serde_json::to_value(self), serde_json::to_value(other));
+        let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (a, b) else {
+            return Some(("config".into(), "?".into(), "?".into()));
+        };
+        let show =
+            |v: Option<&serde_json::Value>| v.map_or("nothing".to_string(), ToString::to_string);
+        a.keys()
+            .chain(b.keys())
+            .filter(|k| !RUN_TIME_KEYS.contains(&k.as_str()))
+            .find(|k| a.get(*k) != b.get(*k))
+            .map(|k| (k.clone(), show(a.get(k)), show(b.get(k))))
+            .or_else(|| Some(("config".into(), "?".into(), "?".into())))
+    }
+
     /// Parses and validates a TOML config.
     ///
     /// # Errors

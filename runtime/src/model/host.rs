@@ -1,6 +1,7 @@
 //! The CPU path of a cached step, on host buffers from end to end.
 //!
-//! When the backend computes on the host (burn's ndarray backend), a [`super::Stream`] keeps
+//! A [`super::Stream`] on the host engine ([`super::StepEngine::Host`], the default on burn's
+//! ndarray backend, which computes on the host) keeps
 //! a copy of the model's weights in the layouts this path wants ([`HostWeights`]: q/k/v
 //! projections fused into one matrix, gate and up fused into another, camera and patch-index
 //! embeddings pre-summed) and runs the whole step without burn tensors: embedding, per layer
@@ -165,18 +166,6 @@ impl HostWeights {
             config: c,
         })
     }
-
-    /// Whether these are the weights of a model with `config`: the same config but for the
-    /// RoPE and context length ([`Vla::with_rope`] keeps the weights) and the default cache.
-    pub(crate) fn fits(&self, config: &VlaConfig) -> bool {
-        let same_but_rope = VlaConfig {
-            rope: config.rope.clone(),
-            context_length: config.context_length,
-            kv_cache: config.kv_cache,
-            ..self.config.clone()
-        };
-        same_but_rope == *config
-    }
 }
 
 /// Per-step buffers, reused.
@@ -208,39 +197,17 @@ pub(crate) struct HostPath {
 }
 
 impl HostPath {
-    /// The host path of `model` when its backend computes on the host (burn's ndarray
-    /// backend), where the cache already is; `None` elsewhere (the tensor path).
+    /// The host engine of `model`: its weights copied to the host once.
     ///
     /// # Errors
     /// [`Error::Shape`] if the weights cannot be read.
-    pub(crate) fn for_model<B: Backend>(
-        model: &Vla<B>,
-        device: &B::Device,
-    ) -> Result<Option<Self>> {
-        if !B::name(device).starts_with("ndarray") {
-            return Ok(None);
-        }
-        Ok(Some(Self {
+    pub(crate) fn new<B: Backend>(model: &Vla<B>) -> Result<Self> {
+        Ok(Self {
             weights: HostWeights::new(model)?,
             rope: None,
             scratch: AttentionScratch::default(),
             buf: Buffers::default(),
-        }))
-    }
-
-    /// Checks that the stream's weights belong to a model of `config`'s architecture.
-    ///
-    /// # Errors
-    /// [`Error::Config`] naming the mismatch.
-    pub(crate) fn check_model(&self, config: &VlaConfig) -> Result<()> {
-        if self.weights.fits(config) {
-            Ok(())
-        } else {
-            Err(Error::config(
-                "stream",
-                "this stream was made by a model of another architecture (Vla::new_stream)",
-            ))
-        }
+        })
     }
 
     /// Makes the host rotary table cover `seq_len` positions with the frequencies `seq_len`

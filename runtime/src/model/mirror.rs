@@ -1,4 +1,5 @@
-//! The tensor path's device copy of the KV cache.
+//! The tensor engine's state ([`super::StepEngine::Tensor`]): its rotary table and its device
+//! copy of the KV cache.
 //!
 //! The cache ([`KvCache`](crate::kv::KvCache)) lives on the host: it owns the byte budget,
 //! the format (f32 … int8/fp8) and eviction. A device that is not the host would otherwise
@@ -13,10 +14,34 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::Stream;
+use super::VlaConfig;
 use crate::error::{Error, Result};
 use crate::host::float_tensor;
-use crate::kv::KvDtype;
+use crate::kv::{KvCache, KvDtype};
+use crate::rope::{RopeFrequencies, RotaryTable};
+
+/// What a stream on the tensor engine keeps from step to step.
+#[derive(Debug)]
+pub(crate) struct TensorPath<B: Backend> {
+    /// Rotary table and the frequencies it was built with.
+    table: Option<(RopeFrequencies, RotaryTable<B>)>,
+    /// The device copy of the cache (`None`: rebuilt from the cache at the next step).
+    mirror: Option<Mirror<B>>,
+    /// Host buffers for reading the cache (reused).
+    keys: Vec<f32>,
+    values: Vec<f32>,
+}
+
+impl<B: Backend> Default for TensorPath<B> {
+    fn default() -> Self {
+        Self {
+            table: None,
+            mirror: None,
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
 
 /// The decoded cache on the device.
 #[derive(Debug)]
@@ -38,18 +63,57 @@ impl<B: Backend> Mirror<B> {
     }
 }
 
-impl<B: Backend> Stream<B> {
-    /// Brings the mirror up to the cache after a reservation: `before` is the cache's length
+impl<B: Backend> TensorPath<B> {
+    /// Drops the device copy: the next step rebuilds it from the cache (after the cache was
+    /// changed from outside, or a step failed half-way).
+    pub(crate) fn invalidate(&mut self) {
+        self.mirror = None;
+    }
+
+    /// Layer `layer`'s cached keys and values on the device, `None` while the cache is empty.
+    pub(crate) fn layer(&self, layer: usize) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        self.mirror.as_ref().and_then(|m| m.layer(layer))
+    }
+
+    /// Rotary table for positions `0..seq_len` with the frequencies `seq_len` calls for
+    /// (rebuilt only when they change: dynamic NTK past `rope.max_position_embeddings`, which
+    /// needs a `context_length` above it; LongRoPE's switch to its long factors).
+    pub(crate) fn table(
+        &mut self,
+        config: &VlaConfig,
+        seq_len: usize,
+        device: &B::Device,
+    ) -> Result<RotaryTable<B>> {
+        let freqs = config.rope.frequencies(Some(seq_len));
+        let stale = self.table.as_ref().is_none_or(|(f, _)| *f != freqs);
+        if stale {
+            let span = config.context_length().max(seq_len);
+            let positions: Vec<i64> = (0..span as i64).collect();
+            let table = freqs.table::<B>(&positions, device)?;
+            self.table = Some((freqs, table));
+        }
+        match &self.table {
+            Some((_, table)) => table.narrow(0, seq_len),
+            None => Err(Error::shape("rope table", "not built")),
+        }
+    }
+
+    /// Brings the mirror up to `cache` after a reservation: `before` is the cache's length
     /// before it (a reservation may have evicted the oldest frame-steps, right behind the
     /// sinks).
-    pub(crate) fn sync_mirror(&mut self, before: usize) -> Result<()> {
-        let len = self.cache.len();
+    pub(crate) fn sync(
+        &mut self,
+        cache: &KvCache,
+        before: usize,
+        device: &B::Device,
+    ) -> Result<()> {
+        let len = cache.len();
         if let Some(m) = self.mirror.as_mut()
             && m.len == before
             && len <= before
         {
             if len < before {
-                let (sinks, dropped) = (self.cache.sink_len(), before - len);
+                let (sinks, dropped) = (cache.sink_len(), before - len);
                 for slot in m.keys.iter_mut().chain(m.values.iter_mut()) {
                     if let Some(old) = slot.take() {
                         let mut parts = Vec::with_capacity(2);
@@ -66,7 +130,7 @@ impl<B: Backend> Stream<B> {
             }
             return Ok(());
         }
-        let layout = *self.cache.layout();
+        let layout = *cache.layout();
         let (layers, kv, hd) = (layout.layers, layout.kv_heads, layout.head_dim);
         let mut keys = Vec::with_capacity(layers);
         let mut values = Vec::with_capacity(layers);
@@ -76,8 +140,7 @@ impl<B: Backend> Stream<B> {
                 values.push(None);
                 continue;
             }
-            self.cache.read(layer, &mut self.keys, &mut self.values)?;
-            let device = &self.device;
+            cache.read(layer, &mut self.keys, &mut self.values)?;
             let upload = |v: Vec<f32>| {
                 float_tensor::<B, f32, 4>(v, [1, len, kv, hd], device).swap_dims(1, 2)
             };
@@ -93,13 +156,15 @@ impl<B: Backend> Stream<B> {
     /// cache holds for them to the mirror.
     pub(crate) fn store_new(
         &mut self,
+        cache: &mut KvCache,
         new_kv: Vec<(Tensor<B, 4>, Tensor<B, 4>)>,
         store: usize,
+        device: &B::Device,
     ) -> Result<()> {
         if store == 0 {
             return Ok(());
         }
-        let layout = *self.cache.layout();
+        let layout = *cache.layout();
         let (kv, hd) = (layout.kv_heads, layout.head_dim);
         let new: Vec<Tensor<B, 4>> = new_kv
             .into_iter()
@@ -111,7 +176,7 @@ impl<B: Backend> Stream<B> {
         let host = crate::host::host_values(Tensor::cat(token_major, 0), "kv write")?;
         let n = store * kv * hd;
         for (layer, pair) in host.chunks_exact(2 * n).enumerate() {
-            self.cache.write(layer, &pair[..n], &pair[n..])?;
+            cache.write(layer, &pair[..n], &pair[n..])?;
         }
         let stored = if layout.dtype == KvDtype::F32 {
             // Stored exactly: the device's own values are the cache's.
@@ -120,10 +185,10 @@ impl<B: Backend> Stream<B> {
             let mut rounded = vec![0.0f32; host.len()];
             for (layer, pair) in rounded.chunks_exact_mut(2 * n).enumerate() {
                 let (k, v) = pair.split_at_mut(n);
-                self.cache.read_pending(layer, k, v)?;
+                cache.read_pending(layer, k, v)?;
             }
             let count = rounded.len() / n;
-            let all = float_tensor::<B, f32, 4>(rounded, [count, store, kv, hd], &self.device);
+            let all = float_tensor::<B, f32, 4>(rounded, [count, store, kv, hd], device);
             (0..count)
                 .map(|i| all.clone().narrow(0, i, 1).swap_dims(1, 2))
                 .collect()

@@ -281,8 +281,18 @@ fn tensor_path_equals_host_path() {
             c.kv_cache.budget_bytes = budget;
             let m = model(&c, 7);
             let steps = Steps::new(&c, 10, 5);
-            let (mut host, mut tensor) = (stream(&m), stream(&m));
-            tensor.use_tensor_path();
+            let mut host = stream(&m);
+            let mut tensor = m
+                .new_stream_with(
+                    &m.config().kv_cache,
+                    StepEngine::Tensor,
+                    &Default::default(),
+                )
+                .expect("tensor stream");
+            assert_eq!(
+                (host.engine(), tensor.engine()),
+                (StepEngine::Host, StepEngine::Tensor)
+            );
             for (episode, n) in [("pick", 10), ("place", 3)] {
                 m.start_episode(episode, &mut host).expect("start");
                 m.start_episode(episode, &mut tensor).expect("start");
@@ -753,8 +763,9 @@ fn memory_training_forward_matches_streaming_steps() {
     }
 }
 
-/// Memory models: the tensor path and the naive/full forwards refuse them with a clear
-/// error; a KV budget that cannot hold the trained window is an error naming the bytes.
+/// Memory models: the tensor engine (at stream creation) and the naive/full forwards refuse
+/// them with a clear error; a KV budget that cannot hold the trained window is an error naming
+/// the bytes.
 #[test]
 fn memory_model_errors() {
     let mut c = tiny_config(1, DEFAULT_ROPE, "f32", 1 << 30);
@@ -764,14 +775,11 @@ fn memory_model_errors() {
         bank_log_scale: None,
     });
     let m = model(&c, 12);
-    let mut s = stream(&m);
-    s.use_tensor_path();
-    m.start_episode("go", &mut s).expect("start");
-    let steps = Steps::new(&c, 1, 5);
-    assert!(matches!(
-        m.forward_step(&steps.get(0), &mut s),
-        Err(Error::Config { .. })
-    ));
+    let tensor = m.new_stream_with(&c.kv_cache, StepEngine::Tensor, &Default::default());
+    assert!(
+        matches!(&tensor, Err(Error::Config { reason, .. }) if reason.contains("host")),
+        "{tensor:?}"
+    );
     let small = KvCacheConfig {
         dtype: KvDtype::F32,
         budget_bytes: 12_000,
@@ -797,4 +805,33 @@ fn memory_model_errors() {
         bad.validate(),
         Err(Error::Config { key, .. }) if key == "memory.bank_log_scale"
     ));
+}
+
+/// `VlaConfig::same_architecture` (what a stream checks at every step) ignores exactly the
+/// run-time keys, and the checkpoint loader's `architecture_difference` names the key that
+/// differs.
+#[test]
+fn architecture_is_every_key_but_the_run_time_ones() {
+    let c = tiny_config(2, DEFAULT_ROPE, "f32", 1 << 30);
+    let mut run_time = c.clone();
+    run_time.kv_cache.dtype = KvDtype::Int8;
+    run_time.context_length = Some(4096);
+    run_time.rope = tiny_config(2, YARN_ROPE, "f32", 1 << 30).rope;
+    assert!(c.same_architecture(&run_time));
+    assert_eq!(c.architecture_difference(&run_time), None);
+    let mut other = c.clone();
+    other.ffn_dim += 8;
+    assert!(!c.same_architecture(&other));
+    let (key, have, want) = c.architecture_difference(&other).expect("a difference");
+    assert_eq!((key.as_str(), have.as_str()), ("ffn_dim", "96"), "{want}");
+    let mut memory = c.clone();
+    memory.memory = Some(MemoryConfig {
+        bank_steps: 4,
+        window_steps: 3,
+        bank_log_scale: None,
+    });
+    assert_eq!(
+        c.architecture_difference(&memory).map(|d| d.0).as_deref(),
+        Some("memory")
+    );
 }
