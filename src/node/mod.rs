@@ -51,8 +51,7 @@ use transport::keys::{KeySpace, Topic};
 use transport::msg::{ActionChunk, AnyMessage, StringMsg, Time};
 use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberStats};
 use vision::{
-    EncodedFrame, Encoding, ManualClock, PreprocessConfig, Rig, Slot, Step, StepAssembler,
-    VisionPipeline,
+    EncodedFrame, Encoding, PreprocessConfig, Rig, Slot, Step, StepAssembler, VisionPipeline,
 };
 
 pub use config::{ClockMode, NodeConfig};
@@ -248,8 +247,10 @@ struct Ingest {
     config: NodeConfig,
     rig: Rig,
     robot_id: String,
-    clock: ManualClock,
-    assembler: StepAssembler<EncodedFrame, ManualClock>,
+    /// The synchronizer's time (frames' time base): the newest joint stamp plus the tolerance
+    /// (clock `joints`) or the newest input stamp plus the wall time since (clock `source`).
+    now_ns: u64,
+    assembler: StepAssembler<EncodedFrame>,
     /// Newest stamp per stream: cameras by index, then joints.
     newest: Vec<Option<u64>>,
     /// Newest input stamp and the wall time it arrived (for the `source` clock).
@@ -265,17 +266,14 @@ struct Ingest {
 }
 
 impl Ingest {
-    fn new_assembler(
-        rig: &Rig,
-        clock: &ManualClock,
-    ) -> Result<StepAssembler<EncodedFrame, ManualClock>> {
-        Ok(StepAssembler::new(&rig.sync, rig.n_cams(), clock.clone())?)
+    fn new_assembler(rig: &Rig) -> Result<StepAssembler<EncodedFrame>> {
+        Ok(StepAssembler::new(&rig.sync, rig.n_cams())?)
     }
 
     /// Replaces the synchronizer (episode start, restart), keeping its counters.
     fn reset_sync(&mut self) -> Result<()> {
         add_camera_stats(&mut self.retired, &self.assembler.stats().cameras);
-        self.assembler = Self::new_assembler(&self.rig, &self.clock)?;
+        self.assembler = Self::new_assembler(&self.rig)?;
         self.joints.clear();
         Ok(())
     }
@@ -299,7 +297,7 @@ impl Ingest {
             self.base = None;
             // The old time base is gone: until the restarted stream's first joint state
             // (clock `joints`) or its first stamp (clock `source`) nothing is due.
-            self.clock.set(0);
+            self.now_ns = 0;
             self.reset_sync()?;
             self.lock_counters().restarts += 1;
         }
@@ -415,7 +413,7 @@ impl Ingest {
                 }
                 if self.config.clock == ClockMode::Joints {
                     let tolerance = NodeConfig::ns(self.rig.sync.tolerance_ms);
-                    self.clock.set(stamp.saturating_add(tolerance));
+                    self.now_ns = stamp.saturating_add(tolerance);
                 }
             }
             _ => {}
@@ -446,9 +444,9 @@ impl Ingest {
             && let Some((stamp, at)) = self.base
         {
             let elapsed = u64::try_from(at.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.clock.set(stamp.saturating_add(elapsed));
+            self.now_ns = stamp.saturating_add(elapsed);
         }
-        while let Some(step) = self.assembler.poll() {
+        while let Some(step) = self.assembler.poll(self.now_ns) {
             let all_missing = step.slots.iter().all(Slot::is_missing);
             {
                 let mut c = self.lock_counters();
@@ -714,7 +712,6 @@ pub fn run_node<B: Backend>(
     let status = Publisher::<StringMsg>::declare(session, &keys.status(), StreamClass::Telemetry)?;
     monitor.subscribed.store(true, Ordering::SeqCst);
     let n_cams = setup.rig.n_cams();
-    let clock = ManualClock::new(0);
     let mailbox = Arc::new(Mailbox::default());
     let counters = Arc::new(Mutex::new(IngestCounters {
         sync: vec![vision::CameraStats::default(); n_cams],
@@ -724,8 +721,8 @@ pub fn run_node<B: Backend>(
         config: config.clone(),
         rig: setup.rig.clone(),
         robot_id: config.robot_id.clone(),
-        assembler: Ingest::new_assembler(&setup.rig, &clock)?,
-        clock,
+        assembler: Ingest::new_assembler(&setup.rig)?,
+        now_ns: 0,
         newest: vec![None; n_cams + 1],
         base: None,
         joints: VecDeque::new(),

@@ -5,7 +5,7 @@
 //! 1. [`StepAssembler`] (`sync`) collects timestamped frames per camera and emits one [`Step`]
 //!    per control tick: per camera the newest frame within tolerance of the tick, or a held /
 //!    missing slot by [`MissingPolicy`]; late, duplicate and out-of-order frames are dropped and
-//!    counted. Time comes only from frame stamps and an injected [`Clock`].
+//!    counted. Time comes only from frame stamps and the time each `poll` is given.
 //! 2. [`Decoder`] (`decode`) turns JPEG, PNG or raw ROS buffers (`rgb8`, `bgr8`, `rgba8`,
 //!    `bgra8`, `mono8`, with row padding) into an 8-bit [`Image`], within [`DecodeLimits`].
 //! 3. [`Preprocessor`] (`preprocess`) center-crops, resizes (antialiased bilinear), normalizes
@@ -34,6 +34,5 @@ pub use pipeline::{AsFrame, EncodedFrame, StepPatches, VisionPipeline};
 pub use preprocess::{Crop, PreprocessConfig, Preprocessor};
 pub use rig::{Camera, CameraConfig, ExtrinsicsConfig, Intrinsics, Rig, RigConfig};
 pub use sync::{
-    Admission, CameraStats, Clock, ManualClock, MissingPolicy, Nanos, Slot, Step, StepAssembler,
-    SyncConfig, SyncStats,
+    Admission, CameraStats, MissingPolicy, Nanos, Slot, Step, StepAssembler, SyncConfig, SyncStats,
 };

@@ -6,7 +6,8 @@
 //!   given ([`StepAssembler::with_start`]) or is the stamp of the first accepted frame.
 //! - A frame *matches* tick `t` when `|stamp - t| <= tolerance`; a step takes, per camera, the
 //!   newest matching frame. Older matching frames are *unused*.
-//! - Tick `t` is decided when the injected clock reaches `t + tolerance`, or earlier when every
+//! - Tick `t` is decided when the caller's time (`now_ns`, given to each
+//!   [`poll`](StepAssembler::poll)) reaches `t + tolerance`, or earlier when every
 //!   camera has already delivered a frame stamped at or after `t + tolerance` (nothing newer can
 //!   match: frames of one camera are accepted only in stamp order). This makes a replay fed as
 //!   fast as possible produce the same steps as one fed in real time.
@@ -17,12 +18,11 @@
 //!   accepted stamp (*out of order*), equal to it (*duplicate*), or within a window already
 //!   decided (`stamp <= last decided tick + tolerance`: *too old*).
 //!
-//! All time comes from frame stamps and the [`Clock`] passed in; nothing here reads the wall
-//! clock, so a replay with the same frames and clock readings yields the same steps.
+//! All time comes from frame stamps and the `now_ns` each `poll` is given (no clock is held:
+//! the caller owns time, live or replayed); nothing here reads the wall clock, so a replay with
+//! the same frames and `poll` times yields the same steps.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,52 +30,6 @@ use crate::VisionError;
 
 /// Nanoseconds on the frames' time base.
 pub type Nanos = u64;
-
-/// A source of "now" on the frames' time base (a live clock, a replay clock, a test clock).
-pub trait Clock {
-    /// The current time in nanoseconds.
-    fn now_ns(&self) -> Nanos;
-}
-
-impl<C: Clock + ?Sized> Clock for &C {
-    fn now_ns(&self) -> Nanos {
-        (**self).now_ns()
-    }
-}
-
-impl<C: Clock + ?Sized> Clock for Arc<C> {
-    fn now_ns(&self) -> Nanos {
-        (**self).now_ns()
-    }
-}
-
-/// A clock that moves only when told to; clones share the same time (hand one to the
-/// assembler, keep one to advance).
-#[derive(Clone, Debug, Default)]
-pub struct ManualClock(Arc<AtomicU64>);
-
-impl ManualClock {
-    /// A clock reading `now_ns`.
-    pub fn new(now_ns: Nanos) -> Self {
-        Self(Arc::new(AtomicU64::new(now_ns)))
-    }
-
-    /// Sets the time.
-    pub fn set(&self, now_ns: Nanos) {
-        self.0.store(now_ns, Ordering::SeqCst);
-    }
-
-    /// Moves the time forward by `by_ns`.
-    pub fn advance(&self, by_ns: Nanos) {
-        self.0.fetch_add(by_ns, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ns(&self) -> Nanos {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// What to do with a camera that has no frame matching a tick.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -295,13 +249,12 @@ struct CameraState<T> {
 /// `T` is whatever the caller carries per frame (an `Arc` of encoded bytes, a decoded image);
 /// it is cloned only when a frame is held.
 #[derive(Debug)]
-pub struct StepAssembler<T, C> {
+pub struct StepAssembler<T> {
     period: Nanos,
     tolerance: Nanos,
     max_hold: Nanos,
     policy: MissingPolicy,
     max_pending: usize,
-    clock: C,
     next_tick: Option<Nanos>,
     next_index: u64,
     last_decided: Option<Nanos>,
@@ -312,13 +265,12 @@ pub struct StepAssembler<T, C> {
 /// Ticks one `poll` call decides at most (bounds the work when the clock jumps far ahead).
 const MAX_TICKS_PER_POLL: usize = 1024;
 
-impl<T: Clone, C: Clock> StepAssembler<T, C> {
-    /// An assembler for `n_cams` cameras reading time from `clock`; the tick grid starts at the
-    /// first accepted frame.
+impl<T: Clone> StepAssembler<T> {
+    /// An assembler for `n_cams` cameras; the tick grid starts at the first accepted frame.
     ///
     /// # Errors
     /// [`VisionError::Config`] when `config` is invalid (keys prefixed `sync`) or `n_cams` is 0.
-    pub fn new(config: &SyncConfig, n_cams: usize, clock: C) -> Result<Self, VisionError> {
+    pub fn new(config: &SyncConfig, n_cams: usize) -> Result<Self, VisionError> {
         config.validate("sync")?;
         if n_cams == 0 {
             return Err(VisionError::config(
@@ -332,7 +284,6 @@ impl<T: Clone, C: Clock> StepAssembler<T, C> {
             max_hold: config.max_hold_ns(),
             policy: config.missing,
             max_pending: config.max_pending,
-            clock,
             next_tick: None,
             next_index: 0,
             last_decided: None,
@@ -419,14 +370,15 @@ impl<T: Clone, C: Clock> StepAssembler<T, C> {
         Ok(Admission::Accepted)
     }
 
-    /// Decides due ticks and returns the next emitted step, if any. Call it until it returns
-    /// `None` (after pushes, and whenever the clock has moved). One call decides at most 1024
-    /// skipped ticks, so a clock that jumps far ahead cannot stall the caller.
-    pub fn poll(&mut self) -> Option<Step<T>> {
+    /// Decides the ticks due at time `now_ns` (on the frames' time base) and returns the next
+    /// emitted step, if any. Call it until it returns `None` (after pushes, and whenever time has
+    /// moved). One call decides at most 1024 skipped ticks, so a time that jumps far ahead
+    /// cannot stall the caller.
+    pub fn poll(&mut self, now_ns: Nanos) -> Option<Step<T>> {
         for _ in 0..MAX_TICKS_PER_POLL {
             let tick = self.next_tick?;
             let window_end = tick.saturating_add(self.tolerance);
-            let due = self.clock.now_ns() >= window_end
+            let due = now_ns >= window_end
                 || self
                     .cams
                     .iter()
@@ -544,21 +496,21 @@ mod tests {
             MissingPolicy::Mask,
             MissingPolicy::Skip,
         ] {
-            let clock = ManualClock::new(0);
-            let mut a = StepAssembler::new(&config(10.0, 10.0, policy), 2, clock.clone()).unwrap();
+            let mut now: Nanos;
+            let mut a = StepAssembler::new(&config(10.0, 10.0, policy), 2).unwrap();
             let mut steps = Vec::new();
             for t in [0, 100, 200, 300] {
-                clock.set(t * MS);
+                now = t * MS;
                 a.push(0, t * MS, t).unwrap();
                 if t <= 100 {
                     a.push(1, t * MS, t + 1000).unwrap();
                 }
-                while let Some(s) = a.poll() {
+                while let Some(s) = a.poll(now) {
                     steps.push(s);
                 }
             }
-            clock.set(310 * MS);
-            while let Some(s) = a.poll() {
+            now = 310 * MS;
+            while let Some(s) = a.poll(now) {
                 steps.push(s);
             }
             let cam1: Vec<Option<u64>> =
@@ -601,19 +553,19 @@ mod tests {
 
     #[test]
     fn drops_out_of_order_duplicate_and_too_old() {
-        let clock = ManualClock::new(0);
-        let mut a = StepAssembler::new(&config(10.0, 10.0, MissingPolicy::Mask), 1, clock.clone())
+        let now: Nanos;
+        let mut a = StepAssembler::new(&config(10.0, 10.0, MissingPolicy::Mask), 1)
             .unwrap()
             .with_start(0);
         assert_eq!(a.push(0, 50 * MS, 1).unwrap(), Admission::Accepted);
         assert_eq!(a.push(0, 50 * MS, 2).unwrap(), Admission::Duplicate);
         assert_eq!(a.push(0, 40 * MS, 3).unwrap(), Admission::OutOfOrder);
-        clock.set(120 * MS);
-        let s0 = a.poll().unwrap(); // tick 0: nothing within ±10 ms
+        now = 120 * MS;
+        let s0 = a.poll(now).unwrap(); // tick 0: nothing within ±10 ms
         assert!(s0.slots[0].is_missing());
-        let s1 = a.poll().unwrap(); // tick 100: the 50 ms frame is outside the window
+        let s1 = a.poll(now).unwrap(); // tick 100: the 50 ms frame is outside the window
         assert!(s1.slots[0].is_missing());
-        assert!(a.poll().is_none());
+        assert!(a.poll(now).is_none());
         // A frame for the decided 100 ms window arriving now is too old; 111 ms is not.
         assert_eq!(a.push(0, 105 * MS, 4).unwrap(), Admission::TooOld);
         assert_eq!(a.push(0, 111 * MS, 5).unwrap(), Admission::Accepted);
@@ -640,17 +592,17 @@ mod tests {
 
     #[test]
     fn newest_in_window_wins_and_early_emission_needs_every_camera() {
-        let clock = ManualClock::new(0);
-        let mut a = StepAssembler::new(&config(10.0, 30.0, MissingPolicy::Hold), 2, clock)
+        let now: Nanos = 0;
+        let mut a = StepAssembler::new(&config(10.0, 30.0, MissingPolicy::Hold), 2)
             .unwrap()
             .with_start(100 * MS);
         for (t, v) in [(75, 1), (95, 2), (125, 3), (135, 4)] {
             a.push(0, t * MS, v).unwrap();
         }
         // Camera 0 is past the window, camera 1 has nothing: not due until the clock says so.
-        assert!(a.poll().is_none());
+        assert!(a.poll(now).is_none());
         a.push(1, 131 * MS, 9).unwrap();
-        let s = a.poll().unwrap();
+        let s = a.poll(now).unwrap();
         assert_eq!(
             s.slots[0],
             Slot::Fresh {
@@ -705,7 +657,7 @@ mod tests {
             "sync.max_pending"
         );
         assert_eq!(d().period_ns(), 100 * MS);
-        assert!(StepAssembler::<u8, _>::new(&d(), 0, ManualClock::new(0)).is_err());
+        assert!(StepAssembler::<u8>::new(&d(), 0).is_err());
     }
 
     /// A frame of the property tests: (camera, stamp, serial number).
@@ -748,23 +700,23 @@ mod tests {
         arrivals: &[(Nanos, usize, Nanos)],
         clock_follows_arrivals: bool,
     ) -> (Vec<Step<F>>, SyncStats, Vec<usize>) {
-        let clock = ManualClock::new(0);
-        let mut a = StepAssembler::new(cfg, n_cams, clock.clone())
+        let mut now: Nanos = 0;
+        let mut a = StepAssembler::new(cfg, n_cams)
             .unwrap()
             .with_start(1_000 * MS);
         let mut steps = Vec::new();
         for (serial, &(arrival, cam, stamp)) in arrivals.iter().enumerate() {
             if clock_follows_arrivals {
-                clock.set(clock.now_ns().max(arrival));
+                now = now.max(arrival);
             }
             a.push(cam, stamp, (cam, stamp, serial)).unwrap();
-            while let Some(s) = a.poll() {
+            while let Some(s) = a.poll(now) {
                 steps.push(s);
             }
         }
         let end = arrivals.iter().map(|a| a.0.max(a.2)).max().unwrap_or(0) + 100 * MS;
-        clock.set(end);
-        while let Some(s) = a.poll() {
+        now = end;
+        while let Some(s) = a.poll(now) {
             steps.push(s);
         }
         let pending = (0..n_cams).map(|c| a.pending(c)).collect();

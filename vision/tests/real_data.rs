@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use vision::{
-    Decoder, Encoding, FrameRef, Image, ManualClock, MissingPolicy, Nanos, PixelFormat,
-    PreprocessConfig, Rig, Slot, Step, StepAssembler, SyncConfig, VisionPipeline,
+    Decoder, Encoding, FrameRef, Image, MissingPolicy, Nanos, PixelFormat, PreprocessConfig, Rig,
+    Slot, Step, StepAssembler, SyncConfig, VisionPipeline,
 };
 
 const MS: Nanos = 1_000_000;
@@ -189,8 +189,8 @@ fn g1_jpegs_decode() {
     assert!(worst == 0, "worst {worst}, mean {mean}");
 }
 
-fn run(a: &mut StepAssembler<usize, ManualClock>, steps: &mut Vec<Step<usize>>) {
-    while let Some(s) = a.poll() {
+fn run(a: &mut StepAssembler<usize>, now: Nanos, steps: &mut Vec<Step<usize>>) {
+    while let Some(s) = a.poll(now) {
         steps.push(s);
     }
 }
@@ -211,18 +211,18 @@ fn euroc_stereo_at_10hz() {
         .collect();
     assert_eq!(cams[0].len(), 20);
     let t0 = cams[0][0].0;
-    let clock = ManualClock::new(0);
-    let mut a = StepAssembler::new(&rig.sync, 2, clock.clone()).unwrap();
+    let mut now: Nanos;
+    let mut a = StepAssembler::new(&rig.sync, 2).unwrap();
     let mut steps = Vec::new();
     for i in 0..20 {
         for (cam, frames) in cams.iter().enumerate() {
-            clock.set(frames[i].0);
+            now = frames[i].0;
             a.push(cam, frames[i].0, i).unwrap();
-            run(&mut a, &mut steps);
+            run(&mut a, now, &mut steps);
         }
     }
-    clock.set(t0 + 1010 * MS);
-    run(&mut a, &mut steps);
+    now = t0 + 1010 * MS;
+    run(&mut a, now, &mut steps);
     assert_eq!(steps.len(), 11);
     for (k, s) in steps.iter().enumerate().take(10) {
         assert_eq!(s.tick_ns, t0 + k as Nanos * 100 * MS);
@@ -282,15 +282,13 @@ fn euroc_stereo_lossy_link_at_20hz() {
         max_hold_ms: 200.0,
         max_pending: 8,
     };
-    let clock = ManualClock::new(0);
-    let mut a = StepAssembler::new(&cfg, 2, clock.clone())
-        .unwrap()
-        .with_start(t0);
+    let mut now: Nanos;
+    let mut a = StepAssembler::new(&cfg, 2).unwrap().with_start(t0);
     let mut steps = Vec::new();
     for (arrival, cam, i) in arrivals {
-        clock.set(arrival);
+        now = arrival;
         a.push(cam, cams[cam][i], i).unwrap();
-        run(&mut a, &mut steps);
+        run(&mut a, now, &mut steps);
     }
     assert_eq!(steps.len(), 20);
     let mut held: Vec<(usize, u64, usize)> = Vec::new();
@@ -375,18 +373,16 @@ fn three_real_streams_at_10hz_masked() {
         max_hold_ms: 0.0,
         max_pending: 8,
     };
-    let clock = ManualClock::new(0);
-    let mut a = StepAssembler::new(&cfg, 3, clock.clone())
-        .unwrap()
-        .with_start(t0);
+    let mut now: Nanos;
+    let mut a = StepAssembler::new(&cfg, 3).unwrap().with_start(t0);
     let mut steps = Vec::new();
     for (serial, &(stamp, cam)) in frames.iter().enumerate() {
-        clock.set(stamp);
+        now = stamp;
         a.push(cam, stamp, serial).unwrap();
-        run(&mut a, &mut steps);
+        run(&mut a, now, &mut steps);
     }
-    clock.set(t0 + 1020 * MS);
-    run(&mut a, &mut steps);
+    now = t0 + 1020 * MS;
+    run(&mut a, now, &mut steps);
     assert_eq!(steps.len(), 11);
     for s in &steps[..10] {
         assert_eq!(s.missing_mask(), [false, false, false], "tick {}", s.index);
@@ -412,21 +408,21 @@ fn euroc_steps_become_patches() {
     };
     let rig = Rig::load(repo().join("configs/rigs/euroc-stereo.toml")).unwrap();
     let mut pipeline = VisionPipeline::for_rig(&rig, &PreprocessConfig::default()).unwrap();
-    let clock = ManualClock::new(0);
-    let mut a = StepAssembler::new(&rig.sync, 2, clock.clone()).unwrap();
+    let mut now: Nanos;
+    let mut a = StepAssembler::new(&rig.sync, 2).unwrap();
     let mut processed = 0;
     for i in 0..20 {
         for (cam, name) in ["cam0", "cam1"].iter().enumerate() {
             let (stamp, path) = euroc_frames(&dir, name).swap_remove(i);
             let bytes = std::fs::read(path).unwrap();
-            clock.set(stamp);
+            now = stamp;
             a.push(
                 cam,
                 stamp,
                 vision::EncodedFrame::compressed(Encoding::Png, bytes),
             )
             .unwrap();
-            while let Some(step) = a.poll() {
+            while let Some(step) = a.poll(now) {
                 let errors = pipeline.process_step(&step);
                 assert!(errors.is_empty(), "{errors:?}");
                 let out = pipeline.patches();
