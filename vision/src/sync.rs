@@ -553,14 +553,13 @@ mod tests {
 
     #[test]
     fn drops_out_of_order_duplicate_and_too_old() {
-        let now: Nanos;
         let mut a = StepAssembler::new(&config(10.0, 10.0, MissingPolicy::Mask), 1)
             .unwrap()
             .with_start(0);
         assert_eq!(a.push(0, 50 * MS, 1).unwrap(), Admission::Accepted);
         assert_eq!(a.push(0, 50 * MS, 2).unwrap(), Admission::Duplicate);
         assert_eq!(a.push(0, 40 * MS, 3).unwrap(), Admission::OutOfOrder);
-        now = 120 * MS;
+        let now: Nanos = 120 * MS;
         let s0 = a.poll(now).unwrap(); // tick 0: nothing within ±10 ms
         assert!(s0.slots[0].is_missing());
         let s1 = a.poll(now).unwrap(); // tick 100: the 50 ms frame is outside the window
