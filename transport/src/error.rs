@@ -49,6 +49,30 @@ pub enum TransportError {
         /// What the encoder reported.
         message: String,
     },
+    /// A ROS 2 topic name that is not fully qualified or not made of valid tokens.
+    #[error("ROS 2 topic name {topic:?}: {reason}")]
+    InvalidTopicName {
+        /// The name as given.
+        topic: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A ROS 2 sample without rmw_zenoh's attachment, or with one that does not read.
+    #[error("rmw_zenoh attachment: {reason}")]
+    BadAttachment {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A ROS 2 sample whose type name or type hash is not what its topic carries.
+    #[error("key {key}: type {got} does not match the topic's {expected}")]
+    TypeMismatch {
+        /// The sample's key expression.
+        key: String,
+        /// The type name and hash(es) the topic accepts.
+        expected: String,
+        /// The sample's type name and hash.
+        got: String,
+    },
     /// A sample's zenoh encoding string does not fit the message expected on its key.
     #[error("key {key}: encoding {encoding:?} does not carry a message this key accepts")]
     WrongEncoding {

@@ -14,6 +14,8 @@
 //!   truncated ones included;
 //! - [`replay`]: stepped replay (a library API with no clock) and republishing at a rate,
 //!   as fast as possible, or one message per request;
+//! - [`ros2`]: ROS 2 mode, rmw_zenoh's protocol: topic keys with type names and RIHS01 type
+//!   hashes, the per-sample attachment, and the liveliness tokens of the ROS 2 graph;
 //! - [`clock`]: the injected clocks everything above takes.
 //!
 //! Every blocking call takes a timeout or a shutdown flag; nothing reads the wall clock but
@@ -27,6 +29,7 @@ pub mod pubsub;
 pub mod record;
 pub mod recording;
 pub mod replay;
+pub mod ros2;
 pub mod session;
 
 pub use error::{Result, TransportError};
