@@ -74,6 +74,10 @@ pub struct SubscriberStats {
     pub oversized: u64,
     /// Keys outside the key space.
     pub unknown_key: u64,
+    /// ROS 2 mode: samples without rmw_zenoh's attachment, or with one that does not read.
+    pub bad_attachment: u64,
+    /// ROS 2 mode: samples whose type name or hash is not what their topic carries.
+    pub type_mismatch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -84,6 +88,8 @@ struct Counters {
     wrong_encoding: AtomicU64,
     oversized: AtomicU64,
     unknown_key: AtomicU64,
+    bad_attachment: AtomicU64,
+    type_mismatch: AtomicU64,
 }
 
 impl Counters {
@@ -96,6 +102,8 @@ impl Counters {
             wrong_encoding: get(&self.wrong_encoding),
             oversized: get(&self.oversized),
             unknown_key: get(&self.unknown_key),
+            bad_attachment: get(&self.bad_attachment),
+            type_mismatch: get(&self.type_mismatch),
         }
     }
 }
@@ -169,10 +177,88 @@ struct Rings {
     next_arrival: u64,
 }
 
+/// How a subscriber maps keys to topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routes {
+    /// edgevla's key space under `prefix` ([`parse_key`]).
+    Native {
+        /// The key prefix (`robot`).
+        prefix: String,
+    },
+    /// ROS 2 topics as rmw_zenoh keys them ([`crate::ros2`]): `<domain>/<topic without its
+    /// leading '/'>` → the topic; every sample must carry rmw_zenoh's attachment and a type
+    /// name and hash the topic carries.
+    Ros2(BTreeMap<String, Topic>),
+}
+
+impl Routes {
+    /// ROS 2 routes for `(topic name, topic)` pairs in `domain`.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidTopicName`] for a bad name.
+    pub fn ros2<'a>(
+        domain: u32,
+        topics: impl IntoIterator<Item = (&'a str, Topic)>,
+    ) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        for (name, topic) in topics {
+            crate::ros2::check_topic_name(name)?;
+            map.insert(format!("{domain}/{}", name.trim_start_matches('/')), topic);
+        }
+        Ok(Self::Ros2(map))
+    }
+
+    /// The topic and message kind of a sample, or why it is refused.
+    fn resolve(
+        &self,
+        key: &str,
+        encoding: &str,
+        attachment: Option<&[u8]>,
+    ) -> Result<(Topic, MessageKind)> {
+        match self {
+            Self::Native { prefix } => {
+                let topic = parse_key(prefix, key)?;
+                let kind = resolve_kind(key, &topic, encoding)?;
+                Ok((topic, kind))
+            }
+            Self::Ros2(map) => {
+                let unknown = || TransportError::UnknownKey {
+                    key: key.to_owned(),
+                    prefix: "(the configured ROS 2 topics)".to_owned(),
+                };
+                let (base, type_name, hash) = crate::ros2::split_key(key).ok_or_else(unknown)?;
+                let topic = map.get(base).ok_or_else(unknown)?.clone();
+                let attachment = attachment.ok_or_else(|| TransportError::BadAttachment {
+                    reason: "missing (rmw_zenoh puts one on every sample)".into(),
+                })?;
+                crate::ros2::Attachment::decode(attachment)?;
+                let kind = MessageKind::ALL
+                    .into_iter()
+                    .filter(|k| topic.accepts(*k))
+                    .find(|k| {
+                        crate::ros2::dds_type_name(*k) == type_name
+                            && crate::ros2::type_hash(*k) == hash
+                    })
+                    .ok_or_else(|| TransportError::TypeMismatch {
+                        key: key.to_owned(),
+                        expected: MessageKind::ALL
+                            .into_iter()
+                            .filter(|k| topic.accepts(*k))
+                            .map(crate::ros2::type_suffix)
+                            .collect::<Vec<_>>()
+                            .join(" or "),
+                        got: format!("{type_name}/{hash}"),
+                    })?;
+                Ok((topic, kind))
+            }
+        }
+    }
+}
+
 /// The part of a subscriber shared with zenoh's callback.
 #[derive(Debug)]
 pub struct Inbox {
-    prefix: String,
+    routes: Routes,
     config: SubscriberConfig,
     clock: Arc<dyn Clock>,
     counters: Counters,
@@ -184,8 +270,20 @@ impl Inbox {
     /// An empty inbox for keys under `prefix`.
     #[must_use]
     pub fn new(prefix: &str, config: SubscriberConfig, clock: Arc<dyn Clock>) -> Self {
+        Self::with_routes(
+            Routes::Native {
+                prefix: prefix.to_owned(),
+            },
+            config,
+            clock,
+        )
+    }
+
+    /// An empty inbox for the keys `routes` map.
+    #[must_use]
+    pub fn with_routes(routes: Routes, config: SubscriberConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
-            prefix: prefix.to_owned(),
+            routes,
             config,
             clock,
             counters: Counters::default(),
@@ -201,14 +299,27 @@ impl Inbox {
     /// Takes one sample: checks, decodes, pushes into its topic's ring. Never blocks on the
     /// consumer beyond a short lock; never fails — bad input is counted and logged.
     pub fn ingest(&self, key: &str, encoding: &str, payload: &[u8]) {
+        self.ingest_sample(key, encoding, None, payload);
+    }
+
+    /// [`ingest`](Self::ingest) with the sample's attachment (ROS 2 mode reads it).
+    pub fn ingest_sample(
+        &self,
+        key: &str,
+        encoding: &str,
+        attachment: Option<&[u8]>,
+        payload: &[u8],
+    ) {
         bump(&self.counters.received);
-        match self.decode(key, encoding, payload) {
+        match self.decode(key, encoding, attachment, payload) {
             Ok((topic, message)) => self.push(key, topic, message),
             Err(err) => {
                 let counter = match &err {
                     TransportError::Oversized { .. } => &self.counters.oversized,
                     TransportError::UnknownKey { .. } => &self.counters.unknown_key,
                     TransportError::WrongEncoding { .. } => &self.counters.wrong_encoding,
+                    TransportError::BadAttachment { .. } => &self.counters.bad_attachment,
+                    TransportError::TypeMismatch { .. } => &self.counters.type_mismatch,
                     _ => &self.counters.decode_errors,
                 };
                 bump(counter);
@@ -217,7 +328,13 @@ impl Inbox {
         }
     }
 
-    fn decode(&self, key: &str, encoding: &str, payload: &[u8]) -> Result<(Topic, AnyMessage)> {
+    fn decode(
+        &self,
+        key: &str,
+        encoding: &str,
+        attachment: Option<&[u8]>,
+        payload: &[u8],
+    ) -> Result<(Topic, AnyMessage)> {
         if payload.len() > self.config.max_payload_bytes {
             return Err(TransportError::Oversized {
                 key: key.to_owned(),
@@ -225,8 +342,7 @@ impl Inbox {
                 limit: self.config.max_payload_bytes,
             });
         }
-        let topic = parse_key(&self.prefix, key)?;
-        let kind = resolve_kind(key, &topic, encoding)?;
+        let (topic, kind) = self.routes.resolve(key, encoding, attachment)?;
         let message = kind.decode(payload)?;
         Ok((topic, message))
     }
@@ -314,7 +430,7 @@ impl Inbox {
 #[derive(Debug)]
 pub struct Subscriber {
     inbox: Arc<Inbox>,
-    _subscriber: zenoh::pubsub::Subscriber<()>,
+    _subscribers: Vec<zenoh::pubsub::Subscriber<()>>,
 }
 
 impl Subscriber {
@@ -330,37 +446,36 @@ impl Subscriber {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let inbox = Arc::new(Inbox::new(prefix, config, clock));
-        let sink = Arc::clone(&inbox);
-        // Large payloads arrive in fragments; they are gathered into one reused buffer rather
-        // than a fresh allocation per sample (fresh multi-megabyte allocations cost page
-        // faults with glibc's malloc, see the README's benchmark notes).
-        let scratch = Mutex::new(Vec::<u8>::new());
-        let subscriber = session
-            .declare_subscriber(selector.to_owned())
-            .callback(move |sample: Sample| {
-                let encoding = sample.encoding().to_string();
-                let key = sample.key_expr().as_str();
-                let payload = sample.payload();
-                let mut slices = payload.slices();
-                match (slices.next(), slices.next()) {
-                    (Some(only), None) => sink.ingest(key, &encoding, only),
-                    (None, _) => sink.ingest(key, &encoding, &[]),
-                    (Some(first), Some(second)) => {
-                        let mut buf = scratch.lock().unwrap_or_else(PoisonError::into_inner);
-                        buf.clear();
-                        buf.reserve(payload.len());
-                        for slice in [first, second].into_iter().chain(slices) {
-                            buf.extend_from_slice(slice);
-                        }
-                        sink.ingest(key, &encoding, &buf);
-                    }
-                }
-            })
-            .wait()
-            .map_err(|e| TransportError::zenoh("declare subscriber", &e))?;
+        Ok(Self {
+            _subscribers: vec![feed(session, selector, &inbox)?],
+            inbox,
+        })
+    }
+
+    /// Subscribes to every ROS 2 topic of `routes` ([`Routes::Ros2`], in `domain`), each with
+    /// the selector [`crate::ros2::topic_selector`] so that samples of another type arrive
+    /// and are counted (`type_mismatch`) rather than never heard.
+    ///
+    /// # Errors
+    /// [`TransportError::Zenoh`] if zenoh refuses a subscription.
+    pub fn declare_ros2(
+        session: &Session,
+        routes: Routes,
+        config: SubscriberConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let selectors: Vec<String> = match &routes {
+            Routes::Ros2(map) => map.keys().map(|base| format!("{base}/*/*")).collect(),
+            Routes::Native { prefix } => vec![format!("{prefix}/**")],
+        };
+        let inbox = Arc::new(Inbox::with_routes(routes, config, clock));
+        let subscribers = selectors
+            .iter()
+            .map(|sel| feed(session, sel, &inbox))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             inbox,
-            _subscriber: subscriber,
+            _subscribers: subscribers,
         })
     }
 
@@ -381,6 +496,45 @@ impl Subscriber {
     pub fn stats(&self) -> SubscriberStats {
         self.inbox.stats()
     }
+}
+
+/// A zenoh subscriber on `selector` whose callback feeds `inbox` (key, encoding, attachment,
+/// payload).
+fn feed(
+    session: &Session,
+    selector: &str,
+    inbox: &Arc<Inbox>,
+) -> Result<zenoh::pubsub::Subscriber<()>> {
+    let sink = Arc::clone(inbox);
+    // Large payloads arrive in fragments; they are gathered into one reused buffer rather
+    // than a fresh allocation per sample (fresh multi-megabyte allocations cost page
+    // faults with glibc's malloc, see the README's benchmark notes).
+    let scratch = Mutex::new(Vec::<u8>::new());
+    session
+        .declare_subscriber(selector.to_owned())
+        .callback(move |sample: Sample| {
+            let encoding = sample.encoding().to_string();
+            let key = sample.key_expr().as_str();
+            let attachment = sample.attachment().map(|a| a.to_bytes());
+            let attachment = attachment.as_deref();
+            let payload = sample.payload();
+            let mut slices = payload.slices();
+            match (slices.next(), slices.next()) {
+                (Some(only), None) => sink.ingest_sample(key, &encoding, attachment, only),
+                (None, _) => sink.ingest_sample(key, &encoding, attachment, &[]),
+                (Some(first), Some(second)) => {
+                    let mut buf = scratch.lock().unwrap_or_else(PoisonError::into_inner);
+                    buf.clear();
+                    buf.reserve(payload.len());
+                    for slice in [first, second].into_iter().chain(slices) {
+                        buf.extend_from_slice(slice);
+                    }
+                    sink.ingest_sample(key, &encoding, attachment, &buf);
+                }
+            }
+        })
+        .wait()
+        .map_err(|e| TransportError::zenoh("declare subscriber", &e))
 }
 
 /// The QoS a publisher uses.

@@ -459,6 +459,159 @@ fn describe(json: &mut String, (name, fields): &(String, Vec<Field>)) {
     json.push_str("]}");
 }
 
+/// A node in the ROS 2 graph: its liveliness token (`NN`), and ids for its publishers' and
+/// subscriptions' tokens. Dropping it withdraws the token.
+#[derive(Debug)]
+pub struct Ros2Node {
+    identity: NodeIdentity,
+    zid: String,
+    next_entity: std::sync::atomic::AtomicU32,
+    _token: zenoh::liveliness::LivelinessToken,
+}
+
+/// This session's node id (one node per session).
+const NODE_ID: u32 = 0;
+
+impl Ros2Node {
+    /// Announces `identity` on `session`.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidTopicName`] for a bad namespace or name, or
+    /// [`TransportError::Zenoh`].
+    pub fn declare(session: &zenoh::Session, identity: NodeIdentity) -> Result<Self> {
+        use zenoh::Wait as _;
+        identity.validate()?;
+        let zid = session.zid().to_string();
+        let token = session
+            .liveliness()
+            .declare_token(node_token(&identity, &zid, NODE_ID))
+            .wait()
+            .map_err(|e| TransportError::zenoh("declare liveliness token", &e))?;
+        Ok(Self {
+            identity,
+            zid,
+            next_entity: std::sync::atomic::AtomicU32::new(NODE_ID + 1),
+            _token: token,
+        })
+    }
+
+    /// The node's identity.
+    #[must_use]
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+
+    /// Announces a publisher or subscription of this node; the token lives as long as the
+    /// returned handle. Returns the token's key too (a publisher's GID is derived from it).
+    ///
+    /// # Errors
+    /// As [`entity_token`], or [`TransportError::Zenoh`].
+    pub fn announce(
+        &self,
+        session: &zenoh::Session,
+        entity: EntityKind,
+        topic: &str,
+        kind: MessageKind,
+        qos: &Qos,
+    ) -> Result<(zenoh::liveliness::LivelinessToken, String)> {
+        use zenoh::Wait as _;
+        let id = self
+            .next_entity
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = entity_token(
+            &self.identity,
+            &self.zid,
+            (NODE_ID, id),
+            entity,
+            topic,
+            kind,
+            qos,
+        )?;
+        let token = session
+            .liveliness()
+            .declare_token(key.clone())
+            .wait()
+            .map_err(|e| TransportError::zenoh("declare liveliness token", &e))?;
+        Ok((token, key))
+    }
+}
+
+/// A ROS 2 publisher of `M` on one topic, as rmw_zenoh publishes: the topic's key, the
+/// attachment on every sample, and a liveliness token for the graph.
+#[derive(Debug)]
+pub struct Ros2Publisher<M: crate::msg::RosMessage> {
+    inner: zenoh::pubsub::Publisher<'static>,
+    sequence: std::sync::atomic::AtomicI64,
+    gid: [u8; GID_LEN],
+    _token: zenoh::liveliness::LivelinessToken,
+    _message: std::marker::PhantomData<fn(&M)>,
+}
+
+impl<M: crate::msg::RosMessage> Ros2Publisher<M> {
+    /// Declares the publisher of `topic` for `node`, with `class`'s zenoh QoS and `qos`
+    /// announced in the graph.
+    ///
+    /// # Errors
+    /// [`TransportError::InvalidTopicName`] or [`TransportError::Zenoh`].
+    pub fn declare(
+        session: &zenoh::Session,
+        node: &Ros2Node,
+        topic: &str,
+        qos: &Qos,
+        class: crate::pubsub::StreamClass,
+    ) -> Result<Self> {
+        let key = topic_key(node.identity.domain, topic, M::KIND)?;
+        let inner = crate::pubsub::declare_raw_publisher(
+            session,
+            &key,
+            class,
+            zenoh::bytes::Encoding::ZENOH_BYTES,
+        )?;
+        let (token, token_key) =
+            node.announce(session, EntityKind::Publisher, topic, M::KIND, qos)?;
+        Ok(Self {
+            inner,
+            sequence: std::sync::atomic::AtomicI64::new(1),
+            gid: gid_for(&token_key),
+            _token: token,
+            _message: std::marker::PhantomData,
+        })
+    }
+
+    /// Encodes and sends one message with the next attachment (sequence number, the wall
+    /// clock's time, the GID).
+    ///
+    /// # Errors
+    /// Encoding errors or [`TransportError::Zenoh`].
+    pub fn publish(&self, msg: &M) -> Result<()> {
+        use zenoh::Wait as _;
+        let payload = crate::msg::encode(msg)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let attachment = Attachment {
+            sequence_number: self
+                .sequence
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            source_timestamp_ns: now,
+            gid: self.gid,
+        };
+        self.inner
+            .put(payload)
+            .attachment(attachment.encode().to_vec())
+            .wait()
+            .map_err(|e| TransportError::zenoh("put", &e))
+    }
+
+    /// Waits up to `timeout` until some subscriber matches this publisher.
+    ///
+    /// # Errors
+    /// [`TransportError::Zenoh`] on a zenoh error or the timeout.
+    pub fn wait_for_subscriber(&self, timeout: std::time::Duration) -> Result<()> {
+        crate::pubsub::wait_for_match(&self.inner, timeout)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -207,6 +207,8 @@ fn bad_samples_are_counted_and_later_good_ones_arrive() -> Result<()> {
             wrong_encoding: 2,
             oversized: 1,
             unknown_key: 1,
+            bad_attachment: 0,
+            type_mismatch: 0,
         }
     );
     Ok(())
@@ -815,5 +817,98 @@ fn clients_talk_through_a_zenohd_router() -> Result<()> {
             AnyMessage::ActionChunk(action(6))
         ]
     );
+    Ok(())
+}
+
+/// ROS 2 mode between two Rust peers: a [`Ros2Publisher`] reaches a ROS 2 subscriber with its
+/// attachment; a sample without one and a sample of another type hash are counted and dropped;
+/// the node's, publisher's and subscription's liveliness tokens are in the graph.
+#[test]
+fn ros2_mode_round_trip_and_bad_samples() -> Result<()> {
+    use transport::msg::MessageKind;
+    use transport::pubsub::Routes;
+    use transport::ros2::{
+        Attachment, EntityKind, NodeIdentity, Qos, Ros2Node, Ros2Publisher, topic_key,
+    };
+    let (a, b, _) = peer_pair()?;
+    let identity = |name: &str| NodeIdentity {
+        domain: 7,
+        namespace: "/".into(),
+        name: name.into(),
+        enclave: "/".into(),
+    };
+    let camera = Topic::Camera {
+        robot: "r".into(),
+        name: "front".into(),
+    };
+    let routes = Routes::ros2(7, [("/cam/front", camera.clone())])?;
+    let listener = Ros2Node::declare(&b, identity("listener"))?;
+    let sub = Subscriber::declare_ros2(&b, routes, SubscriberConfig::default(), clock())?;
+    let _ms = listener.announce(
+        &b,
+        EntityKind::Subscription,
+        "/cam/front",
+        MessageKind::CompressedImage,
+        &Qos::SENSOR_DATA,
+    )?;
+    let talker = Ros2Node::declare(&a, identity("talker"))?;
+    let publisher = Ros2Publisher::<CompressedImage>::declare(
+        &a,
+        &talker,
+        "/cam/front",
+        &Qos::SENSOR_DATA,
+        StreamClass::Frames,
+    )?;
+    publisher.wait_for_subscriber(TIMEOUT)?;
+    // Raw zenoh samples on the topic's key: one with no attachment, one with another hash.
+    let key = topic_key(7, "/cam/front", MessageKind::CompressedImage)?;
+    let payload = encode(&frame(1, 10))?;
+    a.put(key.clone(), payload.clone())
+        .wait()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let good_attachment = Attachment {
+        sequence_number: 1,
+        source_timestamp_ns: 5,
+        gid: [3; 16],
+    }
+    .encode()
+    .to_vec();
+    let (base, ty, _) = transport::ros2::split_key(&key).context("key")?;
+    a.put(format!("{base}/{ty}/RIHS01_{}", "0".repeat(64)), payload)
+        .attachment(good_attachment)
+        .wait()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sent = frame(2, 20);
+    publisher.publish(&sent)?;
+    let r = recv(&sub)?;
+    assert_eq!(r.topic, camera);
+    assert_eq!(r.message, AnyMessage::CompressedImage(sent));
+    let stats = sub.stats();
+    assert_eq!(
+        (stats.received, stats.bad_attachment, stats.type_mismatch),
+        (3, 1, 1),
+        "{stats:?}"
+    );
+    // The graph: both nodes, the publisher and the subscription.
+    let tokens: Vec<String> = a
+        .liveliness()
+        .get("@ros2_lv/7/**")
+        .timeout(TIMEOUT)
+        .wait()
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .iter()
+        .filter_map(|reply| reply.result().ok().map(|s| s.key_expr().to_string()))
+        .collect();
+    for want in [
+        "/NN/%/%/talker",
+        "/NN/%/%/listener",
+        "/MP/%/%/talker/%cam%front/sensor_msgs::msg::dds_::CompressedImage_/",
+        "/MS/%/%/listener/%cam%front/sensor_msgs::msg::dds_::CompressedImage_/",
+    ] {
+        assert!(
+            tokens.iter().any(|t| t.contains(want)),
+            "{want} not in {tokens:?}"
+        );
+    }
     Ok(())
 }
