@@ -18,6 +18,7 @@ Needs: pip install eclipse-zenoh rosbags numpy
 """
 import argparse
 import json
+import os
 import struct
 import sys
 import time
@@ -91,6 +92,7 @@ def main() -> int:
             break
         time.sleep(0.2)
     print(json.dumps({"tokens": sorted(tokens)}), flush=True)
+    print(f"ros2_interop: {len(tokens)} tokens", file=sys.stderr, flush=True)
 
     gid_cam = bytes(range(16))
     gid_js = bytes(range(16, 32))
@@ -104,22 +106,22 @@ def main() -> int:
         stamp = T(sec=100 + i, nanosec=500 * i)
         img = CI(header=H(stamp=stamp, frame_id="front"), format="jpeg",
                  data=np.array([(i * 7 + j) % 256 for j in range(50 + i)], dtype=np.uint8))
-        pub_cam.put(ts.serialize_cdr(img, CI.__msgtype__), attachment=attachment(i + 1, gid_cam))
+        pub_cam.put(bytes(ts.serialize_cdr(img, CI.__msgtype__)), attachment=attachment(i + 1, gid_cam))
         published.append({"topic": "/cam/front", "sec": 100 + i, "nanosec": 500 * i,
                           "frame_id": "front", "format": "jpeg", "data": img.data.tolist()})
         js = JS(header=H(stamp=stamp, frame_id=""), name=["shoulder", "elbow"],
                 position=np.array([0.1 * i, -0.2], dtype=np.float64),
                 velocity=np.array([0.0, 0.5], dtype=np.float64),
                 effort=np.array([], dtype=np.float64))
-        pub_js.put(ts.serialize_cdr(js, JS.__msgtype__), attachment=attachment(i + 1, gid_js))
+        pub_js.put(bytes(ts.serialize_cdr(js, JS.__msgtype__)), attachment=attachment(i + 1, gid_js))
         published.append({"topic": "/joint_states", "sec": 100 + i, "nanosec": 500 * i,
                           "name": ["shoulder", "elbow"], "position": [0.1 * i, -0.2],
                           "velocity": [0.0, 0.5], "effort": []})
     # Bad input a ROS graph can produce: a sample without the attachment (zenoh-pico
     # publishers did that) and a camera sample of another type (wrong hash).
-    pub_cam.put(ts.serialize_cdr(img, CI.__msgtype__))
+    pub_cam.put(bytes(ts.serialize_cdr(img, CI.__msgtype__)))
     wrong = key(d, "/cam/front", "sensor_msgs/msg/CompressedImage", "RIHS01_" + "0" * 64)
-    session.put(wrong, ts.serialize_cdr(img, CI.__msgtype__), attachment=attachment(9, gid_cam))
+    session.put(wrong, bytes(ts.serialize_cdr(img, CI.__msgtype__)), attachment=attachment(9, gid_cam))
     print(json.dumps({"published": published}), flush=True)
 
     while time.time() < deadline and not actions:
@@ -142,4 +144,13 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # zenoh's threads can keep the interpreter alive after an error: leave at once either way.
+    try:
+        code = main()
+    except Exception:  # noqa: BLE001 - report and exit, the Rust test reads stderr
+        import traceback
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

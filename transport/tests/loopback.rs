@@ -912,3 +912,192 @@ fn ros2_mode_round_trip_and_bad_samples() -> Result<()> {
     }
     Ok(())
 }
+
+/// ROS 2 mode against an independent client: `tools/ros2_interop.py` (eclipse-zenoh +
+/// rosbags, written from rmw_zenoh's design document) lists edgevla's liveliness tokens,
+/// publishes CompressedImage and JointState as a rmw_zenoh node does (keys with type hashes,
+/// attachments), plus a sample without an attachment and one with a wrong type hash, and
+/// decodes the ActionChunk edgevla publishes back.
+#[test]
+fn python_rmw_zenoh_client_talks_to_ros2_mode() -> Result<()> {
+    use transport::msg::MessageKind;
+    use transport::pubsub::Routes;
+    use transport::ros2::{EntityKind, NodeIdentity, Qos, Ros2Node, Ros2Publisher};
+    if !python_with("zenoh, rosbags, numpy")? {
+        return Ok(());
+    }
+    let (session, port) = listening_peer()?;
+    let node = Ros2Node::declare(
+        &session,
+        NodeIdentity {
+            domain: 0,
+            namespace: "/".into(),
+            name: "edgevla".into(),
+            enclave: "/".into(),
+        },
+    )?;
+    let camera = Topic::Camera {
+        robot: "ros".into(),
+        name: "front".into(),
+    };
+    let joints = Topic::Joints {
+        robot: "ros".into(),
+    };
+    let routes = Routes::ros2(
+        0,
+        [("/cam/front", camera.clone()), ("/joint_states", joints.clone())],
+    )?;
+    let config = SubscriberConfig {
+        ring_capacity: 64,
+        ..SubscriberConfig::default()
+    };
+    let sub = Subscriber::declare_ros2(&session, routes, config, clock())?;
+    let _tokens = [
+        node.announce(
+            &session,
+            EntityKind::Subscription,
+            "/cam/front",
+            MessageKind::CompressedImage,
+            &Qos::SENSOR_DATA,
+        )?,
+        node.announce(
+            &session,
+            EntityKind::Subscription,
+            "/joint_states",
+            MessageKind::JointState,
+            &Qos::DEFAULT,
+        )?,
+    ];
+    let actions = Ros2Publisher::<ActionChunk>::declare(
+        &session,
+        &node,
+        "/edgevla/action",
+        &Qos::DEFAULT,
+        StreamClass::Actions,
+    )?;
+    let mut child = Command::new("python3")
+        .arg(repo_root().join("tools/ros2_interop.py"))
+        .args(["--connect", &format!("tcp/127.0.0.1:{port}"), "--timeout", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let chunk = ActionChunk {
+        stamp: Time {
+            sec: 42,
+            nanosec: 7,
+        },
+        sequence: 3,
+        horizon: 2,
+        dims: 2,
+        values: vec![0.5, -1.0, 0.25, 2.0],
+    };
+    // Publish until the client has one (it subscribes after connecting).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("ros2_interop.py did not finish");
+        }
+        actions.publish(&chunk)?;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("ros2_interop.py failed (its stderr is above)");
+    }
+    let lines: Vec<Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.get(name).cloned())
+            .with_context(|| format!("no {name} line"))
+    };
+    // The graph as the client saw it.
+    let tokens: Vec<String> = serde_json::from_value(field("tokens")?)?;
+    let zid = session.zid().to_string();
+    for want in [
+        format!("@ros2_lv/0/{zid}/0/0/NN/%/%/edgevla"),
+        "/MP/%/%/edgevla/%edgevla%action/edgevla_msgs::msg::dds_::ActionChunk_/RIHS01_".into(),
+        "/MS/%/%/edgevla/%cam%front/sensor_msgs::msg::dds_::CompressedImage_/RIHS01_15640771531571185e2efc8a100baf923961a4d15d5569652e6cb6691e8e371a/2::,5:,:,:,,".into(),
+        "/MS/%/%/edgevla/%joint_states/sensor_msgs::msg::dds_::JointState_/RIHS01_a13ee3a330e346c9d87b5aa18d24e11690752bd33a0350f11c5882bc9179260e/::,10:,:,:,,".into(),
+    ] {
+        assert!(tokens.iter().any(|t| t.contains(&want)), "{want} not in {tokens:?}");
+    }
+    // What it published arrived, field for field.
+    let published = field("published")?;
+    let published = published.as_array().context("published")?;
+    let mut got = Vec::new();
+    while got.len() < published.len() {
+        got.push(recv(&sub)?);
+    }
+    for p in published {
+        let stamp = Time {
+            sec: i32::try_from(p["sec"].as_i64().context("sec")?)?,
+            nanosec: u32::try_from(p["nanosec"].as_u64().context("nanosec")?)?,
+        };
+        let expected = if p["topic"] == "/cam/front" {
+            (
+                camera.clone(),
+                AnyMessage::CompressedImage(CompressedImage {
+                    header: Header {
+                        stamp,
+                        frame_id: "front".into(),
+                    },
+                    format: "jpeg".into(),
+                    data: bytes_json(&p["data"])?,
+                }),
+            )
+        } else {
+            (
+                joints.clone(),
+                AnyMessage::JointState(JointState {
+                    header: Header {
+                        stamp,
+                        frame_id: String::new(),
+                    },
+                    name: vec!["shoulder".into(), "elbow".into()],
+                    position: f64s_json(&p["position"])?,
+                    velocity: f64s_json(&p["velocity"])?,
+                    effort: Vec::new(),
+                }),
+            )
+        };
+        assert!(
+            got.iter().any(|r| (r.topic.clone(), r.message.clone()) == expected),
+            "{p} not received"
+        );
+    }
+    let stats = sub.stats();
+    assert_eq!(
+        (
+            stats.received,
+            stats.bad_attachment,
+            stats.type_mismatch,
+            stats.decode_errors
+        ),
+        (published.len() as u64 + 2, 1, 1, 0),
+        "{stats:?}"
+    );
+    // The client decoded edgevla's action chunk and its attachment.
+    let action = field("action")?;
+    assert_eq!(action["values"], json!([0.5, -1.0, 0.25, 2.0]));
+    assert_eq!(
+        (action["sequence"].as_u64(), action["horizon"].as_u64(), action["sec"].as_i64()),
+        (Some(3), Some(2), Some(42))
+    );
+    assert!(
+        action["key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("0/edgevla/action/edgevla_msgs::msg::dds_::ActionChunk_/RIHS01_")),
+        "{action}"
+    );
+    assert_eq!(
+        (action["attachment_len"].as_u64(), action["gid_len"].as_u64()),
+        (Some(33), Some(16))
+    );
+    assert!(action["attachment_seq"].as_i64().is_some_and(|s| s >= 1));
+    Ok(())
+}
