@@ -19,10 +19,12 @@ use edgevla::node::sim::{PROPRIO_NAMES, SimOptions, jpeg};
 use edgevla::node::{ClockMode, NodeConfig, NodeMonitor, NodeReport, NodeState, run_node, setup};
 use sim::{Sim, TaskConfig};
 use transport::keys::KeySpace;
+use transport::msg::MessageKind;
 use transport::msg::{CompressedImage, Header, JointState, StringMsg, Time};
 use transport::pubsub::{Publisher, StreamClass};
 use transport::record::peek_stamp;
 use transport::replay::Remap;
+use transport::ros2::{Ros2Node, TopicPublisher};
 
 type B = NdArray<f32>;
 
@@ -245,50 +247,142 @@ fn replayed_demo_gives_byte_identical_actions() {
 /// the node's action for each step.
 struct Robot {
     _session: zenoh::Session,
-    cams: Vec<Publisher<CompressedImage>>,
+    cams: Vec<TopicPublisher<CompressedImage>>,
     raw_head: zenoh::pubsub::Publisher<'static>,
-    joints: Publisher<JointState>,
-    instruction: Publisher<StringMsg>,
+    joints: TopicPublisher<JointState>,
+    instruction: TopicPublisher<StringMsg>,
     actions: Arc<Mutex<Vec<u64>>>,
     _sub: zenoh::pubsub::Subscriber<()>,
     sim: Sim,
     period: u64,
+    /// ROS 2 mode: the robot's node in the graph.
+    _node: Option<Ros2Node>,
+}
+
+const CAMERAS: [&str; 3] = ["head", "left_wrist", "right_wrist"];
+
+/// Records the stamps of the action chunks arriving on `key`.
+fn action_stamps(
+    session: &zenoh::Session,
+    key: String,
+) -> (Arc<Mutex<Vec<u64>>>, zenoh::pubsub::Subscriber<()>) {
+    use zenoh::Wait;
+    let actions: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let sink = Arc::clone(&actions);
+    let sub = session
+        .declare_subscriber(key)
+        .callback(move |s: zenoh::sample::Sample| {
+            let bytes = s.payload().to_bytes();
+            if let Some(t) = peek_stamp(MessageKind::ActionChunk, &bytes) {
+                sink.lock().expect("lock").push(t.as_nanos());
+            }
+        })
+        .wait()
+        .expect("action subscriber");
+    (actions, sub)
+}
+
+/// The same robot as a ROS 2 node on rmw_zenoh: topics `/<camera>/image/compressed`,
+/// `/joint_states`, `/edgevla/instruction`; actions read from `/edgevla/action`.
+fn ros2_robot(session: zenoh::Session) -> Robot {
+    use transport::ros2::{NodeIdentity, Qos, Ros2Publisher};
+    let node = Ros2Node::declare(
+        &session,
+        NodeIdentity {
+            domain: 3,
+            namespace: "/".into(),
+            name: "robot".into(),
+            enclave: "/".into(),
+        },
+    )
+    .expect("ros2 node");
+    let cams = CAMERAS
+        .iter()
+        .map(|n| {
+            TopicPublisher::Ros2(
+                Ros2Publisher::declare(
+                    &session,
+                    &node,
+                    &format!("/{n}/image/compressed"),
+                    &Qos::SENSOR_DATA,
+                    StreamClass::Bulk,
+                )
+                .expect("camera publisher"),
+            )
+        })
+        .collect();
+    let raw_head = transport::pubsub::declare_raw_publisher(
+        &session,
+        &transport::ros2::topic_key(3, "/head/image/compressed", MessageKind::CompressedImage)
+            .expect("key"),
+        StreamClass::Bulk,
+        zenoh::bytes::Encoding::ZENOH_BYTES,
+    )
+    .expect("raw publisher");
+    let joints = TopicPublisher::Ros2(
+        Ros2Publisher::declare(
+            &session,
+            &node,
+            "/joint_states",
+            &Qos::DEFAULT,
+            StreamClass::Bulk,
+        )
+        .expect("joints"),
+    );
+    let instruction = TopicPublisher::Ros2(
+        Ros2Publisher::declare(
+            &session,
+            &node,
+            "/edgevla/instruction",
+            &Qos::DEFAULT,
+            StreamClass::Bulk,
+        )
+        .expect("instruction"),
+    );
+    let (actions, sub) = action_stamps(&session, "3/edgevla/action/**".into());
+    let task = TaskConfig::default();
+    let period = task.period_ns();
+    Robot {
+        sim: Sim::new(&task, 3).expect("sim"),
+        _session: session,
+        cams,
+        raw_head,
+        joints,
+        instruction,
+        actions,
+        _sub: sub,
+        period,
+        _node: Some(node),
+    }
 }
 
 const START: u64 = 5_000_000_000;
 
 fn robot(session: zenoh::Session) -> Robot {
-    use zenoh::Wait;
     let keys = KeySpace::new("robot", "edge").expect("keys");
-    let cams = ["head", "left_wrist", "right_wrist"]
+    let cams = CAMERAS
         .iter()
         .map(|n| {
-            Publisher::declare(&session, &keys.camera(n).expect("key"), StreamClass::Bulk)
-                .expect("camera publisher")
+            TopicPublisher::Native(
+                Publisher::declare(&session, &keys.camera(n).expect("key"), StreamClass::Bulk)
+                    .expect("camera publisher"),
+            )
         })
         .collect();
     let raw_head = transport::pubsub::declare_raw_publisher(
         &session,
         &keys.camera("head").expect("key"),
         StreamClass::Bulk,
-        transport::pubsub::encoding_for(transport::msg::MessageKind::CompressedImage),
+        transport::pubsub::encoding_for(MessageKind::CompressedImage),
     )
     .expect("raw publisher");
-    let joints = Publisher::declare(&session, &keys.joints(), StreamClass::Bulk).expect("joints");
-    let instruction =
-        Publisher::declare(&session, &keys.instruction(), StreamClass::Bulk).expect("instr");
-    let actions: Arc<Mutex<Vec<u64>>> = Arc::default();
-    let sink = Arc::clone(&actions);
-    let sub = session
-        .declare_subscriber(keys.action())
-        .callback(move |s: zenoh::sample::Sample| {
-            let bytes = s.payload().to_bytes();
-            if let Some(t) = peek_stamp(transport::msg::MessageKind::ActionChunk, &bytes) {
-                sink.lock().expect("lock").push(t.as_nanos());
-            }
-        })
-        .wait()
-        .expect("action subscriber");
+    let joints = TopicPublisher::Native(
+        Publisher::declare(&session, &keys.joints(), StreamClass::Bulk).expect("joints"),
+    );
+    let instruction = TopicPublisher::Native(
+        Publisher::declare(&session, &keys.instruction(), StreamClass::Bulk).expect("instr"),
+    );
+    let (actions, sub) = action_stamps(&session, keys.action());
     let task = TaskConfig::default();
     let period = task.period_ns();
     let sim = Sim::new(&task, 3).expect("sim");
@@ -302,6 +396,7 @@ fn robot(session: zenoh::Session) -> Robot {
         _sub: sub,
         sim,
         period,
+        _node: None,
     }
 }
 
@@ -698,4 +793,85 @@ fn node_command_stops_cleanly_on_ctrl_c() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(report["state"], "stopped");
     assert_eq!(report["steps"], 0);
+}
+
+/// ROS 2 mode: the node configured with ROS topic names is driven by a robot that speaks
+/// rmw_zenoh (topic keys with type hashes, attachments): an action for every step, the node
+/// and its endpoints in the ROS 2 graph, and a sample without an attachment counted and
+/// dropped while the node runs on.
+#[test]
+fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
+    use zenoh::Wait;
+    let _serial = serial();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let checkpoint = tiny_checkpoint(tmp.path());
+    let mut config = node_config(ClockMode::Joints);
+    config.ros2 = Some(edgevla::node::Ros2Topics {
+        domain_id: 3,
+        namespace: "/".into(),
+        node_name: "edgevla".into(),
+        cameras: CAMERAS
+            .iter()
+            .map(|n| ((*n).to_owned(), format!("/{n}/image/compressed")))
+            .collect(),
+        joints: "/joint_states".into(),
+        instruction: "/edgevla/instruction".into(),
+        action: "/edgevla/action".into(),
+        status: "/edgevla/status".into(),
+    });
+    let (node, _) = setup::<B>(config, Some(&checkpoint), Default::default()).expect("setup");
+    let (node_session, port) = transport::session::listening_peer().expect("node session");
+    let robot_session = connect(port);
+    let monitor = NodeMonitor::default();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| run_node(&node_session, &node, &stop, &monitor));
+        let _stop_on_panic = StopOnDrop(&stop);
+        let mut r = ros2_robot(robot_session);
+        r.start("On go, touch the pad where the red light flashed.");
+        let mut acted = 0;
+        for k in 0..12 {
+            let frames = if k == 5 {
+                Frames::CorruptHead
+            } else {
+                Frames::All
+            };
+            acted += u64::from(r.step(k, frames));
+        }
+        assert_eq!(acted, 12, "an action for every step");
+        let rep = settled_report(&monitor, |r| r.input.subscriber.bad_attachment >= 1);
+        // The raw head payload carried no attachment: counted, not decoded.
+        assert_eq!(
+            rep.input.subscriber.bad_attachment, 1,
+            "{:?}",
+            rep.input.subscriber
+        );
+        assert_eq!(rep.state, NodeState::Running);
+        let tokens: Vec<String> = r
+            ._session
+            .liveliness()
+            .get("@ros2_lv/3/**")
+            .timeout(Duration::from_secs(10))
+            .wait()
+            .expect("liveliness get")
+            .iter()
+            .filter_map(|reply| reply.result().ok().map(|s| s.key_expr().to_string()))
+            .collect();
+        for want in [
+            "/NN/%/%/edgevla",
+            "/MP/%/%/edgevla/%edgevla%action/edgevla_msgs::msg::dds_::ActionChunk_/",
+            "/MP/%/%/edgevla/%edgevla%status/std_msgs::msg::dds_::String_/",
+            "/MS/%/%/edgevla/%head%image%compressed/sensor_msgs::msg::dds_::CompressedImage_/",
+            "/MS/%/%/edgevla/%joint_states/sensor_msgs::msg::dds_::JointState_/",
+            "/MS/%/%/edgevla/%edgevla%instruction/std_msgs::msg::dds_::String_/",
+        ] {
+            assert!(
+                tokens.iter().any(|t| t.contains(want)),
+                "{want} not in {tokens:?}"
+            );
+        }
+        stop.store(true, Ordering::SeqCst);
+        let report = handle.join().expect("node thread").expect("node result");
+        assert!(report.steps >= 12, "{}", report.steps);
+    });
 }

@@ -67,6 +67,97 @@ pub struct NodeConfig {
     /// Subscriber ring.
     #[serde(default)]
     pub subscriber: SubscriberConfig,
+    /// ROS 2 mode: speak rmw_zenoh's protocol on these ROS topics instead of edgevla's key
+    /// space (`prefix` / `robot_id`); absent: edgevla's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ros2: Option<Ros2Topics>,
+}
+
+/// The node as a ROS 2 node (`[ros2]`): its name in the graph and the topics it reads and
+/// writes. Every topic is a fully qualified ROS name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ros2Topics {
+    /// `ROS_DOMAIN_ID`.
+    #[serde(default)]
+    pub domain_id: u32,
+    /// The node's namespace.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// The node's name.
+    #[serde(default = "default_node_name")]
+    pub node_name: String,
+    /// Rig camera name → its `sensor_msgs/msg/CompressedImage` (or `Image`) topic; every camera
+    /// of the rig needs one.
+    pub cameras: std::collections::BTreeMap<String, String>,
+    /// `sensor_msgs/msg/JointState` in.
+    #[serde(default = "default_joints_topic")]
+    pub joints: String,
+    /// `std_msgs/msg/String` in: each message starts an episode.
+    #[serde(default = "default_instruction_topic")]
+    pub instruction: String,
+    /// `edgevla_msgs/msg/ActionChunk` out.
+    #[serde(default = "default_action_topic")]
+    pub action: String,
+    /// `std_msgs/msg/String` out (JSON status).
+    #[serde(default = "default_status_topic")]
+    pub status: String,
+}
+
+fn default_namespace() -> String {
+    "/".to_owned()
+}
+fn default_node_name() -> String {
+    "edgevla".to_owned()
+}
+fn default_joints_topic() -> String {
+    "/joint_states".to_owned()
+}
+fn default_instruction_topic() -> String {
+    "/edgevla/instruction".to_owned()
+}
+fn default_action_topic() -> String {
+    "/edgevla/action".to_owned()
+}
+fn default_status_topic() -> String {
+    "/edgevla/status".to_owned()
+}
+
+impl Ros2Topics {
+    /// The node's identity in the ROS 2 graph.
+    pub fn identity(&self) -> transport::ros2::NodeIdentity {
+        transport::ros2::NodeIdentity {
+            domain: self.domain_id,
+            namespace: self.namespace.clone(),
+            name: self.node_name.clone(),
+            enclave: "/".to_owned(),
+        }
+    }
+
+    /// Checks every name.
+    ///
+    /// # Errors
+    /// The first bad key.
+    pub fn validate(&self) -> Result<()> {
+        self.identity()
+            .validate()
+            .context("invalid config key `ros2.namespace` or `ros2.node_name`")?;
+        let named = [
+            ("joints", &self.joints),
+            ("instruction", &self.instruction),
+            ("action", &self.action),
+            ("status", &self.status),
+        ];
+        for (key, topic) in named.into_iter().map(|(k, t)| (k.to_owned(), t)).chain(
+            self.cameras
+                .iter()
+                .map(|(c, t)| (format!("cameras.{c}"), t)),
+        ) {
+            transport::ros2::check_topic_name(topic)
+                .with_context(|| format!("invalid config key `ros2.{key}`"))?;
+        }
+        Ok(())
+    }
 }
 
 fn default_prefix() -> String {
@@ -130,6 +221,9 @@ impl NodeConfig {
         if self.subscriber.ring_capacity == 0 {
             bail!("invalid config key `subscriber.ring_capacity`: must be ≥ 1");
         }
+        if let Some(ros2) = &self.ros2 {
+            ros2.validate()?;
+        }
         Ok(())
     }
 
@@ -153,5 +247,35 @@ mod tests {
         assert!(format!("{err:#}").contains("stall_ms"), "{err:#}");
         let err = NodeConfig::from_toml("robot_id = \"a\"\nbogus = 1\n").unwrap_err();
         assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+    }
+
+    #[test]
+    fn ros2_section_defaults_and_bad_names() {
+        let base = "robot_id = \"a\"\n[ros2]\ncameras = { head = \"/cam/head/compressed\" }\n";
+        let c = NodeConfig::from_toml(base).unwrap();
+        let ros2 = c.ros2.unwrap();
+        assert_eq!(
+            (
+                ros2.domain_id,
+                ros2.node_name.as_str(),
+                ros2.joints.as_str()
+            ),
+            (0, "edgevla", "/joint_states")
+        );
+        for (bad, key) in [
+            ("action = \"edgevla/action\"\n", "ros2.action"),
+            ("node_name = \"a/b\"\n", "ros2.node_name"),
+            ("cameras = { head = \"/cam//x\" }\n", "ros2.cameras.head"),
+            ("topic = \"/x\"\n", "topic"),
+        ] {
+            let text = format!("robot_id = \"a\"\n[ros2]\ncameras = {{ head = \"/h\" }}\n{bad}");
+            let text = if bad.starts_with("cameras") {
+                format!("robot_id = \"a\"\n[ros2]\n{bad}")
+            } else {
+                text
+            };
+            let err = NodeConfig::from_toml(&text).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
+        }
     }
 }

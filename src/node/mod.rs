@@ -49,12 +49,14 @@ use burn::tensor::backend::Backend;
 use runtime::model::{StepInput, Vla};
 use transport::keys::{KeySpace, Topic};
 use transport::msg::{ActionChunk, AnyMessage, StringMsg, Time};
-use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberStats};
+use transport::pubsub::{Publisher, Routes, StreamClass, Subscriber, SubscriberStats};
+use transport::ros2::{Ros2Node, Ros2Publisher, TopicPublisher};
 use vision::{
     EncodedFrame, Encoding, PreprocessConfig, Rig, Slot, Step, StepAssembler, VisionPipeline,
 };
+use zenoh::Session;
 
-pub use config::{ClockMode, NodeConfig};
+pub use config::{ClockMode, NodeConfig, Ros2Topics};
 pub use stats::{NodeReport, NodeState};
 
 use stats::{CameraReport, StageHists};
@@ -551,7 +553,7 @@ impl<B: Backend> Inference<'_, B> {
         Ok(())
     }
 
-    fn step(&mut self, job: Job, actions: &Publisher<ActionChunk>) -> Result<()> {
+    fn step(&mut self, job: Job, actions: &TopicPublisher<ActionChunk>) -> Result<()> {
         let taken = Instant::now();
         self.hists
             .queue
@@ -676,6 +678,103 @@ fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// The node's subscriber and publishers, in edgevla's key space or as a ROS 2 node.
+struct Endpoints {
+    subscriber: Subscriber,
+    actions: TopicPublisher<ActionChunk>,
+    status: TopicPublisher<StringMsg>,
+    /// ROS 2 mode: the node's and its subscriptions' liveliness tokens (held to stay in the
+    /// graph).
+    _graph: Option<(Ros2Node, Vec<zenoh::liveliness::LivelinessToken>)>,
+}
+
+/// ROS 2 mode: the node announced in the graph, one subscription per topic of `ros2` (every
+/// rig camera must have one) with its liveliness token, and the action and status
+/// publishers.
+fn ros2_endpoints(
+    session: &Session,
+    config: &NodeConfig,
+    ros2: &Ros2Topics,
+    rig: &Rig,
+    clock: Arc<dyn transport::clock::Clock>,
+) -> Result<Endpoints> {
+    use transport::msg::MessageKind;
+    use transport::ros2::{EntityKind, Qos};
+    let robot = config.robot_id.clone();
+    let mut topics: Vec<(&str, Topic, MessageKind, Qos)> = Vec::new();
+    for camera in &rig.cameras {
+        let name = &camera.name;
+        let topic = ros2.cameras.get(name).with_context(|| {
+            format!("config key `ros2.cameras`: no topic for the rig's camera {name:?}")
+        })?;
+        topics.push((
+            topic,
+            Topic::Camera {
+                robot: robot.clone(),
+                name: name.clone(),
+            },
+            MessageKind::CompressedImage,
+            Qos::SENSOR_DATA,
+        ));
+    }
+    if let Some(extra) = ros2
+        .cameras
+        .keys()
+        .find(|c| !rig.cameras.iter().any(|cam| &cam.name == *c))
+    {
+        bail!("config key `ros2.cameras.{extra}`: the rig has no camera of that name");
+    }
+    topics.push((
+        &ros2.joints,
+        Topic::Joints {
+            robot: robot.clone(),
+        },
+        MessageKind::JointState,
+        Qos::DEFAULT,
+    ));
+    topics.push((
+        &ros2.instruction,
+        Topic::Instruction { robot },
+        MessageKind::String,
+        Qos::DEFAULT,
+    ));
+    let node = Ros2Node::declare(session, ros2.identity())?;
+    let routes = Routes::ros2(
+        ros2.domain_id,
+        topics
+            .iter()
+            .map(|(name, topic, _, _)| (*name, topic.clone())),
+    )?;
+    let subscriber = Subscriber::declare_ros2(session, routes, config.subscriber.clone(), clock)?;
+    let tokens = topics
+        .iter()
+        .map(|(name, _, kind, qos)| {
+            node.announce(session, EntityKind::Subscription, name, *kind, qos)
+                .map(|(token, _)| token)
+        })
+        .collect::<transport::Result<Vec<_>>>()?;
+    let actions = TopicPublisher::Ros2(Ros2Publisher::declare(
+        session,
+        &node,
+        &ros2.action,
+        &Qos::DEFAULT,
+        StreamClass::Actions,
+    )?);
+    let status = TopicPublisher::Ros2(Ros2Publisher::declare(
+        session,
+        &node,
+        &ros2.status,
+        &Qos::DEFAULT,
+        StreamClass::Telemetry,
+    )?);
+    Ok(Endpoints {
+        subscriber,
+        actions,
+        status,
+        _graph: Some((node, tokens)),
+    })
+}
+
 /// Runs the node on `session` until `shutdown` is set: subscribes to the robot's keys,
 /// publishes actions and status, and returns the final report. `monitor` is updated after
 /// every step and status.
@@ -684,7 +783,7 @@ fn duration_ns(d: Duration) -> u64 {
 /// Setup failures (subscriptions, publishers, a cache the budget cannot hold) and a failed
 /// ingest thread; bad inputs, failed model steps and failed publishes are counted, not errors.
 pub fn run_node<B: Backend>(
-    session: &zenoh::Session,
+    session: &Session,
     setup: &NodeSetup<B>,
     shutdown: &AtomicBool,
     monitor: &NodeMonitor,
@@ -701,15 +800,34 @@ pub fn run_node<B: Backend>(
         .context("KV cache")?;
     let pipeline = VisionPipeline::for_rig(&setup.rig, &setup.preprocess)?;
     let wall: Arc<dyn transport::clock::Clock> = Arc::new(transport::clock::SystemClock::new());
-    let subscriber = Subscriber::declare(
-        session,
-        &keys.all(),
-        &config.prefix,
-        config.subscriber.clone(),
-        Arc::clone(&wall),
-    )?;
-    let actions = Publisher::<ActionChunk>::declare(session, &keys.action(), StreamClass::Actions)?;
-    let status = Publisher::<StringMsg>::declare(session, &keys.status(), StreamClass::Telemetry)?;
+    let Endpoints {
+        subscriber,
+        actions,
+        status,
+        _graph,
+    } = match &config.ros2 {
+        None => Endpoints {
+            subscriber: Subscriber::declare(
+                session,
+                &keys.all(),
+                &config.prefix,
+                config.subscriber.clone(),
+                Arc::clone(&wall),
+            )?,
+            actions: TopicPublisher::Native(Publisher::declare(
+                session,
+                &keys.action(),
+                StreamClass::Actions,
+            )?),
+            status: TopicPublisher::Native(Publisher::declare(
+                session,
+                &keys.status(),
+                StreamClass::Telemetry,
+            )?),
+            _graph: None,
+        },
+        Some(ros2) => ros2_endpoints(session, config, ros2, &setup.rig, Arc::clone(&wall))?,
+    };
     monitor.subscribed.store(true, Ordering::SeqCst);
     let n_cams = setup.rig.n_cams();
     let mailbox = Arc::new(Mailbox::default());

@@ -612,6 +612,40 @@ impl<M: crate::msg::RosMessage> Ros2Publisher<M> {
     }
 }
 
+/// A publisher on edgevla's key space or on a ROS 2 topic: what the node and tools publish
+/// through, whichever mode their config names.
+#[derive(Debug)]
+pub enum TopicPublisher<M: crate::msg::RosMessage> {
+    /// edgevla's keys ([`crate::pubsub::Publisher`]).
+    Native(crate::pubsub::Publisher<M>),
+    /// A ROS 2 topic ([`Ros2Publisher`]).
+    Ros2(Ros2Publisher<M>),
+}
+
+impl<M: crate::msg::RosMessage> TopicPublisher<M> {
+    /// Encodes and sends one message.
+    ///
+    /// # Errors
+    /// Encoding errors or [`TransportError::Zenoh`].
+    pub fn publish(&self, msg: &M) -> Result<()> {
+        match self {
+            Self::Native(p) => p.publish(msg),
+            Self::Ros2(p) => p.publish(msg),
+        }
+    }
+
+    /// Waits up to `timeout` until some subscriber matches.
+    ///
+    /// # Errors
+    /// [`TransportError::Zenoh`] on a zenoh error or the timeout.
+    pub fn wait_for_subscriber(&self, timeout: std::time::Duration) -> Result<()> {
+        match self {
+            Self::Native(p) => p.wait_for_subscriber(timeout),
+            Self::Ros2(p) => p.wait_for_subscriber(timeout),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

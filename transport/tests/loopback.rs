@@ -945,7 +945,10 @@ fn python_rmw_zenoh_client_talks_to_ros2_mode() -> Result<()> {
     };
     let routes = Routes::ros2(
         0,
-        [("/cam/front", camera.clone()), ("/joint_states", joints.clone())],
+        [
+            ("/cam/front", camera.clone()),
+            ("/joint_states", joints.clone()),
+        ],
     )?;
     let config = SubscriberConfig {
         ring_capacity: 64,
@@ -977,7 +980,12 @@ fn python_rmw_zenoh_client_talks_to_ros2_mode() -> Result<()> {
     )?;
     let mut child = Command::new("python3")
         .arg(repo_root().join("tools/ros2_interop.py"))
-        .args(["--connect", &format!("tcp/127.0.0.1:{port}"), "--timeout", "20"])
+        .args([
+            "--connect",
+            &format!("tcp/127.0.0.1:{port}"),
+            "--timeout",
+            "20",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
@@ -1066,7 +1074,8 @@ fn python_rmw_zenoh_client_talks_to_ros2_mode() -> Result<()> {
             )
         };
         assert!(
-            got.iter().any(|r| (r.topic.clone(), r.message.clone()) == expected),
+            got.iter()
+                .any(|r| (r.topic.clone(), r.message.clone()) == expected),
             "{p} not received"
         );
     }
@@ -1085,17 +1094,24 @@ fn python_rmw_zenoh_client_talks_to_ros2_mode() -> Result<()> {
     let action = field("action")?;
     assert_eq!(action["values"], json!([0.5, -1.0, 0.25, 2.0]));
     assert_eq!(
-        (action["sequence"].as_u64(), action["horizon"].as_u64(), action["sec"].as_i64()),
+        (
+            action["sequence"].as_u64(),
+            action["horizon"].as_u64(),
+            action["sec"].as_i64()
+        ),
         (Some(3), Some(2), Some(42))
     );
     assert!(
-        action["key"]
-            .as_str()
-            .is_some_and(|k| k.starts_with("0/edgevla/action/edgevla_msgs::msg::dds_::ActionChunk_/RIHS01_")),
+        action["key"].as_str().is_some_and(
+            |k| k.starts_with("0/edgevla/action/edgevla_msgs::msg::dds_::ActionChunk_/RIHS01_")
+        ),
         "{action}"
     );
     assert_eq!(
-        (action["attachment_len"].as_u64(), action["gid_len"].as_u64()),
+        (
+            action["attachment_len"].as_u64(),
+            action["gid_len"].as_u64()
+        ),
         (Some(33), Some(16))
     );
     assert!(action["attachment_seq"].as_i64().is_some_and(|s| s >= 1));
