@@ -801,7 +801,6 @@ fn node_command_stops_cleanly_on_ctrl_c() {
 /// dropped while the node runs on.
 #[test]
 fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
-    use zenoh::Wait;
     let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
@@ -847,16 +846,8 @@ fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
             rep.input.subscriber
         );
         assert_eq!(rep.state, NodeState::Running);
-        let tokens: Vec<String> = r
-            ._session
-            .liveliness()
-            .get("@ros2_lv/3/**")
-            .timeout(Duration::from_secs(10))
-            .wait()
-            .expect("liveliness get")
-            .iter()
-            .filter_map(|reply| reply.result().ok().map(|s| s.key_expr().to_string()))
-            .collect();
+        let tokens = transport::ros2::graph_tokens(&r._session, 3, Duration::from_secs(10))
+            .expect("liveliness get");
         for want in [
             "/NN/%/%/edgevla",
             "/MP/%/%/edgevla/%edgevla%action/edgevla_msgs::msg::dds_::ActionChunk_/",

@@ -756,6 +756,8 @@ mod tests {
                 wrong_encoding: 2,
                 oversized: 1,
                 unknown_key: 2,
+                bad_attachment: 0,
+                type_mismatch: 0,
             }
         );
         let first = inbox.try_recv().unwrap();

@@ -646,6 +646,31 @@ impl<M: crate::msg::RosMessage> TopicPublisher<M> {
     }
 }
 
+/// The liveliness tokens of ROS 2 domain `domain` as `session` sees them (what `ros2 node list`
+/// and `ros2 topic list` are built from), sorted.
+///
+/// # Errors
+/// [`TransportError::Zenoh`].
+pub fn graph_tokens(
+    session: &zenoh::Session,
+    domain: u32,
+    timeout: std::time::Duration,
+) -> Result<Vec<String>> {
+    use zenoh::Wait as _;
+    let replies = session
+        .liveliness()
+        .get(format!("{ADMIN_SPACE}/{domain}/**"))
+        .timeout(timeout)
+        .wait()
+        .map_err(|e| TransportError::zenoh("liveliness get", &e))?;
+    let mut tokens: Vec<String> = replies
+        .iter()
+        .filter_map(|reply| reply.result().ok().map(|s| s.key_expr().to_string()))
+        .collect();
+    tokens.sort();
+    Ok(tokens)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

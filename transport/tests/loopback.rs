@@ -890,15 +890,7 @@ fn ros2_mode_round_trip_and_bad_samples() -> Result<()> {
         "{stats:?}"
     );
     // The graph: both nodes, the publisher and the subscription.
-    let tokens: Vec<String> = a
-        .liveliness()
-        .get("@ros2_lv/7/**")
-        .timeout(TIMEOUT)
-        .wait()
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .iter()
-        .filter_map(|reply| reply.result().ok().map(|s| s.key_expr().to_string()))
-        .collect();
+    let tokens = transport::ros2::graph_tokens(&a, 7, TIMEOUT)?;
     for want in [
         "/NN/%/%/talker",
         "/NN/%/%/listener",
