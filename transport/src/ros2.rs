@@ -271,6 +271,12 @@ impl NodeIdentity {
         if self.namespace != "/" {
             check_topic_name(&self.namespace)?;
         }
+        if self.name.contains('/') {
+            return Err(TransportError::InvalidTopicName {
+                topic: self.name.clone(),
+                reason: "a node name is one token (no '/')".into(),
+            });
+        }
         check_topic_name(&format!("/{}", self.name))?;
         if self.enclave != "/" {
             check_topic_name(&self.enclave)?;
