@@ -249,6 +249,26 @@ mod tests {
         assert!(format!("{err:#}").contains("bogus"), "{err:#}");
     }
 
+    /// The shipped config's commented `[ros2]` example, uncommented, is a valid ROS 2 setup
+    /// for the shipped rig's cameras.
+    #[test]
+    fn shipped_ros2_example_parses() {
+        let text = configs::node_preset("edge").expect("shipped node config").text;
+        let at = text.find("# [ros2]").expect("a commented [ros2] example");
+        let example: String = text[at..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = NodeConfig::from_toml(&format!("{}\n{example}\n", &text[..at])).unwrap();
+        let ros2 = c.ros2.expect("[ros2]");
+        assert_eq!(
+            ros2.cameras.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["head", "left_wrist", "right_wrist"]
+        );
+        assert_eq!(ros2.action, "/edgevla/action");
+    }
+
     #[test]
     fn ros2_section_defaults_and_bad_names() {
         let base = "robot_id = \"a\"\n[ros2]\ncameras = { head = \"/cam/head/compressed\" }\n";
