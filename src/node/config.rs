@@ -253,7 +253,9 @@ mod tests {
     /// for the shipped rig's cameras.
     #[test]
     fn shipped_ros2_example_parses() {
-        let text = configs::node_preset("edge").expect("shipped node config").text;
+        let text = configs::node_preset("edge")
+            .expect("shipped node config")
+            .text;
         let at = text.find("# [ros2]").expect("a commented [ros2] example");
         let example: String = text[at..]
             .lines()
