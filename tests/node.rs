@@ -5,6 +5,10 @@
 //! The model is a tiny random one (1 layer) with a KV budget of 4 frame-steps, so eviction
 //! runs in every episode; the closed-loop test uses the shipped checkpoint
 //! (models/edge-memory) instead when it exists and then also asserts success above chance.
+//!
+//! These tests run one at a time (`#[serial]`): each drives a node and a simulator over
+//! loopback zenoh, and side by side on a 2-core machine their timings would be those of a
+//! machine under load.
 
 #![allow(clippy::expect_used)] // helpers outside #[test] fns set up fixtures; failing is the point
 
@@ -17,6 +21,7 @@ use burn::backend::NdArray;
 use edgevla::node::demo::{Pace, read_mcap, replay_through_node, run_demo};
 use edgevla::node::sim::{PROPRIO_NAMES, SimOptions, jpeg};
 use edgevla::node::{ClockMode, NodeConfig, NodeMonitor, NodeReport, NodeState, run_node, setup};
+use serial_test::serial;
 use sim::{Sim, TaskConfig};
 use transport::keys::KeySpace;
 use transport::msg::MessageKind;
@@ -82,19 +87,9 @@ fn shipped_model() -> Option<PathBuf> {
 }
 
 /// sim → zenoh → node → zenoh → sim, lock-step, a few episodes: every stage's counters agree.
-/// These tests run one at a time: each drives a node and a simulator over loopback zenoh, and
-/// side by side on a 2-core machine their timings would be those of a machine under load.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[test]
+#[serial]
 fn sim_drives_node_closed_loop_over_loopback() {
-    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let (checkpoint, episodes, trained) = match shipped_model() {
         Some(dir) => (dir, 16, true),
@@ -186,8 +181,8 @@ fn sim_drives_node_closed_loop_over_loopback() {
 /// A recorded demo replayed stepped into a fresh node twice gives byte-identical action
 /// messages.
 #[test]
+#[serial]
 fn replayed_demo_gives_byte_identical_actions() {
-    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
     let (node, source) = setup::<B>(
@@ -507,8 +502,8 @@ fn settled_report(monitor: &NodeMonitor, done: impl Fn(&NodeReport) -> bool) -> 
 /// The node keeps running through a camera that stops, corrupt frames, joint states with NaN
 /// and ∞, a stalled stream and a publisher restart (stamps from the start again), reports each, and recovers.
 #[test]
+#[serial]
 fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
-    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
     let (node, _) = setup::<B>(
@@ -632,8 +627,8 @@ fn shared_data() -> Option<PathBuf> {
 /// original timing into a node with the edge model's sizes (random weights, cameras as the
 /// recording's rig has): robustness and timing only, the model was not trained on them.
 #[test]
+#[serial]
 fn real_recordings_replay_through_the_node() {
-    let _serial = serial();
     let Some(data) = shared_data() else {
         return;
     };
@@ -727,8 +722,8 @@ fn real_recordings_replay_through_the_node() {
 
 /// `edgevla node` stops cleanly on SIGINT (Ctrl-C) and prints its final report.
 #[test]
+#[serial]
 fn node_command_stops_cleanly_on_ctrl_c() {
-    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let model = tmp.path().join("tiny-model.toml");
     std::fs::write(&model, TINY_MODEL).expect("write model");
@@ -800,8 +795,8 @@ fn node_command_stops_cleanly_on_ctrl_c() {
 /// and its endpoints in the ROS 2 graph, and a sample without an attachment counted and
 /// dropped while the node runs on.
 #[test]
+#[serial]
 fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
-    let _serial = serial();
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
     let mut config = node_config(ClockMode::Joints);
