@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use burn::backend::NdArray;
 use edgevla::node::demo::{Pace, read_mcap, replay_through_node, run_demo};
 use edgevla::node::sim::{PROPRIO_NAMES, SimOptions, jpeg};
-use edgevla::node::{ClockMode, NodeConfig, NodeMonitor, NodeReport, NodeState, run_node, setup};
+use edgevla::node::{
+    ClockMode, NodeConfig, NodeMonitor, NodeReport, NodeSetup, NodeState, run_node, setup,
+};
 use serial_test::serial;
 use sim::{Sim, TaskConfig};
 use transport::keys::KeySpace;
@@ -69,6 +71,25 @@ fn tiny_checkpoint(dir: &Path) -> PathBuf {
     let out = dir.join("tiny");
     runtime::checkpoint::save(&model, &out).expect("save tiny checkpoint");
     out
+}
+
+/// The node of `config` on a tiny random checkpoint (in the returned folder), a session for
+/// it listening on loopback, and a robot's session connected to that (at the returned port).
+fn tiny_node_on_loopback(
+    config: NodeConfig,
+) -> (
+    tempfile::TempDir,
+    NodeSetup<B>,
+    zenoh::Session,
+    zenoh::Session,
+    u16,
+) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let checkpoint = tiny_checkpoint(tmp.path());
+    let (node, _) = setup::<B>(config, Some(&checkpoint), Default::default()).expect("node setup");
+    let (node_session, port) = transport::session::listening_peer().expect("node session");
+    let robot_session = connect(port);
+    (tmp, node, node_session, robot_session, port)
 }
 
 fn node_config(clock: ClockMode) -> NodeConfig {
@@ -212,7 +233,7 @@ fn replayed_demo_gives_byte_identical_actions() {
         .map(|m| m.data.clone())
         .collect();
     assert_eq!(recorded_actions.len(), 32);
-    let replay = |n: &edgevla::node::NodeSetup<B>| {
+    let replay = |n: &NodeSetup<B>| {
         replay_through_node(
             n,
             recording.clone(),
@@ -504,16 +525,8 @@ fn settled_report(monitor: &NodeMonitor, done: impl Fn(&NodeReport) -> bool) -> 
 #[test]
 #[serial]
 fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let checkpoint = tiny_checkpoint(tmp.path());
-    let (node, _) = setup::<B>(
-        node_config(ClockMode::Joints),
-        Some(&checkpoint),
-        Default::default(),
-    )
-    .expect("node setup");
-    let (node_session, port) = transport::session::listening_peer().expect("node session");
-    let robot_session = connect(port);
+    let (_tmp, node, node_session, robot_session, port) =
+        tiny_node_on_loopback(node_config(ClockMode::Joints));
     let monitor = NodeMonitor::default();
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -797,8 +810,6 @@ fn node_command_stops_cleanly_on_ctrl_c() {
 #[test]
 #[serial]
 fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let checkpoint = tiny_checkpoint(tmp.path());
     let mut config = node_config(ClockMode::Joints);
     config.ros2 = Some(edgevla::node::Ros2Topics {
         domain_id: 3,
@@ -813,9 +824,7 @@ fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
         action: "/edgevla/action".into(),
         status: "/edgevla/status".into(),
     });
-    let (node, _) = setup::<B>(config, Some(&checkpoint), Default::default()).expect("setup");
-    let (node_session, port) = transport::session::listening_peer().expect("node session");
-    let robot_session = connect(port);
+    let (_tmp, node, node_session, robot_session, _) = tiny_node_on_loopback(config);
     let monitor = NodeMonitor::default();
     let stop = AtomicBool::new(false);
     std::thread::scope(|scope| {

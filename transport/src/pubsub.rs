@@ -202,8 +202,7 @@ impl Routes {
     ) -> Result<Self> {
         let mut map = BTreeMap::new();
         for (name, topic) in topics {
-            crate::ros2::check_topic_name(name)?;
-            map.insert(format!("{domain}/{}", name.trim_start_matches('/')), topic);
+            map.insert(crate::ros2::topic_base(domain, name)?, topic);
         }
         Ok(Self::Ros2(map))
     }
@@ -452,9 +451,9 @@ impl Subscriber {
         })
     }
 
-    /// Subscribes to every ROS 2 topic of `routes` ([`Routes::Ros2`], in `domain`), each with
-    /// the selector [`crate::ros2::topic_selector`] so that samples of another type arrive
-    /// and are counted (`type_mismatch`) rather than never heard.
+    /// Subscribes to every ROS 2 topic of `routes` ([`Routes::Ros2`]), each with the selector
+    /// [`crate::ros2::base_selector`] so that samples of another type arrive and are counted
+    /// (`type_mismatch`) rather than never heard.
     ///
     /// # Errors
     /// [`TransportError::Zenoh`] if zenoh refuses a subscription.
@@ -465,7 +464,10 @@ impl Subscriber {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let selectors: Vec<String> = match &routes {
-            Routes::Ros2(map) => map.keys().map(|base| format!("{base}/*/*")).collect(),
+            Routes::Ros2(map) => map
+                .keys()
+                .map(|base| crate::ros2::base_selector(base))
+                .collect(),
             Routes::Native { prefix } => vec![format!("{prefix}/**")],
         };
         let inbox = Arc::new(Inbox::with_routes(routes, config, clock));

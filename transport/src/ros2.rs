@@ -34,13 +34,48 @@ pub const GID_LEN: usize = 16;
 /// Bytes of an [`Attachment`] on the wire.
 pub const ATTACHMENT_LEN: usize = 8 + 8 + 1 + GID_LEN;
 
+/// A kind's names on the wire, computed once per process (a subscriber compares them on
+/// every sample).
+#[derive(Debug)]
+struct WireType {
+    /// `sensor_msgs::msg::dds_::Image_`.
+    dds: String,
+    /// `RIHS01_…`.
+    hash: String,
+    /// `<dds>/<hash>`.
+    suffix: String,
+}
+
+fn wire_type(kind: MessageKind) -> &'static WireType {
+    use std::sync::OnceLock;
+    static TYPES: [OnceLock<WireType>; 6] = [const { OnceLock::new() }; 6];
+    // Exhaustive: a new kind must get a slot here.
+    let slot = match kind {
+        MessageKind::CompressedImage => 0,
+        MessageKind::Image => 1,
+        MessageKind::JointState => 2,
+        MessageKind::Imu => 3,
+        MessageKind::String => 4,
+        MessageKind::ActionChunk => 5,
+    };
+    TYPES[slot].get_or_init(|| {
+        let full = kind.type_name();
+        let (namespace, name) = full.rsplit_once('/').unwrap_or(("", full));
+        let dds = format!("{}::dds_::{name}_", namespace.replace('/', "::"));
+        let hash = compute_type_hash(kind);
+        WireType {
+            suffix: format!("{dds}/{hash}"),
+            dds,
+            hash,
+        }
+    })
+}
+
 /// The DDS type name rmw_zenoh puts in keys: `sensor_msgs/msg/Image` →
 /// `sensor_msgs::msg::dds_::Image_`.
 #[must_use]
-pub fn dds_type_name(kind: MessageKind) -> String {
-    let full = kind.type_name();
-    let (namespace, name) = full.rsplit_once('/').unwrap_or(("", full));
-    format!("{}::dds_::{name}_", namespace.replace('/', "::"))
+pub fn dds_type_name(kind: MessageKind) -> &'static str {
+    &wire_type(kind).dds
 }
 
 /// Checks a fully qualified ROS 2 topic name: `/` then tokens of ASCII letters, digits and `_`
@@ -75,33 +110,39 @@ pub fn check_topic_name(topic: &str) -> Result<()> {
     Ok(())
 }
 
-/// The key expression of `topic`'s samples of `kind` in ROS 2 domain `domain`.
+/// `<domain>/<topic without its leading '/'>`: what every data key of `topic` starts with.
 ///
 /// # Errors
 /// [`TransportError::InvalidTopicName`] for a name [`check_topic_name`] refuses.
-pub fn topic_key(domain: u32, topic: &str, kind: MessageKind) -> Result<String> {
+pub fn topic_base(domain: u32, topic: &str) -> Result<String> {
     check_topic_name(topic)?;
+    Ok(format!("{domain}/{}", topic.trim_start_matches('/')))
+}
+
+/// The key expression of `topic`'s samples of `kind` in ROS 2 domain `domain`.
+///
+/// # Errors
+/// As [`topic_base`].
+pub fn topic_key(domain: u32, topic: &str, kind: MessageKind) -> Result<String> {
     Ok(format!(
-        "{domain}/{}/{}",
-        topic.trim_start_matches('/'),
+        "{}/{}",
+        topic_base(domain, topic)?,
         type_suffix(kind)
     ))
 }
 
 /// `<dds type name>/<type hash>`: the last two chunks of a data key.
 #[must_use]
-pub fn type_suffix(kind: MessageKind) -> String {
-    format!("{}/{}", dds_type_name(kind), type_hash(kind))
+pub fn type_suffix(kind: MessageKind) -> &'static str {
+    &wire_type(kind).suffix
 }
 
-/// Key expression matching every type published on `topic` (the last two chunks free), so a
-/// subscriber sees, counts and drops samples of another type instead of never hearing them.
-///
-/// # Errors
-/// As [`topic_key`].
-pub fn topic_selector(domain: u32, topic: &str) -> Result<String> {
-    check_topic_name(topic)?;
-    Ok(format!("{domain}/{}/*/*", topic.trim_start_matches('/')))
+/// Key expression matching every type published under `base` ([`topic_base`]; the last two
+/// chunks free), so a subscriber sees, counts and drops samples of another type instead of
+/// never hearing them.
+#[must_use]
+pub fn base_selector(base: &str) -> String {
+    format!("{base}/*/*")
 }
 
 /// Splits a data key into `(domain/topic part, dds type name, type hash)`.
@@ -332,7 +373,7 @@ pub fn entity_token(
         "{}/{}/{}/{}/{}",
         node.token_prefix(zid, node_id, entity_id, code),
         mangle(topic),
-        mangle(&dds_type_name(kind)),
+        mangle(dds_type_name(kind)),
         type_hash(kind),
         qos.to_keyexpr()
     ))
@@ -343,7 +384,12 @@ pub fn entity_token(
 /// rosidl's `calculate_type_hash` does (`json.dumps` with `", "` and `": "` separators, keys in
 /// rosidl's order, default values left out).
 #[must_use]
-pub fn type_hash(kind: MessageKind) -> String {
+pub fn type_hash(kind: MessageKind) -> &'static str {
+    &wire_type(kind).hash
+}
+
+/// [`type_hash`], computed.
+fn compute_type_hash(kind: MessageKind) -> String {
     let schema = kind.ros2msg_schema();
     // Sections: the type's own fields, then `MSG: pkg/Type` blocks after lines of '='.
     let mut types: Vec<(String, Vec<Field>)> = Vec::new();
@@ -768,7 +814,10 @@ mod tests {
         assert_eq!(topic, "0/cam/front");
         assert_eq!(ty, dds_type_name(MessageKind::Image));
         assert_eq!(hash, type_hash(MessageKind::Image));
-        assert_eq!(topic_selector(0, "/cam/front").unwrap(), "0/cam/front/*/*");
+        assert_eq!(
+            base_selector(&topic_base(0, "/cam/front").unwrap()),
+            "0/cam/front/*/*"
+        );
     }
 
     #[test]
