@@ -37,9 +37,10 @@ pub struct TrainArgs {
     /// Override the config's batch size (episodes per iteration).
     #[arg(long, value_name = "N")]
     pub batch_size: Option<usize>,
-    /// On CUDA: burn's operation fusion (`on`: elementwise chains compiled into one kernel)
-    /// or every operation its own kernel (`off`).
-    #[arg(long, value_enum, default_value_t = Fusion::Off)]
+    /// On CUDA: burn's operation fusion (`on`: elementwise chains compiled into one kernel;
+    /// 15% less time per `edge-long` iteration on an H100) or every operation its own kernel
+    /// (`off`).
+    #[arg(long, value_enum, default_value_t = Fusion::On)]
     pub fusion: Fusion,
     /// Checkpoint folder to write (config.toml + weights.mpk).
     #[arg(long)]

@@ -1,0 +1,179 @@
+//! Where a memory model's closed-loop failures come from, episode by episode.
+//!
+//! For each episode of a task it runs the checkpoint three ways on the CPU:
+//! 1. the training forward over the expert's recorded episode (what the loss saw);
+//! 2. the streaming path (the checkpoint's KV cache format and budget, its memory bank) over the
+//!    same recorded frames, teacher-forced: it must agree with 1 (the paths are equal up to the
+//!    cache's quantization) and shows whether the cue survives eviction on expert frames;
+//! 3. the streaming path driving the simulator (closed loop, the first action of each chunk),
+//!    as `edgevla demo` does: how far the arm drifts from its rest pose before the go step,
+//!    the cue head's answer at the go step and after it, and the final distance to the pad.
+//!
+//! ```sh
+//! cargo run --release -p edgevla-trainer --example memory_diagnosis -- \
+//!     models/edge-long-partial memory-long-train 5000000 8
+//! ```
+//! Arguments: checkpoint folder, task (a shipped name), first seed, episodes.
+
+use std::error::Error;
+use std::path::PathBuf;
+
+use burn::backend::NdArray;
+use burn::tensor::Tensor;
+use runtime::model::{StepInput, TrainBatch, Vla};
+use sim::{Sim, TaskConfig};
+use trainer::data::{StepWeights, episode_batch, training_preprocess};
+
+type B = NdArray<f32>;
+type Res<T> = Result<T, Box<dyn Error>>;
+
+fn host(t: Tensor<B, 3>) -> Res<Vec<f32>> {
+    Ok(t.into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len())
+        .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+        .unwrap_or(0)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Teacher-forced: training forward and streaming steps over the recorded episode.
+fn teacher_forced(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
+    let device = Default::default();
+    let c = model.config();
+    let pre = training_preprocess();
+    let episode = sim::Episode::generate(task, seed)?;
+    let batch = episode_batch(task, &[seed], StepWeights::default(), &pre)?;
+    let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
+    let out = model.forward_train(
+        &TrainBatch {
+            instructions: &instructions,
+            steps: batch.steps,
+            patches: &batch.patches,
+            camera_present: &batch.camera_present,
+            proprio: &batch.proprio,
+        },
+        &device,
+    )?;
+    let actions = host(out.actions)?;
+    let cue = host(out.cue_logits.ok_or("the model has no cue head")?)?;
+    let (k, av) = (c.cue_classes, c.action_values());
+    let mut stream = model.new_stream(&c.kv_cache, &device)?;
+    model.start_episode(&episode.instruction, &mut stream)?;
+    let (mut cue_diff, mut action_diff) = (0f32, 0f32);
+    let (mut train_right, mut stream_right, mut labeled) = (0, 0, 0);
+    for (t, step) in episode.steps.iter().enumerate() {
+        let patches = step.patches(&pre)?;
+        let o = model.forward_step(
+            &StepInput {
+                patches: &patches,
+                camera_present: &step.camera_present,
+                proprio: &step.proprio,
+            },
+            &mut stream,
+        )?;
+        let logits = o.cue_logits.ok_or("no cue logits")?;
+        let trained = &cue[t * k..(t + 1) * k];
+        cue_diff = cue_diff.max(max_abs_diff(&logits, trained));
+        action_diff = action_diff.max(max_abs_diff(
+            &o.action.values,
+            &actions[t * av..(t + 1) * av],
+        ));
+        if t >= episode.cue_steps.start {
+            labeled += 1;
+            train_right += usize::from(argmax(trained) == episode.target);
+            stream_right += usize::from(argmax(&logits) == episode.target);
+        }
+    }
+    Ok(format!(
+        "cue {:?}, go {}, pad {} | teacher-forced: cue right after the cue {train_right}/{labeled} \
+         (training forward), {stream_right}/{labeled} (streaming); max |diff| cue logits \
+         {cue_diff:.2e}, actions {action_diff:.2e}",
+        episode.cue_steps, episode.go_step, episode.target
+    ))
+}
+
+/// Closed loop: the streaming path drives the simulator.
+fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
+    let device = Default::default();
+    let c = model.config();
+    let mut pre = vision::Preprocessor::new(training_preprocess())?;
+    let mut sim = Sim::new(task, seed)?;
+    let info = sim.info();
+    let mut stream = model.new_stream(&c.kv_cache, &device)?;
+    model.start_episode(&info.instruction, &mut stream)?;
+    let rest = task.arm.rest_xy;
+    let mut drift = 0f64;
+    let mut cue_at_go = None;
+    let (mut right, mut after) = (0, 0);
+    let mut patches = Vec::new();
+    loop {
+        let step = sim.observe();
+        let t = sim.t();
+        patches.clear();
+        step.append_patches(&mut pre, &mut patches)?;
+        let o = model.forward_step(
+            &StepInput {
+                patches: &patches,
+                camera_present: &step.camera_present,
+                proprio: &step.proprio,
+            },
+            &mut stream,
+        )?;
+        let answer = argmax(&o.cue_logits.ok_or("no cue logits")?);
+        if t >= info.cue_steps.start {
+            after += 1;
+            right += usize::from(answer == info.target);
+        }
+        if t == info.go_step {
+            cue_at_go = Some(answer);
+        }
+        if t < info.go_step {
+            let [x, y] = sim.ee_xy();
+            drift = drift.max((f64::from(x) - rest[0]).hypot(f64::from(y) - rest[1]));
+        }
+        if sim.is_last() {
+            break;
+        }
+        sim.step(&o.action.values)?;
+    }
+    Ok(format!(
+        "closed loop: drift from rest before go {:.1} cm | cue head at go {} | right after the \
+         cue {right}/{after} | final distance to the pad {:.1} cm | success {}",
+        drift * 100.0,
+        cue_at_go.map_or("-".to_string(), |a| {
+            if a == info.target { "right" } else { "wrong" }.to_string()
+        }),
+        sim.distance_to_pad(info.target) * 100.0,
+        sim.success()
+    ))
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: memory_diagnosis CHECKPOINT [TASK] [FIRST_SEED] [EPISODES]";
+    let dir = PathBuf::from(args.first().ok_or(usage)?);
+    let task_name = args.get(1).map_or("memory-long-train", String::as_str);
+    let first: u64 = args.get(2).map_or(Ok(5_000_000), |s| s.parse())?;
+    let episodes: u64 = args.get(3).map_or(Ok(4), |s| s.parse())?;
+    let device = Default::default();
+    let model = runtime::checkpoint::load::<B>(&dir, None, &device)?;
+    let preset =
+        configs::task_preset(task_name).ok_or_else(|| format!("no shipped task {task_name}"))?;
+    let task = TaskConfig::from_toml(preset.text)?;
+    for seed in first..first + episodes {
+        println!("seed {seed}: {}", teacher_forced(&model, &task, seed)?);
+        println!("  {}", closed_loop(&model, &task, seed)?);
+    }
+    Ok(())
+}
