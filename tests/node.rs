@@ -143,6 +143,12 @@ fn sim_drives_node_closed_loop_over_loopback() {
         assert_eq!(e.steps, steps_per_episode, "{e:?}");
         assert_eq!(e.actions_applied, steps_per_episode, "{e:?}");
         assert_eq!(e.actions_missed, 0, "{e:?}");
+        // The drift is a distance on the table within the arm's reach of its rest pose
+        // (links 0.3 + 0.3 m, rest 0.3 m from the base): never NaN, never negative.
+        assert!(
+            (0.0..=0.9).contains(&e.drift_before_go_m),
+            "drift before go: {e:?}"
+        );
     }
     assert_eq!(outcome.sim.frames, 3 * total);
     assert_eq!(outcome.sim.actions_received, total);

@@ -429,6 +429,19 @@ pub fn summary_table(o: &DemoOutcome) -> String {
             ages[ages.len() - 1]
         );
     }
+    let mut drift: Vec<f64> = o
+        .sim
+        .episodes
+        .iter()
+        .map(|e| 100.0 * e.drift_before_go_m)
+        .collect();
+    drift.sort_by(f64::total_cmp);
+    if let (Some(median), Some(max)) = (drift.get(drift.len() / 2), drift.last()) {
+        let _ = writeln!(
+            out,
+            "arm drift from its rest pose before the go step (the expert holds still): median {median:.1} cm, max {max:.1} cm"
+        );
+    }
     let failed: Vec<&EpisodeResult> = o.sim.episodes.iter().filter(|e| !e.success).collect();
     if !failed.is_empty() {
         let mut near: Vec<f64> = failed

@@ -138,6 +138,9 @@ pub struct EpisodeResult {
     /// At the last step: whether the pad nearest the end effector is the cued one (a failure
     /// with `true` is one of precision, with `false` one of memory or of reaching).
     pub at_cued_pad: bool,
+    /// Before the go step: the end effector's largest distance from its rest pose, metres
+    /// (the task's expert holds the arm still there, so this is how far the policy drifted).
+    pub drift_before_go_m: f64,
 }
 
 /// A whole run.
@@ -262,13 +265,20 @@ pub fn run_sim(
             cue_evicted,
             final_error_m: f64::NAN,
             at_cued_pad: false,
+            drift_before_go_m: 0.0,
         };
+        let rest = task.config().arm.rest_xy;
         loop {
             let stamp = start + global_step * period;
             if options.mode == SimMode::RealTime {
                 clock.sleep_until_ns(stamp);
             }
             let step = sim.observe();
+            if sim.t() < info.go_step {
+                let [x, y] = sim.ee_xy();
+                let drift = (f64::from(x) - rest[0]).hypot(f64::from(y) - rest[1]);
+                result.drift_before_go_m = result.drift_before_go_m.max(drift);
+            }
             let header = |frame_id: &str| Header {
                 stamp: Time::from_nanos(stamp),
                 frame_id: frame_id.to_owned(),
