@@ -3,7 +3,7 @@
 //! Ctrl-C (SIGINT/SIGTERM) and finish cleanly, and print a JSON summary on stdout.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -14,7 +14,7 @@ use clap::Args;
 use transport::clock::{Clock, SystemClock};
 use transport::keys::replay_step_key;
 use transport::record::{Compression, McapRecorder, RecordLimits, RecorderConfig, record_session};
-use transport::recording::read_recording;
+use transport::recording::open_recording;
 use transport::replay::{Rate, Remap, Replayer, SteppedReplay};
 use transport::session::{Mode, SessionConfig, open};
 
@@ -129,7 +129,8 @@ pub enum CompressionArg {
 /// Arguments of `edgevla replay`.
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
-    /// The MCAP recording (a truncated one replays every complete message).
+    /// The recording: an MCAP file (a truncated one replays every complete message) or a rosbag2
+    /// bag folder in MCAP storage (its topics replay without their leading slash).
     pub file: PathBuf,
 
     /// Timing: a factor of the original (1.0 = as recorded, 2 = twice as fast) or `max`.
@@ -238,9 +239,8 @@ pub fn record(args: &RecordArgs, out: &mut impl Write) -> Result<()> {
 /// An unreadable recording, bad flags, or zenoh failures.
 pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<()> {
     let remap = Remap::parse(&args.remap)?;
-    let file =
-        File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
-    let recording = read_recording(BufReader::new(file), args.max_bytes)?;
+    let recording = open_recording(&args.file, args.max_bytes)
+        .with_context(|| format!("opening {}", args.file.display()))?;
     let complete = recording.complete;
     if !complete {
         eprintln!(

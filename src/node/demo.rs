@@ -3,7 +3,6 @@
 //! a node (stepped: deterministic, or paced).
 
 use std::fmt::Write as _;
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -359,16 +358,13 @@ pub fn replay_through_node<B: Backend>(
     })
 }
 
-/// Reads an MCAP file (up to 4 GiB).
+/// Reads an MCAP file or a rosbag2 bag folder in MCAP storage (up to 4 GiB).
 ///
 /// # Errors
 /// Unreadable or malformed files.
 pub fn read_mcap(path: &Path) -> Result<Recording> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(transport::recording::read_recording(
-        Cursor::new(bytes),
-        4 << 30,
-    )?)
+    transport::recording::open_recording(path, 4 << 30)
+        .with_context(|| format!("reading {}", path.display()))
 }
 
 /// Decodes an action payload (for checks and digests).

@@ -265,6 +265,69 @@ pub fn read_recording<R: Read>(reader: R, max_bytes: u64) -> Result<Recording> {
     parse_recording(&bytes)
 }
 
+/// Opens a recording at `path`: an MCAP file, or a rosbag2 bag folder (as `ros2 bag record -s
+/// mcap` and `rosbags`' writer make it: `metadata.yaml` beside one or more `.mcap` files, topics
+/// named with a leading slash). A bag's files are read in name order (rosbag2 numbers its
+/// splits `<bag>_0.mcap`, `<bag>_1.mcap`, …) and their messages merged by log time; `max_bytes`
+/// bounds the files together. The bag's `metadata.yaml` is not needed: the MCAP files carry the
+/// topics, types and schemas.
+///
+/// # Errors
+/// [`TransportError::Io`] for an unreadable path; [`TransportError::Recording`] for a folder
+/// with no `.mcap` file (naming a sqlite3 bag's `.db3` files when it has them: convert those
+/// with `ros2 bag convert`) or files over `max_bytes`; as [`parse_recording`].
+pub fn open_recording(path: &std::path::Path, max_bytes: u64) -> Result<Recording> {
+    if !path.is_dir() {
+        return read_recording(std::fs::File::open(path)?, max_bytes);
+    }
+    let mut files = Vec::new();
+    let mut db3 = 0;
+    for entry in std::fs::read_dir(path)? {
+        let file = entry?.path();
+        match file.extension().and_then(|e| e.to_str()) {
+            Some("mcap") => files.push(file),
+            Some("db3") => db3 += 1,
+            _ => {}
+        }
+    }
+    if files.is_empty() {
+        let hint = if db3 > 0 {
+            format!(
+                "; it holds {db3} sqlite3 file(s): convert the bag to MCAP storage with `ros2 bag convert`"
+            )
+        } else {
+            String::new()
+        };
+        return Err(TransportError::Recording(format!(
+            "{} is a folder without .mcap files (a rosbag2 bag in MCAP storage has them){hint}",
+            path.display()
+        )));
+    }
+    files.sort();
+    let mut merged = Recording {
+        complete: true,
+        ..Recording::default()
+    };
+    let mut left = max_bytes;
+    for file in &files {
+        let size = std::fs::metadata(file)?.len();
+        if size > left {
+            return Err(TransportError::Recording(format!(
+                "bag {} is larger than the {max_bytes}-byte limit",
+                path.display()
+            )));
+        }
+        left -= size;
+        let part = read_recording(std::fs::File::open(file)?, size)?;
+        merged.complete &= part.complete;
+        merged.recovered_from_partial_chunk += part.recovered_from_partial_chunk;
+        merged.messages.extend(part.messages);
+    }
+    // Stable: equal log times keep file order, then the order within a file.
+    merged.messages.sort_by_key(|m| m.log_time);
+    Ok(merged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

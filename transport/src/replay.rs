@@ -29,15 +29,18 @@ impl Remap {
     /// # Errors
     /// [`TransportError::BadRemap`] for a rule without `=` or with an empty side.
     pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Self> {
+        fn trim(side: &str) -> &str {
+            side.trim_start_matches('/').trim_end_matches('/')
+        }
         let rules = rules
             .iter()
             .map(|r| {
                 let r = r.as_ref();
+                // A ROS 2 topic name's leading slash is dropped, as from the keys.
                 match r.split_once('=') {
-                    Some((from, to)) if !from.is_empty() && !to.is_empty() => Ok((
-                        from.trim_end_matches('/').to_owned(),
-                        to.trim_end_matches('/').to_owned(),
-                    )),
+                    Some((from, to)) if !trim(from).is_empty() && !trim(to).is_empty() => {
+                        Ok((trim(from).to_owned(), to.trim_end_matches('/').to_owned()))
+                    }
                     _ => Err(TransportError::BadRemap(r.to_owned())),
                 }
             })
@@ -45,9 +48,11 @@ impl Remap {
         Ok(Self { rules })
     }
 
-    /// The key `key` replays on.
+    /// The key `key` replays on. A ROS 2 topic name (a rosbag2 bag's channels: `/cam/image`)
+    /// becomes the zenoh key without its leading slash (`cam/image`) before the rules apply.
     #[must_use]
     pub fn apply(&self, key: &str) -> String {
+        let key = key.strip_prefix('/').unwrap_or(key);
         for (from, to) in &self.rules {
             if key == from {
                 return to.clone();
@@ -428,6 +433,11 @@ mod tests {
         assert_eq!(r.apply("x/1"), "y/z/1");
         assert!(Remap::parse(&["nope"]).is_err());
         assert!(Remap::parse(&["=b"]).is_err());
+        assert!(Remap::parse(&["/=b"]).is_err());
+        // A leading slash (a ROS 2 topic name) is dropped from the rule and from the key.
+        let r = Remap::parse(&["/cam=robot/cam"]).unwrap();
+        assert_eq!(r.apply("/cam/image"), "robot/cam/image");
+        assert_eq!(r.apply("cam/image"), "robot/cam/image");
     }
 
     #[test]

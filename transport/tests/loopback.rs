@@ -20,7 +20,7 @@ use transport::msg::{
 };
 use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberConfig, SubscriberStats};
 use transport::record::{McapRecorder, RecordLimits, RecorderConfig, record_session};
-use transport::recording::parse_recording;
+use transport::recording::{open_recording, parse_recording};
 use transport::replay::{Rate, Remap, Replayer, SteppedReplay};
 use transport::session::{
     SessionConfig, free_local_port, listening_peer, open, wait_for_connections,
@@ -636,6 +636,82 @@ fn imu_cdr_bytes_equal_rosbags() -> Result<()> {
         n += 1;
     }
     assert_eq!(n, 4);
+    Ok(())
+}
+
+/// A rosbag2 bag folder in MCAP storage written by `rosbags`' rosbag2 writer (an independent
+/// implementation: `metadata.yaml` + `<bag>.mcap`, topics with a leading slash) opens with
+/// `open_recording`: every message in log-time order, its topic, type and time kept, its CDR
+/// decoding to exactly the fields written; a replay drops the leading slash from the keys.
+#[test]
+fn rosbags_rosbag2_bag_opens_and_decodes() -> Result<()> {
+    if !python_with("rosbags, numpy")? {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let bag = dir.path().join("bag");
+    let child = Command::new("python3")
+        .arg(repo_root().join("tools/rosbag2_write.py"))
+        .arg(&bag)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = wait_with_timeout(child, Duration::from_secs(60))?;
+    if !out.status.success() {
+        bail!(
+            "rosbag2_write.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(bag.join("metadata.yaml").exists(), "a rosbag2 bag folder");
+    let recording = open_recording(&bag, 1 << 30)?;
+    assert!(recording.complete);
+    let written: Vec<Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(written.len(), 15);
+    assert_eq!(recording.messages.len(), written.len());
+    for (m, w) in recording.messages.iter().zip(&written) {
+        assert_eq!(m.key, w["topic"].as_str().context("topic")?);
+        assert_eq!(m.schema_name.as_deref(), w["type"].as_str());
+        assert_eq!(m.message_encoding, "cdr");
+        assert_eq!(Some(m.log_time), w["log_time"].as_u64());
+        let fields = w["fields"].clone();
+        if m.key.ends_with("/joint_states") {
+            let want: JointState = serde_json::from_value(fields)?;
+            assert_eq!(transport::msg::decode::<JointState>(&m.data)?, want);
+        } else {
+            let want: CompressedImage = serde_json::from_value(fields)?;
+            assert_eq!(transport::msg::decode::<CompressedImage>(&m.data)?, want);
+        }
+    }
+    // Rules name the topic with or without its leading slash.
+    for rule in ["robot=edgevla/robot/r1", "/robot=edgevla/robot/r1"] {
+        let replay = SteppedReplay::new(recording.clone(), &Remap::parse(&[rule])?);
+        let keys: Vec<String> = replay.keys().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "edgevla/robot/r1/left/image/compressed",
+                "edgevla/robot/r1/right/image/compressed",
+                "edgevla/robot/r1/joint_states"
+            ],
+            "{rule}"
+        );
+    }
+    // A folder without MCAP files is an error that says what a bag needs; a sqlite3 bag's
+    // error names the conversion.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty)?;
+    let err = open_recording(&empty, 1 << 30).unwrap_err().to_string();
+    assert!(err.contains("without .mcap files"), "{err}");
+    std::fs::write(empty.join("bag_0.db3"), b"SQLite format 3\0")?;
+    let err = open_recording(&empty, 1 << 30).unwrap_err().to_string();
+    assert!(err.contains("ros2 bag convert"), "{err}");
+    // The byte limit covers the bag's files together.
+    let err = open_recording(&bag, 100).unwrap_err().to_string();
+    assert!(err.contains("100-byte limit"), "{err}");
     Ok(())
 }
 
