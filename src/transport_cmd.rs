@@ -153,6 +153,11 @@ pub struct ReplayArgs {
     /// Replace a key prefix: `robot/a=robot/b` (repeatable; the first match wins).
     #[arg(long, value_name = "FROM=TO")]
     pub remap: Vec<String>,
+    /// Replay ROS 2 topics (a rosbag2 bag) onto rmw_zenoh's keys in this ROS domain, with
+    /// rmw_zenoh's attachments, as a robot running rmw_zenoh publishes them (the node's ROS 2
+    /// mode listens there); without it topics replay on the native key space.
+    #[arg(long, value_name = "DOMAIN", conflicts_with = "remap")]
+    pub ros2_domain: Option<u32>,
 
     /// Key prefix of the edgevla key space (for the default step key).
     #[arg(long, default_value = transport::keys::DEFAULT_PREFIX)]
@@ -249,7 +254,10 @@ pub fn replay(args: &ReplayArgs, out: &mut impl Write) -> Result<()> {
             recording.messages.len()
         );
     }
-    let mut stepped = SteppedReplay::new(recording, &remap);
+    let mut stepped = match args.ros2_domain {
+        Some(domain) => SteppedReplay::ros2(recording, domain)?,
+        None => SteppedReplay::new(recording, &remap),
+    };
     let total = stepped.len();
     let session = open(&args.zenoh.session_config()?)?;
     let mut replayer = Replayer::new(&session);

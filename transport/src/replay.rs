@@ -101,6 +101,8 @@ pub struct ReplayItem<'a> {
     pub encoding: &'a str,
     /// The recorded message.
     pub message: &'a RecordedMessage,
+    /// rmw_zenoh's attachment to send with it (a replay onto ROS 2 keys).
+    pub attachment: Option<&'a [u8]>,
 }
 
 /// A recording's messages in order, one per [`SteppedReplay::next_item`]; no clock involved.
@@ -110,6 +112,8 @@ pub struct SteppedReplay {
     messages: Vec<RecordedMessage>,
     keys: Vec<String>,
     encodings: Vec<String>,
+    /// Per message: rmw_zenoh's attachment ([`SteppedReplay::ros2`]), or none.
+    attachments: Vec<Option<[u8; crate::ros2::ATTACHMENT_LEN]>>,
     cursor: usize,
 }
 
@@ -133,11 +137,65 @@ impl SteppedReplay {
             .collect();
         let encodings = recording.messages.iter().map(encoding_of).collect();
         Self {
+            attachments: vec![None; recording.messages.len()],
             messages: recording.messages,
             keys,
             encodings,
             cursor: 0,
         }
+    }
+
+    /// A replay of a recording of ROS 2 topics (a rosbag2 bag, or an MCAP whose channels are
+    /// ROS 2 topic names) onto rmw_zenoh's keys in `domain`, as a robot running rmw_zenoh
+    /// publishes them: each message on its topic's key with the type name and hash of its
+    /// schema, and rmw_zenoh's attachment (a sequence number per topic from 1, the recorded
+    /// publish time, a GID per topic). The node's ROS 2 mode subscribes to exactly these.
+    ///
+    /// # Errors
+    /// [`TransportError::Recording`] for a message without a ROS 2 schema or with a type
+    /// edgevla does not carry (its key needs the type's hash);
+    /// [`TransportError::InvalidTopicName`] for a channel that is no ROS 2 topic name.
+    pub fn ros2(recording: Recording, domain: u32) -> Result<Self> {
+        let mut keys = Vec::with_capacity(recording.messages.len());
+        let mut attachments = Vec::with_capacity(recording.messages.len());
+        let mut sequences: HashMap<String, i64> = HashMap::new();
+        for m in &recording.messages {
+            let kind = m
+                .schema_name
+                .as_deref()
+                .and_then(crate::msg::MessageKind::from_type_name)
+                .ok_or_else(|| {
+                    TransportError::Recording(format!(
+                        "{}: type {} has no rmw_zenoh key here (edgevla knows {}); replay it \
+                         without --ros2-domain",
+                        m.key,
+                        m.schema_name.as_deref().unwrap_or("(no schema)"),
+                        crate::msg::MessageKind::ALL
+                            .map(|k| k.type_name())
+                            .join(", ")
+                    ))
+                })?;
+            let key = crate::ros2::topic_key(domain, &m.key, kind)?;
+            let sequence = sequences.entry(key.clone()).or_insert(0);
+            *sequence += 1;
+            attachments.push(Some(
+                crate::ros2::Attachment {
+                    sequence_number: *sequence,
+                    source_timestamp_ns: i64::try_from(m.publish_time).unwrap_or(i64::MAX),
+                    gid: crate::ros2::gid_for(&key),
+                }
+                .encode(),
+            ));
+            keys.push(key);
+        }
+        let encodings = vec![Encoding::ZENOH_BYTES.to_string(); keys.len()];
+        Ok(Self {
+            messages: recording.messages,
+            keys,
+            encodings,
+            attachments,
+            cursor: 0,
+        })
     }
 
     /// The next message, or `None` at the end.
@@ -150,6 +208,7 @@ impl SteppedReplay {
             key: &self.keys[index],
             encoding: &self.encodings[index],
             message,
+            attachment: self.attachments[index].as_ref().map(|a| a.as_slice()),
         })
     }
 
@@ -284,10 +343,13 @@ impl<'s> Replayer<'s> {
     /// [`TransportError::Zenoh`].
     pub fn publish(&mut self, item: &ReplayItem<'_>) -> Result<()> {
         let payload = item.message.data.clone();
-        self.publisher(item.key, item.encoding)?
-            .put(payload)
-            .wait()
-            .map_err(|e| TransportError::zenoh("put", &e))
+        let publisher = self.publisher(item.key, item.encoding)?;
+        let put = publisher.put(payload);
+        let sent = match item.attachment {
+            Some(attachment) => put.attachment(attachment.to_vec()).wait(),
+            None => put.wait(),
+        };
+        sent.map_err(|e| TransportError::zenoh("put", &e))
     }
 
     /// Publishes the rest of `replay` at `rate`, waiting on `clock`, until the end or
