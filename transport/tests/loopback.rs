@@ -715,7 +715,13 @@ fn rosbags_rosbag2_bag_opens_and_decodes() -> Result<()> {
             ("/robot/joint_states", Topic::Joints { robot: "r".into() }),
         ],
     )?;
-    let sub = Subscriber::declare_ros2(&b, routes, SubscriberConfig::default(), clock())?;
+    // Room for the whole bag per topic (a live camera's ring of 4 would drop the oldest of a
+    // burst, as it should on a robot).
+    let config = SubscriberConfig {
+        ring_capacity: 16,
+        ..SubscriberConfig::default()
+    };
+    let sub = Subscriber::declare_ros2(&b, routes, config, clock())?;
     let mut replay = SteppedReplay::ros2(recording.clone(), 3)?;
     let mut replayer = Replayer::new(&a);
     let unmatched = replayer.prepare(&replay, TIMEOUT)?;
