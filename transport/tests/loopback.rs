@@ -609,20 +609,8 @@ fn imu_cdr_bytes_equal_rosbags() -> Result<()> {
     if !python_with("rosbags, numpy")? {
         return Ok(());
     }
-    let child = Command::new("python3")
-        .arg(repo_root().join("tools/rosbags_cdr.py"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let out = wait_with_timeout(child, Duration::from_secs(60))?;
-    if !out.status.success() {
-        bail!(
-            "rosbags_cdr.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
     let mut n = 0;
-    for line in String::from_utf8(out.stdout)?.lines() {
+    for line in run_tool("rosbags_cdr.py", &[])?.lines() {
         let v: Value = serde_json::from_str(line)?;
         assert_eq!(v["type"], "sensor_msgs/msg/Imu");
         let msg: transport::msg::Imu = serde_json::from_value(v["fields"].clone())?;
@@ -650,23 +638,11 @@ fn rosbags_rosbag2_bag_opens_and_decodes() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let bag = dir.path().join("bag");
-    let child = Command::new("python3")
-        .arg(repo_root().join("tools/rosbag2_write.py"))
-        .arg(&bag)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let out = wait_with_timeout(child, Duration::from_secs(60))?;
-    if !out.status.success() {
-        bail!(
-            "rosbag2_write.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let stdout = run_tool("rosbag2_write.py", &[bag.as_os_str()])?;
     assert!(bag.join("metadata.yaml").exists(), "a rosbag2 bag folder");
     let recording = open_recording(&bag, 1 << 30)?;
     assert!(recording.complete);
-    let written: Vec<Value> = String::from_utf8(out.stdout)?
+    let written: Vec<Value> = stdout
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
@@ -790,6 +766,22 @@ fn rosbags_rosbag2_bag_opens_and_decodes() -> Result<()> {
     let err = open_recording(&bag, 100).unwrap_err().to_string();
     assert!(err.contains("100-byte limit"), "{err}");
     Ok(())
+}
+
+/// Runs `tools/<script>` with `args` (60 s at most) and returns its stdout; its stderr in the
+/// error when it fails.
+fn run_tool(script: &str, args: &[&std::ffi::OsStr]) -> Result<String> {
+    let child = Command::new("python3")
+        .arg(repo_root().join("tools").join(script))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let out = wait_with_timeout(child, Duration::from_secs(60))?;
+    if !out.status.success() {
+        bail!("{script} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 fn wait_with_timeout(
