@@ -533,12 +533,7 @@ fn settled_report(monitor: &NodeMonitor, done: impl Fn(&NodeReport) -> bool) -> 
 fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
     let (_tmp, node, node_session, robot_session, port) =
         tiny_node_on_loopback(node_config(ClockMode::Joints));
-    let monitor = NodeMonitor::default();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| run_node(&node_session, &node, &stop, &monitor));
-        // A failed assertion below must still stop the node, or the scope never ends.
-        let _stop_on_panic = StopOnDrop(&stop);
+    let fin = with_running_node(&node_session, &node, |monitor| {
         let mut r = robot(robot_session);
         r.start("On go, touch the pad where the red light flashed.");
         let mut acted = 0;
@@ -561,7 +556,7 @@ fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
         }
         assert_eq!(acted, 35, "an action for every step through the faults");
         // Every step's camera slots (each assembled step gives each camera one).
-        let rep = settled_report(&monitor, |r| {
+        let rep = settled_report(monitor, |r| {
             let w = &r.input.cameras[1];
             w.matched + w.held + w.missing >= 35
         });
@@ -596,17 +591,34 @@ fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
             acted += u64::from(r2.step(k, Frames::All));
         }
         assert_eq!(acted, 10, "actions after the restart");
-        let rep = settled_report(&monitor, |r| r.steps >= 45);
+        let rep = settled_report(monitor, |r| r.steps >= 45);
         assert_eq!(rep.input.restarts, 1);
         assert_eq!(rep.state, NodeState::Running);
         assert_eq!(rep.steps, 45);
         assert_eq!(rep.model_errors, 0);
         assert_eq!(rep.cache.over_budget_steps, 0);
-        stop.store(true, Ordering::SeqCst);
-        let fin = handle.join().expect("node thread").expect("node result");
-        assert_eq!(fin.state, NodeState::Stopped);
-        assert_eq!(fin.episodes, 1);
     });
+    assert_eq!(fin.state, NodeState::Stopped);
+    assert_eq!(fin.episodes, 1);
+}
+
+/// Runs the node on `session` while `body` drives it (with the node's monitor), then stops
+/// it and returns its final report. A failed assertion in `body` still stops the node, or
+/// the thread scope would never end.
+fn with_running_node(
+    session: &zenoh::Session,
+    node: &NodeSetup<B>,
+    body: impl FnOnce(&NodeMonitor),
+) -> NodeReport {
+    let monitor = NodeMonitor::default();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let handle = scope.spawn(|| run_node(session, node, &stop, &monitor));
+        let stop_on_panic = StopOnDrop(&stop);
+        body(&monitor);
+        drop(stop_on_panic); // stops the node
+        handle.join().expect("node thread").expect("node result")
+    })
 }
 
 /// Sets the flag when dropped (also while unwinding from a failed assertion).
@@ -831,11 +843,7 @@ fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
         status: "/edgevla/status".into(),
     });
     let (_tmp, node, node_session, robot_session, _) = tiny_node_on_loopback(config);
-    let monitor = NodeMonitor::default();
-    let stop = AtomicBool::new(false);
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| run_node(&node_session, &node, &stop, &monitor));
-        let _stop_on_panic = StopOnDrop(&stop);
+    let report = with_running_node(&node_session, &node, |monitor| {
         let mut r = ros2_robot(robot_session);
         r.start("On go, touch the pad where the red light flashed.");
         let mut acted = 0;
@@ -848,7 +856,7 @@ fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
             acted += u64::from(r.step(k, frames));
         }
         assert_eq!(acted, 12, "an action for every step");
-        let rep = settled_report(&monitor, |r| r.input.subscriber.bad_attachment >= 1);
+        let rep = settled_report(monitor, |r| r.input.subscriber.bad_attachment >= 1);
         // The raw head payload carried no attachment: counted, not decoded.
         assert_eq!(
             rep.input.subscriber.bad_attachment, 1,
@@ -871,8 +879,6 @@ fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
                 "{want} not in {tokens:?}"
             );
         }
-        stop.store(true, Ordering::SeqCst);
-        let report = handle.join().expect("node thread").expect("node result");
-        assert!(report.steps >= 12, "{}", report.steps);
     });
+    assert!(report.steps >= 12, "{}", report.steps);
 }

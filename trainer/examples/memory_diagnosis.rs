@@ -20,9 +20,10 @@ use std::path::PathBuf;
 
 use burn::backend::NdArray;
 use burn::tensor::Tensor;
-use runtime::model::{StepInput, TrainBatch, Vla};
+use runtime::model::{StepInput, StepOutput, Stream, Vla};
 use sim::{Sim, TaskConfig};
 use trainer::data::{StepWeights, episode_batch, training_preprocess};
+use vision::Preprocessor;
 
 type B = NdArray<f32>;
 type Res<T> = Result<T, Box<dyn Error>>;
@@ -47,24 +48,39 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// One streaming step on `step`'s frames and proprio (its patches made in `patches`).
+fn stream_step(
+    model: &Vla<B>,
+    stream: &mut Stream<B>,
+    pre: &mut Preprocessor,
+    patches: &mut Vec<f32>,
+    step: &sim::Step,
+) -> Res<StepOutput<B>> {
+    patches.clear();
+    step.append_patches(pre, patches)?;
+    Ok(model.forward_step(
+        &StepInput {
+            patches,
+            camera_present: &step.camera_present,
+            proprio: &step.proprio,
+        },
+        stream,
+    )?)
+}
+
 /// Teacher-forced: training forward and streaming steps over the recorded episode.
 fn teacher_forced(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     let device = Default::default();
     let c = model.config();
-    let pre = training_preprocess();
     let episode = sim::Episode::generate(task, seed)?;
-    let batch = episode_batch(task, &[seed], StepWeights::default(), &pre)?;
-    let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
-    let out = model.forward_train(
-        &TrainBatch {
-            instructions: &instructions,
-            steps: batch.steps,
-            patches: &batch.patches,
-            camera_present: &batch.camera_present,
-            proprio: &batch.proprio,
-        },
-        &device,
+    let batch = episode_batch(
+        task,
+        &[seed],
+        StepWeights::default(),
+        &training_preprocess(),
     )?;
+    let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
+    let out = model.forward_train(&batch.model_input(&instructions), &device)?;
     let actions = host(out.actions)?;
     let cue = host(out.cue_logits.ok_or("the model has no cue head")?)?;
     let (k, av) = (c.cue_classes, c.action_values());
@@ -72,16 +88,10 @@ fn teacher_forced(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     model.start_episode(&episode.instruction, &mut stream)?;
     let (mut cue_diff, mut action_diff) = (0f32, 0f32);
     let (mut train_right, mut stream_right, mut labeled) = (0, 0, 0);
+    let mut pre = Preprocessor::new(training_preprocess())?;
+    let mut patches = Vec::new();
     for (t, step) in episode.steps.iter().enumerate() {
-        let patches = step.patches(&pre)?;
-        let o = model.forward_step(
-            &StepInput {
-                patches: &patches,
-                camera_present: &step.camera_present,
-                proprio: &step.proprio,
-            },
-            &mut stream,
-        )?;
+        let o = stream_step(model, &mut stream, &mut pre, &mut patches, step)?;
         let logits = o.cue_logits.ok_or("no cue logits")?;
         let trained = &cue[t * k..(t + 1) * k];
         cue_diff = cue_diff.max(max_abs_diff(&logits, trained));
@@ -107,7 +117,7 @@ fn teacher_forced(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
 fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     let device = Default::default();
     let c = model.config();
-    let mut pre = vision::Preprocessor::new(training_preprocess())?;
+    let mut pre = Preprocessor::new(training_preprocess())?;
     let mut sim = Sim::new(task, seed)?;
     let info = sim.info();
     let mut stream = model.new_stream(&c.kv_cache, &device)?;
@@ -120,16 +130,7 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     loop {
         let step = sim.observe();
         let t = sim.t();
-        patches.clear();
-        step.append_patches(&mut pre, &mut patches)?;
-        let o = model.forward_step(
-            &StepInput {
-                patches: &patches,
-                camera_present: &step.camera_present,
-                proprio: &step.proprio,
-            },
-            &mut stream,
-        )?;
+        let o = stream_step(model, &mut stream, &mut pre, &mut patches, &step)?;
         let answer = argmax(&o.cue_logits.ok_or("no cue logits")?);
         if t >= info.cue_steps.start {
             after += 1;

@@ -116,6 +116,21 @@ pub struct Batch {
     pub cue_targets: Vec<i64>,
 }
 
+impl Batch {
+    /// The model's inputs of this batch (`instructions` are [`Batch::instructions`] as
+    /// `&str`, which the caller holds).
+    #[must_use]
+    pub fn model_input<'a>(&'a self, instructions: &'a [&'a str]) -> TrainBatch<'a> {
+        TrainBatch {
+            instructions,
+            steps: self.steps,
+            patches: &self.patches,
+            camera_present: &self.camera_present,
+            proprio: &self.proprio,
+        }
+    }
+}
+
 /// What a training run reports.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct TrainReport {
@@ -494,13 +509,7 @@ pub fn batch_loss_parts<B: TrainAttention>(
     let n = batch.instructions.len();
     let steps = batch.steps;
     let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
-    let train_batch = TrainBatch {
-        instructions: &instructions,
-        steps,
-        patches: &batch.patches,
-        camera_present: &batch.camera_present,
-        proprio: &batch.proprio,
-    };
+    let train_batch = batch.model_input(&instructions);
     let out = if devices.len() > 1 {
         model.forward_train_ring(&train_batch, devices)?
     } else {
@@ -819,16 +828,7 @@ mod tests {
             .elem();
         let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
         let out = model
-            .forward_train(
-                &TrainBatch {
-                    instructions: &instructions,
-                    steps: batch.steps,
-                    patches: &batch.patches,
-                    camera_present: &batch.camera_present,
-                    proprio: &batch.proprio,
-                },
-                &device,
-            )
+            .forward_train(&batch.model_input(&instructions), &device)
             .expect("forward");
         let host = |t: Tensor<Plain, 3>| -> Vec<f64> {
             let v = t

@@ -158,7 +158,11 @@ impl SteppedReplay {
     pub fn ros2(recording: Recording, domain: u32) -> Result<Self> {
         let mut keys = Vec::with_capacity(recording.messages.len());
         let mut attachments = Vec::with_capacity(recording.messages.len());
-        let mut sequences: HashMap<String, i64> = HashMap::new();
+        // Per (topic, type): its key, its GID and the last sequence number sent.
+        let mut publishers: HashMap<
+            (String, crate::msg::MessageKind),
+            (String, [u8; crate::ros2::GID_LEN], i64),
+        > = HashMap::new();
         for m in &recording.messages {
             let kind = m
                 .schema_name
@@ -175,18 +179,24 @@ impl SteppedReplay {
                             .join(", ")
                     ))
                 })?;
-            let key = crate::ros2::topic_key(domain, &m.key, kind)?;
-            let sequence = sequences.entry(key.clone()).or_insert(0);
+            let (key, gid, sequence) = match publishers.entry((m.key.clone(), kind)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let key = crate::ros2::topic_key(domain, &m.key, kind)?;
+                    let gid = crate::ros2::gid_for(&key);
+                    e.insert((key, gid, 0))
+                }
+            };
             *sequence += 1;
             attachments.push(Some(
                 crate::ros2::Attachment {
                     sequence_number: *sequence,
                     source_timestamp_ns: i64::try_from(m.publish_time).unwrap_or(i64::MAX),
-                    gid: crate::ros2::gid_for(&key),
+                    gid: *gid,
                 }
                 .encode(),
             ));
-            keys.push(key);
+            keys.push(key.clone());
         }
         let encodings = vec![Encoding::ZENOH_BYTES.to_string(); keys.len()];
         Ok(Self {

@@ -554,25 +554,12 @@ fn python_zenoh_and_rosbags_frames_decode_exactly() -> Result<()> {
         ..SubscriberConfig::default()
     };
     let sub = Subscriber::declare(&session, "robot/py/**", "robot", config, clock())?;
-    let child = Command::new("python3")
-        .arg(repo_root().join("tools/interop_publish.py"))
-        .args([
-            "--connect",
-            &format!("tcp/127.0.0.1:{port}"),
-            "--timeout",
-            "10",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let out = wait_with_timeout(child, Duration::from_secs(60))?;
-    if !out.status.success() {
-        bail!(
-            "interop_publish.py failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let expected: Vec<(String, AnyMessage)> = String::from_utf8(out.stdout)?
+    let connect = format!("tcp/127.0.0.1:{port}");
+    let stdout = run_tool(
+        "interop_publish.py",
+        ["--connect", &connect, "--timeout", "10"],
+    )?;
+    let expected: Vec<(String, AnyMessage)> = stdout
         .lines()
         .map(|line| {
             let v: Value = serde_json::from_str(line)?;
@@ -610,7 +597,7 @@ fn imu_cdr_bytes_equal_rosbags() -> Result<()> {
         return Ok(());
     }
     let mut n = 0;
-    for line in run_tool("rosbags_cdr.py", &[])?.lines() {
+    for line in run_tool("rosbags_cdr.py", std::iter::empty::<&str>())?.lines() {
         let v: Value = serde_json::from_str(line)?;
         assert_eq!(v["type"], "sensor_msgs/msg/Imu");
         let msg: transport::msg::Imu = serde_json::from_value(v["fields"].clone())?;
@@ -638,7 +625,7 @@ fn rosbags_rosbag2_bag_opens_and_decodes() -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let bag = dir.path().join("bag");
-    let stdout = run_tool("rosbag2_write.py", &[bag.as_os_str()])?;
+    let stdout = run_tool("rosbag2_write.py", [&bag])?;
     assert!(bag.join("metadata.yaml").exists(), "a rosbag2 bag folder");
     let recording = open_recording(&bag, 1 << 30)?;
     assert!(recording.complete);
@@ -770,7 +757,10 @@ fn rosbags_rosbag2_bag_opens_and_decodes() -> Result<()> {
 
 /// Runs `tools/<script>` with `args` (60 s at most) and returns its stdout; its stderr in the
 /// error when it fails.
-fn run_tool(script: &str, args: &[&std::ffi::OsStr]) -> Result<String> {
+fn run_tool(
+    script: &str,
+    args: impl IntoIterator<Item = impl AsRef<std::ffi::OsStr>>,
+) -> Result<String> {
     let child = Command::new("python3")
         .arg(repo_root().join("tools").join(script))
         .args(args)
