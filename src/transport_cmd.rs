@@ -84,13 +84,22 @@ impl ZenohArgs {
 /// Arguments of `edgevla record`.
 #[derive(Debug, Args)]
 pub struct RecordArgs {
-    /// Key expression to record.
-    #[arg(long, value_name = "KEYEXPR", default_value = "robot/**")]
-    pub select: String,
+    /// Key expression to record [default: `robot/**`; with --ros2-domain N, `N/**`].
+    #[arg(long, value_name = "KEYEXPR")]
+    pub select: Option<String>,
 
-    /// Output MCAP file.
-    #[arg(long, value_name = "FILE")]
+    /// Output: an MCAP file, or with --ros2-domain a rosbag2 bag folder (created; it must not
+    /// exist) holding `<folder>_0.mcap` and `metadata.yaml`.
+    #[arg(long, value_name = "PATH")]
     pub out: PathBuf,
+
+    /// ROS 2 mode: record the rmw_zenoh topics of this ROS domain as a rosbag2 bag (topics
+    /// with their leading slash, ROS 2 type names, the publish time from each sample's
+    /// attachment), which `ros2 bag` and rosbags open. Samples of types edgevla has no
+    /// definition of, or with a wrong type hash or attachment, are counted (`rejected`), not
+    /// recorded.
+    #[arg(long, value_name = "DOMAIN")]
+    pub ros2_domain: Option<u32>,
 
     /// Key prefix of the edgevla key space (decides each key's ROS 2 schema).
     #[arg(long, default_value = transport::keys::DEFAULT_PREFIX)]
@@ -196,9 +205,18 @@ pub(crate) fn shutdown_flag() -> Result<Arc<AtomicBool>> {
 /// Bad flags, a zenoh session that cannot open, or a file that cannot be written.
 pub fn record(args: &RecordArgs, out: &mut impl Write) -> Result<()> {
     let session = open(&args.zenoh.session_config()?)?;
+    let bag = args
+        .ros2_domain
+        .map(|_| transport::rosbag2::BagFolder::create(&args.out))
+        .transpose()?;
+    let file_path = bag.as_ref().map_or_else(
+        || args.out.clone(),
+        transport::rosbag2::BagFolder::mcap_path,
+    );
     let file =
-        File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+        File::create(&file_path).with_context(|| format!("creating {}", file_path.display()))?;
     let config = RecorderConfig {
+        ros2_domain: args.ros2_domain,
         prefix: args.prefix.clone(),
         compression: match args.compression {
             CompressionArg::Zstd => Compression::Zstd,
@@ -219,11 +237,17 @@ pub fn record(args: &RecordArgs, out: &mut impl Write) -> Result<()> {
     };
     let stop = shutdown_flag()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let select = args.select.clone();
+    let select = args
+        .select
+        .clone()
+        .unwrap_or_else(|| match args.ros2_domain {
+            Some(domain) => format!("{domain}/**"),
+            None => "robot/**".to_owned(),
+        });
     let path = args.out.display().to_string();
     let (summary, mut writer) = record_session(
         &session,
-        &args.select,
+        &select.clone(),
         recorder,
         clock,
         limits,
@@ -234,6 +258,11 @@ pub fn record(args: &RecordArgs, out: &mut impl Write) -> Result<()> {
         },
     )?;
     writer.flush()?;
+    drop(writer);
+    if let Some(bag) = &bag {
+        bag.write_metadata(&summary.topics, summary.log_time_range)
+            .with_context(|| format!("writing {}/metadata.yaml", bag.dir.display()))?;
+    }
     writeln!(out, "{}", serde_json::to_string(&summary)?)?;
     Ok(())
 }

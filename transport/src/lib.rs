@@ -16,6 +16,7 @@
 //!   as fast as possible, or one message per request;
 //! - [`ros2`]: ROS 2 mode, rmw_zenoh's protocol: topic keys with type names and RIHS01 type
 //!   hashes, the per-sample attachment, and the liveliness tokens of the ROS 2 graph;
+//! - [`rosbag2`]: rosbag2 bag folders (`metadata.yaml` + MCAP) for ROS 2-mode recordings;
 //! - [`clock`]: the injected clocks everything above takes.
 //!
 //! Every blocking call takes a timeout or a shutdown flag; nothing reads the wall clock but
@@ -30,6 +31,7 @@ pub mod record;
 pub mod recording;
 pub mod replay;
 pub mod ros2;
+pub mod rosbag2;
 pub mod session;
 
 pub use error::{Result, TransportError};

@@ -11,7 +11,7 @@
 //! type, are recorded too, on schema-less channels whose message encoding is the zenoh
 //! encoding string.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
@@ -58,6 +58,12 @@ pub struct RecorderConfig {
     /// dropped (and counted) rather than blocking the sender. Default 1024.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
+    /// ROS 2 mode: record rmw_zenoh's data keys of this ROS domain as rosbag2 does, one
+    /// channel per topic (`/a/b`, with its leading slash) named by its ROS 2 type, the publish
+    /// time from the sample's attachment ([`McapRecorder::write_sample`]). `None`: edgevla's
+    /// own key space.
+    #[serde(default)]
+    pub ros2_domain: Option<u32>,
 }
 
 fn default_prefix() -> String {
@@ -81,6 +87,7 @@ impl Default for RecorderConfig {
             compression: Compression::Zstd,
             flush_interval_ms: default_flush_ms(),
             queue_capacity: default_queue(),
+            ros2_domain: None,
         }
     }
 }
@@ -96,6 +103,29 @@ pub struct RecordSummary {
     pub channels: usize,
     /// Samples dropped because the writer fell behind.
     pub dropped: u64,
+    /// ROS 2 mode: samples not recorded because their key, type, type hash or attachment is
+    /// not what rmw_zenoh sends for a type edgevla knows (each key logged once).
+    pub rejected: u64,
+    /// Every channel written, in channel id order (filled in by [`McapRecorder::finish`]).
+    pub topics: Vec<ChannelStats>,
+    /// First and last log time written, ns (filled in by [`McapRecorder::finish`]).
+    #[serde(skip)]
+    pub log_time_range: Option<(u64, u64)>,
+}
+
+/// One channel of a recording: its topic (the key, or in ROS 2 mode the `/topic`), its type
+/// and how many messages it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChannelStats {
+    /// Channel topic.
+    pub topic: String,
+    /// ROS 2 type name (`sensor_msgs/msg/CompressedImage`), or the zenoh encoding of a
+    /// schema-less channel.
+    pub type_name: String,
+    /// The type's RIHS01 hash, when the channel has a ROS 2 type.
+    pub type_hash: Option<&'static str>,
+    /// Messages written on it.
+    pub messages: u64,
 }
 
 /// The stamp at the front of a CDR body (every stamped edgevla message starts with it).
@@ -126,6 +156,9 @@ pub struct McapRecorder<W: Write + Seek> {
     schemas: HashMap<MessageKind, u16>,
     channels: HashMap<(String, String), u16>,
     sequences: HashMap<u16, u32>,
+    stats: BTreeMap<u16, ChannelStats>,
+    log_range: Option<(u64, u64)>,
+    warned: HashSet<String>,
     last_flush_ns: Option<u64>,
     summary: RecordSummary,
 }
@@ -161,6 +194,9 @@ impl<W: Write + Seek> McapRecorder<W> {
             schemas: HashMap::new(),
             channels: HashMap::new(),
             sequences: HashMap::new(),
+            stats: BTreeMap::new(),
+            log_range: None,
+            warned: HashSet::new(),
             last_flush_ns: None,
             summary: RecordSummary::default(),
         })
@@ -203,9 +239,107 @@ impl<W: Write + Seek> McapRecorder<W> {
                     .add_channel(0, key, encoding, &BTreeMap::new())?
             }
         };
+        self.stats.insert(
+            id,
+            ChannelStats {
+                topic: key.to_owned(),
+                type_name: label.clone(),
+                type_hash: kind.map(crate::ros2::type_hash),
+                messages: 0,
+            },
+        );
         self.channels.insert((key.to_owned(), label), id);
         self.summary.channels = self.channels.len();
         Ok(id)
+    }
+
+    /// Writes one sample as zenoh delivered it: in ROS 2 mode ([`RecorderConfig::ros2_domain`])
+    /// through [`Self::write_ros2`], else through [`Self::write`].
+    ///
+    /// # Errors
+    /// [`TransportError::Mcap`] (I/O or too many channels).
+    pub fn write_sample(
+        &mut self,
+        key: &str,
+        encoding: &str,
+        payload: &[u8],
+        attachment: Option<&[u8]>,
+        log_time_ns: u64,
+    ) -> Result<()> {
+        if self.config.ros2_domain.is_some() {
+            self.write_ros2(key, payload, attachment, log_time_ns)
+        } else {
+            self.write(key, encoding, payload, log_time_ns)
+        }
+    }
+
+    /// Writes one rmw_zenoh sample on its topic's channel (`/a/b`, the type's `ros2msg`
+    /// schema), publish time = the attachment's source timestamp. A sample whose key is not
+    /// a data key of the recorder's domain, whose type edgevla has no definition of, whose
+    /// type hash is not its type's, or whose attachment is missing or malformed is not written:
+    /// it is counted in [`RecordSummary::rejected`] and its key logged once.
+    ///
+    /// # Errors
+    /// [`TransportError::Mcap`] (I/O or too many channels).
+    pub fn write_ros2(
+        &mut self,
+        key: &str,
+        payload: &[u8],
+        attachment: Option<&[u8]>,
+        log_time_ns: u64,
+    ) -> Result<()> {
+        let routed = self.ros2_route(key, attachment);
+        match routed {
+            Ok((topic, kind, publish_time)) => {
+                let channel_id = self.channel_of(&topic, Some(kind), "")?;
+                self.write_on(channel_id, Some(kind), payload, log_time_ns, publish_time)
+            }
+            Err(error) => {
+                self.summary.rejected += 1;
+                if self.warned.insert(key.to_owned()) {
+                    tracing::warn!(key, %error, "ROS 2 sample not recorded (further ones on this key are counted only)");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn ros2_route(
+        &self,
+        key: &str,
+        attachment: Option<&[u8]>,
+    ) -> Result<(String, MessageKind, Option<u64>)> {
+        let (domain, topic, kind) = crate::ros2::parse_data_key(key)?;
+        if Some(domain) != self.config.ros2_domain {
+            return Err(TransportError::UnknownKey {
+                key: key.to_owned(),
+                prefix: format!(
+                    "ROS domain {} (the recorder's)",
+                    self.config.ros2_domain.unwrap_or_default()
+                ),
+            });
+        }
+        let attachment = crate::ros2::Attachment::decode(attachment.ok_or_else(|| {
+            TransportError::BadAttachment {
+                reason: "missing (rmw_zenoh puts one on every sample)".into(),
+            }
+        })?)?;
+        let publish = u64::try_from(attachment.source_timestamp_ns)
+            .ok()
+            .filter(|&t| t > 0);
+        Ok((topic, kind, publish))
+    }
+
+    /// Every channel written so far, in channel id order.
+    #[must_use]
+    pub fn channel_stats(&self) -> Vec<ChannelStats> {
+        self.stats.values().cloned().collect()
+    }
+
+    /// The first and last log time written, ns (`None` before the first message).
+    #[must_use]
+    pub fn log_time_range(&self) -> Option<(u64, u64)> {
+        self.log_range
     }
 
     /// Writes one sample received at `log_time_ns`.
@@ -220,7 +354,7 @@ impl<W: Write + Seek> McapRecorder<W> {
         log_time_ns: u64,
     ) -> Result<()> {
         let (channel_id, kind) = self.channel(key, encoding)?;
-        self.write_on(channel_id, kind, payload, log_time_ns)
+        self.write_on(channel_id, kind, payload, log_time_ns, None)
     }
 
     /// Writes one CDR message of a known `kind` on `key`, whether or not `key` is in the
@@ -237,7 +371,7 @@ impl<W: Write + Seek> McapRecorder<W> {
         log_time_ns: u64,
     ) -> Result<()> {
         let channel_id = self.channel_of(key, Some(kind), "")?;
-        self.write_on(channel_id, Some(kind), payload, log_time_ns)
+        self.write_on(channel_id, Some(kind), payload, log_time_ns, None)
     }
 
     fn write_on(
@@ -246,10 +380,12 @@ impl<W: Write + Seek> McapRecorder<W> {
         kind: Option<MessageKind>,
         payload: &[u8],
         log_time_ns: u64,
+        publish_time: Option<u64>,
     ) -> Result<()> {
-        let publish_time = kind
-            .and_then(|k| peek_stamp(k, payload))
-            .map_or(log_time_ns, Time::as_nanos);
+        let publish_time = publish_time.unwrap_or_else(|| {
+            kind.and_then(|k| peek_stamp(k, payload))
+                .map_or(log_time_ns, Time::as_nanos)
+        });
         let seq = self.sequences.entry(channel_id).or_insert(0);
         *seq = seq.wrapping_add(1);
         let header = mcap::records::MessageHeader {
@@ -259,6 +395,13 @@ impl<W: Write + Seek> McapRecorder<W> {
             publish_time,
         };
         self.writer.write_to_known_channel(&header, payload)?;
+        if let Some(stats) = self.stats.get_mut(&channel_id) {
+            stats.messages += 1;
+        }
+        self.log_range = Some(match self.log_range {
+            Some((first, last)) => (first.min(log_time_ns), last.max(log_time_ns)),
+            None => (log_time_ns, log_time_ns),
+        });
         self.summary.messages += 1;
         self.summary.payload_bytes += payload.len() as u64;
         let last = *self.last_flush_ns.get_or_insert(log_time_ns);
@@ -291,6 +434,8 @@ impl<W: Write + Seek> McapRecorder<W> {
     /// [`TransportError::Mcap`].
     pub fn finish(mut self) -> Result<(RecordSummary, W)> {
         self.writer.finish()?;
+        self.summary.topics = self.channel_stats();
+        self.summary.log_time_range = self.log_range;
         Ok((self.summary, self.writer.into_inner()))
     }
 }
@@ -308,6 +453,7 @@ struct Incoming {
     key: String,
     encoding: String,
     payload: Vec<u8>,
+    attachment: Option<Vec<u8>>,
     log_time_ns: u64,
 }
 
@@ -340,6 +486,7 @@ pub fn record_session<W: Write + Seek>(
                 key: sample.key_expr().as_str().to_owned(),
                 encoding: sample.encoding().to_string(),
                 payload: sample.payload().to_bytes().into_owned(),
+                attachment: sample.attachment().map(|a| a.to_bytes().into_owned()),
                 log_time_ns: cb_clock.now_ns(),
             };
             if tx.try_send(item).is_err() {
@@ -370,9 +517,13 @@ pub fn record_session<W: Write + Seek>(
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(item) => {
-                if let Err(e) =
-                    recorder.write(&item.key, &item.encoding, &item.payload, item.log_time_ns)
-                {
+                if let Err(e) = recorder.write_sample(
+                    &item.key,
+                    &item.encoding,
+                    &item.payload,
+                    item.attachment.as_deref(),
+                    item.log_time_ns,
+                ) {
                     first_error = Some(e);
                     break;
                 }

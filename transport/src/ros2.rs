@@ -153,6 +153,48 @@ pub fn split_key(key: &str) -> Option<(&str, &str, &str)> {
     Some((topic, type_name, hash))
 }
 
+/// What a data key names: the ROS domain, the fully qualified topic (`/a/b`) and the message
+/// kind its type name and type hash declare.
+///
+/// # Errors
+/// [`TransportError::UnknownKey`] for a key that is not `<domain>/<topic>/<type>/<hash>`,
+/// [`TransportError::InvalidTopicName`] for a topic ROS 2 would refuse, and
+/// [`TransportError::TypeMismatch`] for a type edgevla has no definition of or a hash that is not
+/// the type's.
+pub fn parse_data_key(key: &str) -> Result<(u32, String, MessageKind)> {
+    let unknown = || TransportError::UnknownKey {
+        key: key.to_owned(),
+        prefix: "<domain>/<topic>/<type>/<hash> (rmw_zenoh's data keys)".to_owned(),
+    };
+    let (base, type_name, hash) = split_key(key).ok_or_else(unknown)?;
+    let (domain, topic) = base.split_once('/').ok_or_else(unknown)?;
+    let domain: u32 = domain.parse().map_err(|_| unknown())?;
+    let topic = format!("/{topic}");
+    check_topic_name(&topic)?;
+    let mismatch = |expected: String| TransportError::TypeMismatch {
+        key: key.to_owned(),
+        expected,
+        got: format!("{type_name}/{hash}"),
+    };
+    let kind = MessageKind::ALL
+        .into_iter()
+        .find(|k| dds_type_name(*k) == type_name)
+        .ok_or_else(|| {
+            mismatch(format!(
+                "a type edgevla has the definition of ({})",
+                MessageKind::ALL
+                    .into_iter()
+                    .map(dds_type_name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    if type_hash(kind) != hash {
+        return Err(mismatch(type_suffix(kind).to_owned()));
+    }
+    Ok((domain, topic, kind))
+}
+
 /// rmw_zenoh's per-sample attachment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attachment {
