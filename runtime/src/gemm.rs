@@ -233,6 +233,10 @@ mod tests {
                             threads,
                         )
                         .expect("matmul");
+                        assert!(
+                            dst.iter().all(|x| x.is_finite()),
+                            "{m}x{k}x{n} {write:?}: not finite"
+                        );
                         let err = dst
                             .iter()
                             .zip(&want)
