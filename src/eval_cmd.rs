@@ -199,8 +199,13 @@ fn run<B: Backend>(args: &EvalArgs, device: B::Device, out: &mut impl Write) -> 
 where
     B::Device: Sync,
 {
-    let task = TaskConfig::from_toml(&read_named(&args.task, configs::task_preset(&args.task))?)
-        .with_context(|| format!("task config {}", args.task))?;
+    let mut task =
+        TaskConfig::from_toml(&read_named(&args.task, configs::task_preset(&args.task))?)
+            .with_context(|| format!("task config {}", args.task))?;
+    if args.policy == "model" {
+        // The simulator applies the checkpoint's actions in the space it was trained in.
+        task.action = crate::model_cmd::model_action_space(Some(&args.model))?;
+    }
     let spec = spec(args, &task);
     spec.validate(&task)?;
     let factory: Box<dyn PolicyFactory>;

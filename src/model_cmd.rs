@@ -436,6 +436,30 @@ pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> 
     Ok(())
 }
 
+/// The file beside a checkpoint's `config.toml` holding the task it was trained on (a
+/// `sim::TaskConfig`): what its actions mean ([`model_action_space`]).
+pub(crate) const TASK_FILE: &str = "task.toml";
+
+/// Writes the training `task` into checkpoint folder `dir` ([`TASK_FILE`]).
+pub(crate) fn write_task(dir: &Path, task: &sim::TaskConfig) -> Result<()> {
+    let path = dir.join(TASK_FILE);
+    std::fs::write(&path, toml::to_string(task)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The action space of checkpoint `dir`'s outputs: its [`TASK_FILE`]'s `action`, or joint
+/// velocities for a checkpoint without one (every checkpoint trained before the key existed)
+/// or no checkpoint.
+pub(crate) fn model_action_space(dir: Option<&Path>) -> Result<sim::ActionSpace> {
+    let Some(path) = dir.map(|d| d.join(TASK_FILE)).filter(|p| p.exists()) else {
+        return Ok(sim::ActionSpace::default());
+    };
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let task = sim::TaskConfig::from_toml(&text).with_context(|| path.display().to_string())?;
+    Ok(task.action)
+}
+
 /// The file beside a checkpoint's `config.toml` holding the image preprocessing it was trained
 /// with (a `vision::PreprocessConfig` table).
 pub(crate) const PREPROCESS_FILE: &str = "preprocess.toml";

@@ -296,6 +296,14 @@ fn demo_on<B: Backend>(
         sim.start_ns = None;
     }
     let (setup, source) = setup::<B>(config, args.model.model.as_deref(), device)?;
+    if sim.task.action != setup.action {
+        tracing::info!(
+            task = sim.task.action.name(),
+            model = setup.action.name(),
+            "the simulator applies the model's actions in the model's action space"
+        );
+        sim.task.action = setup.action;
+    }
     if source.starts_with("UNTRAINED") {
         tracing::warn!("{source}");
         eprintln!("warning: {source}; success will be at chance level or below");

@@ -136,6 +136,10 @@ struct TrainingFile {
     /// for this training run's episodes only.
     #[serde(default)]
     expert_noise: Option<f64>,
+    /// The action space the model learns to command (the task's `action`): `joint_velocity`
+    /// or `joint_target`; recorded in the checkpoint's task.toml.
+    #[serde(default)]
+    action: Option<sim::ActionSpace>,
     optimizer: TrainConfig,
 }
 
@@ -219,6 +223,9 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         task.expert_noise = noise;
         task.validate()
             .with_context(|| format!("training config {}", args.config))?;
+    }
+    if let Some(action) = file.action {
+        task.action = action;
     }
 
     if optimizer.cue_loss_weight > 0.0 && model_config.cue_classes == 0 {
@@ -352,6 +359,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     }
     runtime::checkpoint::save(&model, &args.out)?;
     crate::model_cmd::write_preprocess(&args.out, &trainer::data::training_preprocess())?;
+    crate::model_cmd::write_task(&args.out, &task)?;
     let metrics_path = args.out.join("metrics.csv");
     std::fs::write(&metrics_path, &metrics)
         .with_context(|| format!("writing {}", metrics_path.display()))?;

@@ -33,13 +33,16 @@
 //!   (rad, rad/s, metres; `go` is 0 before `go_step` and 1 from it on; `phase` is
 //!   `t / episode_steps`, or 0 with `phase = "none"`, [`PhaseValue`]). Nothing in it depends
 //!   on the cue: before the go phase every episode's proprio is identical.
-//! - Action ([`ACTION_DIM`] = 4): `[dq1, dq2, grip, done]`: joint velocity commands (rad/s,
-//!   clamped to `arm.max_joint_speed`), the gripper command (0 open, 1 closed: closed in the
-//!   go phase), and the done flag (1 when the end effector is within `success_tolerance` of the
-//!   goal in the go phase). The expert chunk at a step is `horizon` actions: the proportional
-//!   controller `kp (q_goal - q)` rolled out through the simulator's own integrator, with the
-//!   goal of the current phase (rest pose before go, the IK solution of the target after). The
-//!   expert does not anticipate the go signal, so the label is causal.
+//! - Action ([`ACTION_DIM`] = 4): `[j1, j2, grip, done]`: two joint commands, the gripper
+//!   command (0 open, 1 closed: closed in the go phase), and the done flag (1 when the end
+//!   effector is within `success_tolerance` of the goal in the go phase). The joint commands
+//!   are, by the task's [`ActionSpace`], joint velocities (rad/s, clamped to
+//!   `arm.max_joint_speed`) or joint targets (rad) that the arm's proportional controller
+//!   `kp (target - q)` tracks. The expert chunk at a step is `horizon` actions: that controller
+//!   rolled out through the simulator's own integrator toward the goal of the current phase
+//!   (rest pose before go, the IK solution of the target after), labelled with its velocity
+//!   commands or with the goal itself. The expert does not anticipate the go signal, so the
+//!   label is causal.
 //! - [`Sim`] applies the first action of a chunk per step (receding horizon) with the same
 //!   integrator, so the expert run through the simulator reproduces its own plan exactly.
 //!
@@ -163,6 +166,30 @@ pub enum PhaseValue {
     None,
 }
 
+/// What an action's first two values command (see [`TaskConfig::action`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionSpace {
+    /// Joint velocities (rad/s), integrated by the simulator: a constant bias in a policy's
+    /// command integrates into drift.
+    #[default]
+    JointVelocity,
+    /// Joint position targets (rad) that the arm's own proportional controller (`arm.kp`,
+    /// `arm.max_joint_speed`, the expert's controller) tracks: an error in the command is an
+    /// error in the pose it settles at, never a drift.
+    JointTarget,
+}
+
+impl ActionSpace {
+    /// The TOML value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::JointVelocity => "joint_velocity",
+            Self::JointTarget => "joint_target",
+        }
+    }
+}
+
 /// Task configuration; a TOML file under `configs/task/` (`memory.toml` is the default).
 /// Unknown keys are errors; every key has a default.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -211,6 +238,11 @@ pub struct TaskConfig {
     /// (noise injection, "DART", Laskey et al. 2017), so a cloned policy learns to recover from
     /// its own errors. 0 = the plain expert. Simulators and evaluation never add it.
     pub expert_noise: f64,
+    /// What the first two values of an action command: `"joint_velocity"` (rad/s, the
+    /// default) or `"joint_target"` (rad, tracked by the arm's proportional controller). The
+    /// expert's labels, [`Sim::step`] and [`Sim::hold_chunk`] follow it; a checkpoint records
+    /// the action space it was trained in.
+    pub action: ActionSpace,
     /// The proprio's last value: `"episode"` = `t / episode_steps` (it tells a policy how long
     /// the episode is), `"none"` = always 0 (nothing in the input leaks the episode's length:
     /// the long-memory task).
@@ -250,6 +282,7 @@ impl Default for TaskConfig {
             horizon: 8,
             success_tolerance: 0.03,
             expert_noise: 0.0,
+            action: ActionSpace::JointVelocity,
             phase: PhaseValue::Episode,
             scene: SceneConfig::default(),
             arm: ArmConfig::default(),
@@ -602,6 +635,16 @@ impl Task {
     /// The render cameras, in rig order.
     pub fn cameras(&self) -> &[RenderCamera] {
         &self.cameras
+    }
+
+    /// The arm's joints at its rest pose (the goal before the go step).
+    pub fn q_rest(&self) -> [f64; 2] {
+        self.q_rest
+    }
+
+    /// Each pad's joint goal (the arm's inverse kinematics of its centre).
+    pub fn q_targets(&self) -> &[[f64; 2]] {
+        &self.q_targets
     }
 
     /// Target pad centres `[x, y]` on the table, metres, index = target id.
@@ -1054,15 +1097,40 @@ impl Sim {
         for _ in 0..c.horizon {
             let cmd = c.arm.control(&s, goal);
             let near = dist(c.arm.forward(s.q), goal_xy) < c.success_tolerance;
+            let joints = match c.action {
+                ActionSpace::JointVelocity => cmd,
+                ActionSpace::JointTarget => goal,
+            };
             out.extend_from_slice(&[
-                cmd[0] as f32,
-                cmd[1] as f32,
+                joints[0] as f32,
+                joints[1] as f32,
                 f32::from(u8::from(go)),
                 f32::from(u8::from(go && near)),
             ]);
             s = c.arm.integrate(&s, cmd, dt);
         }
         out
+    }
+
+    /// The chunk that keeps the arm where it is, in the task's action space (zero velocity, or
+    /// the current joints as the target): what a simulator applies when no action arrived.
+    pub fn hold_chunk(&self) -> Vec<f32> {
+        let joints = match self.task.config.action {
+            ActionSpace::JointVelocity => [0.0, 0.0],
+            ActionSpace::JointTarget => [self.state.q[0] as f32, self.state.q[1] as f32],
+        };
+        (0..self.task.config.horizon)
+            .flat_map(|_| [joints[0], joints[1], 0.0, 0.0])
+            .collect()
+    }
+
+    /// The joint velocity command action `joints` (its first two values) gives from the
+    /// current state, in the task's action space.
+    fn joint_command(&self, joints: [f64; 2]) -> [f64; 2] {
+        match self.task.config.action {
+            ActionSpace::JointVelocity => joints,
+            ActionSpace::JointTarget => self.task.config.arm.control(&self.state, joints),
+        }
     }
 
     /// Applies the first action of `chunk` for one control period and advances to the next
@@ -1095,7 +1163,7 @@ impl Sim {
             });
         }
         let dt = 1.0 / self.task.config.control_hz;
-        let cmd = [f64::from(chunk[0]), f64::from(chunk[1])];
+        let cmd = self.joint_command([f64::from(chunk[0]), f64::from(chunk[1])]);
         self.state = self.task.config.arm.integrate(&self.state, cmd, dt);
         self.t += 1;
         Ok(())
@@ -1269,8 +1337,14 @@ impl Sim {
             if !last {
                 executed.clone_from(&step.expert_action);
                 if sigma > 0.0 {
+                    // rad/s on the velocity; on a target, the offset whose tracking command
+                    // differs by that much (kp · offset).
+                    let per_unit = match self.task.config.action {
+                        ActionSpace::JointVelocity => 1.0,
+                        ActionSpace::JointTarget => 1.0 / self.task.config.arm.kp,
+                    };
                     for command in &mut executed[..2] {
-                        *command += (sigma * noise.normal()) as f32;
+                        *command += (sigma * per_unit * noise.normal()) as f32;
                     }
                 }
                 self.step(&executed)?;

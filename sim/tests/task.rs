@@ -476,3 +476,87 @@ fn contact_sheet_is_non_trivial() {
     assert!(colors.len() >= 10, "only {} distinct colors", colors.len());
     assert!(colors.contains(&e.cue_color));
 }
+
+/// Joint-target actions: the expert's labels are the phase's joint goal (rest pose before go,
+/// the target's IK after), the same arm path as in joint-velocity space step for step, and it
+/// succeeds; a constant error in the command leaves a bounded offset where the same error in
+/// velocity space integrates into drift; `hold_chunk` keeps the arm still in either space.
+#[test]
+fn joint_target_actions_track_the_goal_without_drift() {
+    use sim::ActionSpace;
+    let velocity = config();
+    let target = TaskConfig {
+        action: ActionSpace::JointTarget,
+        ..velocity.clone()
+    };
+    let (tv, tt) = (Task::new(&velocity).unwrap(), Task::new(&target).unwrap());
+    let mut successes = 0;
+    for seed in 0..50 {
+        let (mut a, mut b) = (
+            Sim::with_task(tv.clone(), seed).unwrap(),
+            Sim::with_task(tt.clone(), seed).unwrap(),
+        );
+        while !a.is_last() {
+            let chunk = b.expert_chunk();
+            let goal = if b.t() < b.go_step() {
+                tt.q_rest()
+            } else {
+                tt.q_targets()[b.target()]
+            };
+            for action in chunk.chunks(ACTION_DIM) {
+                assert_eq!([action[0], action[1]], [goal[0] as f32, goal[1] as f32]);
+            }
+            a.step(&a.expert_chunk()).unwrap();
+            b.step(&chunk).unwrap();
+            let (pa, pb) = (a.proprio(), b.proprio());
+            assert!(
+                pa.iter().zip(&pb).all(|(x, y)| (x - y).abs() < 1e-6),
+                "seed {seed} step {}: {pa:?} vs {pb:?}",
+                a.t()
+            );
+        }
+        successes += u32::from(b.success());
+    }
+    assert!(successes >= 49, "expert success {successes}/50");
+
+    // A clone of the noiseless expert learns a constant for the rest phase (zero velocity, or
+    // the rest pose as the target); the same 0.02 error on it for 60 steps:
+    let bias = 0.02f32;
+    let drift = |task: &Task| {
+        let mut sim = Sim::with_task(task.clone(), 1).unwrap();
+        let rest = sim.proprio();
+        let learned = match task.config().action {
+            ActionSpace::JointVelocity => [0.0, 0.0],
+            ActionSpace::JointTarget => [task.q_rest()[0] as f32, task.q_rest()[1] as f32],
+        };
+        for _ in 0..60 {
+            sim.step(&[learned[0] + bias, learned[1], 0.0, 0.0])
+                .unwrap();
+        }
+        f64::from((sim.proprio()[0] - rest[0]).abs())
+    };
+    let (dv, dt) = (drift(&tv), drift(&tt));
+    // Velocity: 60 steps x 0.1 s x 0.02 rad/s = 0.12 rad and growing; target: settles 0.02 rad
+    // off the rest pose (the controller's error decays by 1 - kp dt = 0.7 per step).
+    assert!((dv - 0.12).abs() < 1e-3, "velocity drift {dv}");
+    assert!((dt - 0.02).abs() < 1e-3, "target offset {dt}");
+
+    for task in [&tv, &tt] {
+        let mut sim = Sim::with_task(task.clone(), 2).unwrap();
+        for _ in 0..5 {
+            sim.step(&sim.expert_chunk()).unwrap();
+        }
+        // Move off the rest pose, then hold.
+        let mut away = sim.expert_chunk();
+        away[0] += 0.5;
+        sim.step(&away).unwrap();
+        let before = sim.proprio();
+        sim.step(&sim.hold_chunk()).unwrap();
+        let after = sim.proprio();
+        assert!(
+            (before[0] - after[0]).abs() < 1e-6 && (before[1] - after[1]).abs() < 1e-6,
+            "{:?}: {before:?} -> {after:?}",
+            task.config().action
+        );
+    }
+}

@@ -73,6 +73,10 @@ pub struct NodeSetup<B: Backend> {
     /// The image preprocessing the model was trained with (its checkpoint's, checked against
     /// its patch sizes).
     pub preprocess: PreprocessConfig,
+    /// What the model's actions command (its checkpoint's training task; joint velocities
+    /// for a checkpoint that does not say, or an untrained model). A simulator the node drives
+    /// must apply them in this space.
+    pub action: ::sim::ActionSpace,
     /// Where it runs.
     pub device: B::Device,
 }
@@ -145,12 +149,14 @@ pub fn setup<B: Backend>(
         );
     }
     let preprocess = crate::model_cmd::model_preprocess(dir.as_deref(), mc)?;
+    let action = crate::model_cmd::model_action_space(dir.as_deref())?;
     Ok((
         NodeSetup {
             config,
             rig,
             model,
             preprocess,
+            action,
             device,
         },
         source,

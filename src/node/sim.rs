@@ -381,8 +381,9 @@ pub fn run_sim(
                     values
                 }
                 _ => {
+                    // Nothing (or nothing usable) for this interval: the arm holds still.
                     result.actions_missed += 1;
-                    vec![0.0; ACTION_DIM]
+                    sim.hold_chunk()
                 }
             };
             sim.step(&applied[..ACTION_DIM])?;
