@@ -28,9 +28,11 @@ pub enum Fusion {
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Training config (configs/training/*.toml, or a shipped name such as `edge-memory`).
-    #[arg(long, default_value = "edge-memory")]
-    pub config: String,
+    /// Training config (configs/training/*.toml, or a shipped name such as `edge-memory`)
+    /// [default: with --resume, the run's own (its checkpoint's training.toml); else
+    /// `edge-memory`].
+    #[arg(long)]
+    pub config: Option<String>,
     /// Override the number of optimizer steps.
     #[arg(long)]
     pub iterations: Option<usize>,
@@ -61,7 +63,8 @@ pub struct TrainArgs {
     pub quiet: bool,
     /// Continue the run whose checkpoint folder this is (weights, optimizer state and
     /// iterations done, as every `edgevla train` writes them) up to the config's iterations;
-    /// the same config (model, data seed, schedule) must be given.
+    /// the run's config (model, data seed, schedule) is read from the checkpoint unless
+    /// --config names it.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Stop after this iteration of the schedule (the checkpoint records it; continue with
@@ -177,6 +180,36 @@ fn train_cuda(args: &TrainArgs, ids: &[usize], out: &mut impl Write) -> Result<(
     }
 }
 
+/// The file beside a checkpoint holding the training config its run was started with, so that
+/// `--resume` continues it without naming the config again.
+const TRAINING_FILE: &str = "training.toml";
+
+/// The training config's name (for messages) and text: `--config`, else with `--resume` the
+/// checkpoint's [`TRAINING_FILE`], else the `edge-memory` preset.
+fn training_text(args: &TrainArgs) -> Result<(String, String)> {
+    if let Some(name) = &args.config {
+        return Ok((
+            name.clone(),
+            read_named(name, configs::training_preset(name))?,
+        ));
+    }
+    if let Some(dir) = &args.resume {
+        let path = dir.join(TRAINING_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "--resume {}: no {TRAINING_FILE} (a checkpoint written before runs recorded their config): name it with --config",
+                dir.display()
+            )
+        })?;
+        return Ok((path.display().to_string(), text));
+    }
+    let name = "edge-memory";
+    Ok((
+        name.into(),
+        read_named(name, configs::training_preset(name))?,
+    ))
+}
+
 #[cfg(not(feature = "cuda"))]
 fn train_cuda(_args: &TrainArgs, ids: &[usize], _out: &mut impl Write) -> Result<()> {
     Err(crate::device::no_cuda(ids.first().copied().unwrap_or(0)))
@@ -193,9 +226,9 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     let Some(device) = devices.first().cloned() else {
         bail!("no device to train on");
     };
-    let text = read_named(&args.config, configs::training_preset(&args.config))?;
+    let (config_name, text) = training_text(args)?;
     let mut file: TrainingFile =
-        toml::from_str(&text).with_context(|| format!("training config {}", args.config))?;
+        toml::from_str(&text).with_context(|| format!("training config {config_name}"))?;
     if let Some(n) = args.batch_size {
         file.batch_size = n;
     }
@@ -222,7 +255,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     if let Some(noise) = file.expert_noise {
         task.expert_noise = noise;
         task.validate()
-            .with_context(|| format!("training config {}", args.config))?;
+            .with_context(|| format!("training config {config_name}"))?;
     }
     if let Some(action) = file.action {
         task.action = action;
@@ -360,6 +393,9 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     runtime::checkpoint::save(&model, &args.out)?;
     crate::model_cmd::write_preprocess(&args.out, &trainer::data::training_preprocess())?;
     crate::model_cmd::write_task(&args.out, &task)?;
+    let training_path = args.out.join(TRAINING_FILE);
+    std::fs::write(&training_path, &text)
+        .with_context(|| format!("writing {}", training_path.display()))?;
     let metrics_path = args.out.join("metrics.csv");
     std::fs::write(&metrics_path, &metrics)
         .with_context(|| format!("writing {}", metrics_path.display()))?;
@@ -378,7 +414,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         .collect();
     trainer::plot::write_loss_png(
         &all_losses,
-        &format!("training loss: {}", args.config),
+        &format!("training loss: {config_name}"),
         &args.out.join("loss.png"),
     )?;
     if args.eval_episodes > 0 {
