@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use clap::Args;
-use sim::TaskConfig;
+use sim::{ActionSpace, TaskConfig};
 use transport::replay::{Rate, Remap};
 
 use crate::model_cmd::read_named;
@@ -76,12 +76,35 @@ pub struct SimArgs {
     /// Lock-step: seconds to wait for an action before holding still.
     #[arg(long, default_value_t = 30.0)]
     pub action_timeout: f64,
+    /// What the node's actions command, overriding the task's `action`: joint-velocity or
+    /// joint-target, as the node's checkpoint was trained (its task.toml; the node logs it at
+    /// start-up). `demo` takes it from the checkpoint itself.
+    #[arg(long, value_enum)]
+    pub action: Option<ActionArg>,
     /// Seconds to wait for a node to subscribe before starting.
     #[arg(long, default_value_t = 30.0)]
     pub wait_for_node: f64,
     /// zenoh session.
     #[command(flatten)]
     pub zenoh: ZenohArgs,
+}
+
+/// An action space on the command line (`sim::ActionSpace`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ActionArg {
+    /// Joint velocities (rad/s).
+    JointVelocity,
+    /// Joint position targets (rad).
+    JointTarget,
+}
+
+impl From<ActionArg> for ActionSpace {
+    fn from(a: ActionArg) -> Self {
+        match a {
+            ActionArg::JointVelocity => Self::JointVelocity,
+            ActionArg::JointTarget => Self::JointTarget,
+        }
+    }
 }
 
 /// Arguments of `edgevla demo`.
@@ -176,8 +199,10 @@ fn node_on<B: Backend>(
 ) -> Result<crate::node::NodeReport> {
     let (setup, source) = setup::<B>(config.clone(), args.model.model.as_deref(), device)?;
     eprintln!(
-        "edgevla node: {source}; listening on {}/{}/**",
-        config.prefix, config.robot_id
+        "edgevla node: {source}; actions are {}; listening on {}/{}/**",
+        setup.action.name(),
+        config.prefix,
+        config.robot_id
     );
     let session = transport::session::open(session_config)?;
     run_node(&session, &setup, shutdown, &NodeMonitor::default())
@@ -185,7 +210,11 @@ fn node_on<B: Backend>(
 
 /// Runs `edgevla sim`: one JSON line per episode, then a summary line.
 pub(crate) fn sim(args: &SimArgs, out: &mut impl Write) -> Result<()> {
-    let mut options = SimOptions::new(&args.robot_id, task_config(&args.task)?, args.episodes);
+    let mut task = task_config(&args.task)?;
+    if let Some(action) = args.action {
+        task.action = action.into();
+    }
+    let mut options = SimOptions::new(&args.robot_id, task, args.episodes);
     options.prefix.clone_from(&args.prefix);
     options.first_seed = args.seed;
     options.mode = args.mode;
