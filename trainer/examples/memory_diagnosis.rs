@@ -171,7 +171,12 @@ fn main() -> Res<()> {
     let model = runtime::checkpoint::load::<B>(&dir, None, &device)?;
     let preset =
         configs::task_preset(task_name).ok_or_else(|| format!("no shipped task {task_name}"))?;
-    let task = TaskConfig::from_toml(preset.text)?;
+    let mut task = TaskConfig::from_toml(preset.text)?;
+    // The closed loop applies the model's actions in the space it was trained in (its
+    // checkpoint's task.toml; joint velocities when it has none).
+    if let Ok(text) = std::fs::read_to_string(dir.join("task.toml")) {
+        task.action = TaskConfig::from_toml(&text)?.action;
+    }
     for seed in first..first + episodes {
         println!("seed {seed}: {}", teacher_forced(&model, &task, seed)?);
         println!("  {}", closed_loop(&model, &task, seed)?);
