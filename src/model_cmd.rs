@@ -558,6 +558,31 @@ mod tests {
     /// A checkpoint's preprocess.toml is read and checked against the model's patch sizes:
     /// none means the default, one of another geometry or with an unknown key is an error
     /// naming the file.
+    /// A checkpoint's action space is its task.toml's `action`; without the file, joint
+    /// velocities; a task.toml that does not parse is an error naming it.
+    #[test]
+    fn model_action_space_reads_the_checkpoints_task() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let velocity = sim::ActionSpace::JointVelocity;
+        assert_eq!(model_action_space(None).expect("none"), velocity);
+        assert_eq!(
+            model_action_space(Some(dir.path())).expect("absent"),
+            velocity
+        );
+        let task = sim::TaskConfig {
+            action: sim::ActionSpace::JointTarget,
+            ..sim::TaskConfig::default()
+        };
+        write_task(dir.path(), &task).expect("write");
+        assert_eq!(
+            model_action_space(Some(dir.path())).expect("read"),
+            sim::ActionSpace::JointTarget
+        );
+        std::fs::write(dir.path().join(TASK_FILE), "action = \"joint_torque\"\n").expect("write");
+        let err = format!("{:#}", model_action_space(Some(dir.path())).unwrap_err());
+        assert!(err.contains(TASK_FILE) && err.contains("action"), "{err}");
+    }
+
     #[test]
     fn model_preprocess_reads_and_checks_the_checkpoints() {
         let model = edge();

@@ -1,6 +1,7 @@
 //! End-to-end test of `edgevla train`: a tiny model trained for a few iterations on short
 //! episodes of the memory task writes a checkpoint that `edgevla export --checkpoint` loads.
 
+use std::path::Path;
 use std::process::Command;
 
 const TINY_MODEL: &str = r#"
@@ -258,9 +259,9 @@ fn resume_continues_where_a_stopped_run_ended() {
         "{said}"
     );
     assert_eq!(losses(&limited).len(), 1);
-    ok(train(&[
-        "--config", &config, "--resume", &limited, "--out", &finished,
-    ]));
+    // Without --config, --resume continues with the run's own config (its training.toml).
+    assert!(Path::new(&limited).join("training.toml").exists());
+    ok(train(&["--resume", &limited, "--out", &finished]));
     let c = losses(&finished);
     assert_eq!(c.len(), 4);
     assert!(((a[0] - c[0]) / a[0]).abs() <= 1e-4, "{} vs {}", a[0], c[0]);
