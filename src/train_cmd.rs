@@ -470,3 +470,37 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     )?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shipped training config parses (unknown keys are errors), names a shipped model
+    /// and task that load, and its overrides give a valid task.
+    #[test]
+    fn every_shipped_training_config_parses() {
+        for preset in configs::TRAINING_PRESETS {
+            let file: TrainingFile =
+                toml::from_str(preset.text).unwrap_or_else(|e| panic!("{}: {e}", preset.name));
+            crate::model_cmd::load_model_config(&file.model)
+                .unwrap_or_else(|e| panic!("{}: model {}: {e:#}", preset.name, file.model));
+            let task = configs::task_preset(&file.task)
+                .unwrap_or_else(|| panic!("{}: no task {}", preset.name, file.task));
+            let mut task = TaskConfig::from_toml(task.text).expect("task");
+            if let Some(noise) = file.expert_noise {
+                task.expert_noise = noise;
+            }
+            if let Some(action) = file.action {
+                task.action = action;
+            }
+            task.validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", preset.name));
+            file.optimizer
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", preset.name));
+        }
+        let joint_target = configs::training_preset("edge-long-target").expect("preset");
+        let file: TrainingFile = toml::from_str(joint_target.text).expect("parse");
+        assert_eq!(file.action, Some(sim::ActionSpace::JointTarget));
+    }
+}

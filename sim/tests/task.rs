@@ -560,3 +560,27 @@ fn joint_target_actions_track_the_goal_without_drift() {
         );
     }
 }
+
+/// The wide-wait training preset: every episode generates; waits before the go step spread from
+/// a few steps to over 200, some cues are still inside a 16-step window at the go step and some
+/// are far past it; the phase value leaks nothing.
+#[test]
+fn wide_wait_training_preset_spreads_waits_and_cue_ages() {
+    let c = TaskConfig::from_toml(configs::task_preset("memory-long-train-wide").unwrap().text)
+        .unwrap();
+    let (mut waits, mut ages) = (Vec::new(), Vec::new());
+    for seed in 0..96 {
+        let e = Episode::generate(&c, seed).unwrap();
+        assert!(e.steps.iter().all(|s| s.proprio[7] == 0.0), "phase leaks");
+        assert!(e.go_step + c.reach_steps <= c.episode_steps);
+        waits.push(e.go_step);
+        ages.push(e.go_step - (e.cue_steps.end - 1));
+    }
+    assert!(waits.iter().any(|&w| w < 40), "{waits:?}");
+    assert!(
+        waits.iter().filter(|&&w| w >= 150).count() >= 16,
+        "{waits:?}"
+    );
+    assert!(ages.iter().filter(|&&a| a < 16).count() >= 4, "{ages:?}");
+    assert!(ages.iter().filter(|&&a| a > 64).count() >= 32, "{ages:?}");
+}
