@@ -156,7 +156,7 @@ fn resume_continues_where_a_stopped_run_ended() {
             .expect("run edgevla train")
     };
     let losses = |folder: &str| -> Vec<f64> {
-        std::fs::read_to_string(std::path::Path::new(folder).join("metrics.csv"))
+        std::fs::read_to_string(Path::new(folder).join("metrics.csv"))
             .expect("metrics")
             .lines()
             .skip(1)
@@ -195,7 +195,7 @@ fn resume_continues_where_a_stopped_run_ended() {
         );
     }
     // A run saved before metrics.csv had its cue_loss column keeps its rows when resumed.
-    let metrics_path = std::path::Path::new(&first).join("metrics.csv");
+    let metrics_path = Path::new(&first).join("metrics.csv");
     let current = std::fs::read_to_string(&metrics_path).expect("metrics");
     let old_format: String = current
         .lines()
@@ -228,7 +228,7 @@ fn resume_continues_where_a_stopped_run_ended() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(err.contains("another model architecture"), "{err}");
     std::fs::write(
-        std::path::Path::new(&first).join("train_state.toml"),
+        Path::new(&first).join("train_state.toml"),
         "iterations = 2\n",
     )
     .expect("corrupt");
