@@ -87,7 +87,20 @@ fn record_to(path: &Path, extra: &[&str], stop_with_sigint: bool) -> Result<Stri
         std::thread::sleep(Duration::from_millis(20));
     }
     if stop_with_sigint {
-        std::thread::sleep(Duration::from_millis(300));
+        // Interrupt once the file holds all 10 (the recorder flushes every --flush-ms): a
+        // condition waited on, not a guess at how long delivery takes.
+        let deadline = Instant::now() + TIMEOUT;
+        while std::fs::read(path)
+            .ok()
+            .and_then(|bytes| parse_recording(&bytes).ok())
+            .is_none_or(|r| r.messages.len() < 10)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the recorder never wrote 10 messages"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let status = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()?;
@@ -132,7 +145,7 @@ fn record_stops_at_max_messages_and_writes_every_sample() -> Result<()> {
 fn record_finishes_the_file_on_sigint() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("run.mcap");
-    let stdout = record_to(&path, &["--compression", "none"], true)?;
+    let stdout = record_to(&path, &["--compression", "none", "--flush-ms", "20"], true)?;
     assert!(stdout.contains("\"messages\":10"), "{stdout}");
     check_recording(&path)
 }

@@ -500,6 +500,19 @@ pub fn record_session<W: Write + Seek>(
     let mut first_error = None;
     loop {
         if shutdown.load(Ordering::SeqCst) {
+            // Ctrl-C: what zenoh already handed over is written, not lost in the queue.
+            while let Ok(item) = rx.try_recv() {
+                if let Err(e) = recorder.write_sample(
+                    &item.key,
+                    &item.encoding,
+                    &item.payload,
+                    item.attachment.as_deref(),
+                    item.log_time_ns,
+                ) {
+                    first_error = Some(e);
+                    break;
+                }
+            }
             break;
         }
         if limits
