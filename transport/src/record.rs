@@ -457,6 +457,18 @@ struct Incoming {
     log_time_ns: u64,
 }
 
+impl Incoming {
+    fn write_to<W: Write + Seek>(&self, recorder: &mut McapRecorder<W>) -> Result<()> {
+        recorder.write_sample(
+            &self.key,
+            &self.encoding,
+            &self.payload,
+            self.attachment.as_deref(),
+            self.log_time_ns,
+        )
+    }
+}
+
 /// Subscribes to `selector` and records every sample into `recorder` until `shutdown` is set
 /// or a limit is reached, then finishes the file.
 ///
@@ -502,13 +514,7 @@ pub fn record_session<W: Write + Seek>(
         if shutdown.load(Ordering::SeqCst) {
             // Ctrl-C: what zenoh already handed over is written, not lost in the queue.
             while let Ok(item) = rx.try_recv() {
-                if let Err(e) = recorder.write_sample(
-                    &item.key,
-                    &item.encoding,
-                    &item.payload,
-                    item.attachment.as_deref(),
-                    item.log_time_ns,
-                ) {
+                if let Err(e) = item.write_to(&mut recorder) {
                     first_error = Some(e);
                     break;
                 }
@@ -530,13 +536,7 @@ pub fn record_session<W: Write + Seek>(
         }
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(item) => {
-                if let Err(e) = recorder.write_sample(
-                    &item.key,
-                    &item.encoding,
-                    &item.payload,
-                    item.attachment.as_deref(),
-                    item.log_time_ns,
-                ) {
+                if let Err(e) = item.write_to(&mut recorder) {
                     first_error = Some(e);
                     break;
                 }
