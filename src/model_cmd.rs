@@ -447,17 +447,71 @@ pub(crate) fn write_task(dir: &Path, task: &sim::TaskConfig) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The action space of checkpoint `dir`'s outputs: its [`TASK_FILE`]'s `action`, or joint
-/// velocities for a checkpoint without one (every checkpoint trained before the key existed)
-/// or no checkpoint.
-pub(crate) fn model_action_space(dir: Option<&Path>) -> Result<sim::ActionSpace> {
+/// The task checkpoint `dir` was trained on (its [`TASK_FILE`]), or `None` for a checkpoint
+/// without one (trained before runs recorded it) or no checkpoint.
+pub(crate) fn model_task(dir: Option<&Path>) -> Result<Option<sim::TaskConfig>> {
     let Some(path) = dir.map(|d| d.join(TASK_FILE)).filter(|p| p.exists()) else {
-        return Ok(sim::ActionSpace::default());
+        return Ok(None);
     };
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let task = sim::TaskConfig::from_toml(&text).with_context(|| path.display().to_string())?;
-    Ok(task.action)
+    Ok(Some(task))
+}
+
+/// Checks, before anything runs, that `model` can drive the simulator of `task`: its action
+/// and proprio widths are the simulator's, its cue head (if any) has one class per pad, and,
+/// when its checkpoint recorded the task it was trained on (`trained`), the simulator makes
+/// the inputs the same way: the proprio's phase value, the image size and the camera rig.
+pub(crate) fn check_model_task(
+    model: &VlaConfig,
+    trained: Option<&sim::TaskConfig>,
+    task: &sim::TaskConfig,
+) -> Result<()> {
+    if model.action_dim != sim::ACTION_DIM || model.proprio_dim != sim::PROPRIO_DIM {
+        bail!(
+            "the model takes {} proprio values and writes {} per action; the simulator gives {} and applies {}",
+            model.proprio_dim,
+            model.action_dim,
+            sim::PROPRIO_DIM,
+            sim::ACTION_DIM
+        );
+    }
+    if model.cue_classes > 0 && model.cue_classes != task.n_targets {
+        bail!(
+            "the model's cue head names {} pads, the task has n_targets = {}",
+            model.cue_classes,
+            task.n_targets
+        );
+    }
+    let Some(trained) = trained else {
+        return Ok(());
+    };
+    let differs = |key: &str, trained: String, here: String| {
+        anyhow::anyhow!(
+            "the checkpoint was trained with task key `{key}` = {trained}, this task has {here}: \
+             its inputs would not be what it learned from (use a task with the same value, e.g. \
+             the checkpoint's own task.toml)"
+        )
+    };
+    if trained.phase != task.phase {
+        return Err(differs(
+            "phase",
+            serde_json::to_string(&trained.phase)?,
+            serde_json::to_string(&task.phase)?,
+        ));
+    }
+    if trained.image_size != task.image_size {
+        return Err(differs(
+            "image_size",
+            format!("{:?}", trained.image_size),
+            format!("{:?}", task.image_size),
+        ));
+    }
+    if trained.rig != task.rig {
+        return Err(differs("rig", trained.rig.clone(), task.rig.clone()));
+    }
+    Ok(())
 }
 
 /// The file beside a checkpoint's `config.toml` holding the image preprocessing it was trained
@@ -558,28 +612,45 @@ mod tests {
     /// A checkpoint's preprocess.toml is read and checked against the model's patch sizes:
     /// none means the default, one of another geometry or with an unknown key is an error
     /// naming the file.
-    /// A checkpoint's action space is its task.toml's `action`; without the file, joint
-    /// velocities; a task.toml that does not parse is an error naming it.
+    /// A checkpoint's training task is its task.toml (none without the file; a file that
+    /// does not parse is an error naming it); a task whose inputs differ from it (phase value,
+    /// image size, rig), or whose pads do not match the cue head, is refused at start-up.
     #[test]
-    fn model_action_space_reads_the_checkpoints_task() {
+    fn model_task_is_read_and_a_mismatched_task_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let velocity = sim::ActionSpace::JointVelocity;
-        assert_eq!(model_action_space(None).expect("none"), velocity);
-        assert_eq!(
-            model_action_space(Some(dir.path())).expect("absent"),
-            velocity
-        );
-        let task = sim::TaskConfig {
+        assert!(model_task(None).expect("none").is_none());
+        assert!(model_task(Some(dir.path())).expect("absent").is_none());
+        let trained = sim::TaskConfig {
             action: sim::ActionSpace::JointTarget,
+            phase: sim::PhaseValue::None,
             ..sim::TaskConfig::default()
         };
-        write_task(dir.path(), &task).expect("write");
-        assert_eq!(
-            model_action_space(Some(dir.path())).expect("read"),
-            sim::ActionSpace::JointTarget
-        );
+        write_task(dir.path(), &trained).expect("write");
+        let read = model_task(Some(dir.path())).expect("read").expect("some");
+        assert_eq!(read, trained);
+
+        let mut model = edge();
+        model.cue_classes = trained.n_targets;
+        check_model_task(&model, Some(&read), &trained).expect("its own task");
+        check_model_task(&model, None, &sim::TaskConfig::default()).expect("nothing recorded");
+        let episode_phase = sim::TaskConfig::default();
+        let err = check_model_task(&model, Some(&read), &episode_phase).unwrap_err();
+        assert!(err.to_string().contains("`phase`"), "{err}");
+        let bigger = sim::TaskConfig {
+            image_size: [96, 96],
+            ..trained.clone()
+        };
+        let err = check_model_task(&model, Some(&read), &bigger).unwrap_err();
+        assert!(err.to_string().contains("`image_size`"), "{err}");
+        let six_pads = sim::TaskConfig {
+            n_targets: 6,
+            ..trained.clone()
+        };
+        let err = check_model_task(&model, None, &six_pads).unwrap_err();
+        assert!(err.to_string().contains("n_targets = 6"), "{err}");
+
         std::fs::write(dir.path().join(TASK_FILE), "action = \"joint_torque\"\n").expect("write");
-        let err = format!("{:#}", model_action_space(Some(dir.path())).unwrap_err());
+        let err = format!("{:#}", model_task(Some(dir.path())).unwrap_err());
         assert!(err.contains(TASK_FILE) && err.contains("action"), "{err}");
     }
 

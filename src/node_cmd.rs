@@ -325,6 +325,12 @@ fn demo_on<B: Backend>(
         sim.start_ns = None;
     }
     let (setup, source) = setup::<B>(config, args.model.model.as_deref(), device)?;
+    crate::model_cmd::check_model_task(
+        setup.model.config(),
+        setup.trained_task.as_ref(),
+        &sim.task,
+    )
+    .with_context(|| format!("--task {}", args.task))?;
     if sim.task.action != setup.action {
         tracing::info!(
             task = sim.task.action.name(),

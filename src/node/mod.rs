@@ -77,6 +77,8 @@ pub struct NodeSetup<B: Backend> {
     /// for a checkpoint that does not say, or an untrained model). A simulator the node drives
     /// must apply them in this space.
     pub action: ::sim::ActionSpace,
+    /// The task its checkpoint was trained on, when the checkpoint recorded it (task.toml).
+    pub trained_task: Option<::sim::TaskConfig>,
     /// Where it runs.
     pub device: B::Device,
 }
@@ -149,7 +151,8 @@ pub fn setup<B: Backend>(
         );
     }
     let preprocess = crate::model_cmd::model_preprocess(dir.as_deref(), mc)?;
-    let action = crate::model_cmd::model_action_space(dir.as_deref())?;
+    let trained_task = crate::model_cmd::model_task(dir.as_deref())?;
+    let action = trained_task.as_ref().map(|t| t.action).unwrap_or_default();
     Ok((
         NodeSetup {
             config,
@@ -157,6 +160,7 @@ pub fn setup<B: Backend>(
             model,
             preprocess,
             action,
+            trained_task,
             device,
         },
         source,
