@@ -66,6 +66,9 @@ pub struct Rss {
 pub struct DemoOutcome {
     /// Which model ran.
     pub model: String,
+    /// What its actions commanded (the simulator applied them so): `joint_velocity` or
+    /// `joint_target`.
+    pub action: ::sim::ActionSpace,
     /// The simulator's side.
     pub sim: SimReport,
     /// The node's final report.
@@ -200,6 +203,7 @@ pub fn run_demo<B: Backend>(
     let rss_end = rss_bytes().unwrap_or(0);
     Ok(DemoOutcome {
         model: model.to_owned(),
+        action: sim_options.task.action,
         sim: sim_report,
         node: node_report,
         seconds: started.elapsed().as_secs_f64(),
