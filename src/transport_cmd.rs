@@ -245,18 +245,11 @@ pub fn record(args: &RecordArgs, out: &mut impl Write) -> Result<()> {
             None => "robot/**".to_owned(),
         });
     let path = args.out.display().to_string();
-    let (summary, mut writer) = record_session(
-        &session,
-        &select.clone(),
-        recorder,
-        clock,
-        limits,
-        &stop,
-        || {
+    let (summary, mut writer) =
+        record_session(&session, &select, recorder, clock, limits, &stop, || {
             tracing::info!(select, path, "recording");
             eprintln!("recording {select} to {path} (Ctrl-C to stop)");
-        },
-    )?;
+        })?;
     writer.flush()?;
     drop(writer);
     if let Some(bag) = &bag {

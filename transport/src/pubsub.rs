@@ -227,10 +227,7 @@ impl Routes {
                 };
                 let (base, type_name, hash) = crate::ros2::split_key(key).ok_or_else(unknown)?;
                 let topic = map.get(base).ok_or_else(unknown)?.clone();
-                let attachment = attachment.ok_or_else(|| TransportError::BadAttachment {
-                    reason: "missing (rmw_zenoh puts one on every sample)".into(),
-                })?;
-                crate::ros2::Attachment::decode(attachment)?;
+                crate::ros2::Attachment::require(attachment)?;
                 let kind = MessageKind::ALL
                     .into_iter()
                     .filter(|k| topic.accepts(*k))

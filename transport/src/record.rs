@@ -155,7 +155,6 @@ pub struct McapRecorder<W: Write + Seek> {
     config: RecorderConfig,
     schemas: HashMap<MessageKind, u16>,
     channels: HashMap<(String, String), u16>,
-    sequences: HashMap<u16, u32>,
     stats: BTreeMap<u16, ChannelStats>,
     log_range: Option<(u64, u64)>,
     warned: HashSet<String>,
@@ -193,7 +192,6 @@ impl<W: Write + Seek> McapRecorder<W> {
             config,
             schemas: HashMap::new(),
             channels: HashMap::new(),
-            sequences: HashMap::new(),
             stats: BTreeMap::new(),
             log_range: None,
             warned: HashSet::new(),
@@ -319,27 +317,11 @@ impl<W: Write + Seek> McapRecorder<W> {
                 ),
             });
         }
-        let attachment = crate::ros2::Attachment::decode(attachment.ok_or_else(|| {
-            TransportError::BadAttachment {
-                reason: "missing (rmw_zenoh puts one on every sample)".into(),
-            }
-        })?)?;
+        let attachment = crate::ros2::Attachment::require(attachment)?;
         let publish = u64::try_from(attachment.source_timestamp_ns)
             .ok()
             .filter(|&t| t > 0);
         Ok((topic, kind, publish))
-    }
-
-    /// Every channel written so far, in channel id order.
-    #[must_use]
-    pub fn channel_stats(&self) -> Vec<ChannelStats> {
-        self.stats.values().cloned().collect()
-    }
-
-    /// The first and last log time written, ns (`None` before the first message).
-    #[must_use]
-    pub fn log_time_range(&self) -> Option<(u64, u64)> {
-        self.log_range
     }
 
     /// Writes one sample received at `log_time_ns`.
@@ -386,18 +368,21 @@ impl<W: Write + Seek> McapRecorder<W> {
             kind.and_then(|k| peek_stamp(k, payload))
                 .map_or(log_time_ns, Time::as_nanos)
         });
-        let seq = self.sequences.entry(channel_id).or_insert(0);
-        *seq = seq.wrapping_add(1);
+        // Every channel has its stats from `channel_of`; its message count is the sequence.
+        let stats = self
+            .stats
+            .get_mut(&channel_id)
+            .ok_or(TransportError::Recording(format!(
+                "channel {channel_id} was never created"
+            )))?;
+        stats.messages += 1;
         let header = mcap::records::MessageHeader {
             channel_id,
-            sequence: *seq,
+            sequence: stats.messages as u32,
             log_time: log_time_ns,
             publish_time,
         };
         self.writer.write_to_known_channel(&header, payload)?;
-        if let Some(stats) = self.stats.get_mut(&channel_id) {
-            stats.messages += 1;
-        }
         self.log_range = Some(match self.log_range {
             Some((first, last)) => (first.min(log_time_ns), last.max(log_time_ns)),
             None => (log_time_ns, log_time_ns),
@@ -434,7 +419,7 @@ impl<W: Write + Seek> McapRecorder<W> {
     /// [`TransportError::Mcap`].
     pub fn finish(mut self) -> Result<(RecordSummary, W)> {
         self.writer.finish()?;
-        self.summary.topics = self.channel_stats();
+        self.summary.topics = std::mem::take(&mut self.stats).into_values().collect();
         self.summary.log_time_range = self.log_range;
         Ok((self.summary, self.writer.into_inner()))
     }

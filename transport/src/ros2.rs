@@ -218,6 +218,16 @@ impl Attachment {
         out
     }
 
+    /// The attachment a sample must carry (rmw_zenoh drops a sample without one), read.
+    ///
+    /// # Errors
+    /// [`TransportError::BadAttachment`] when there is none, or as [`Self::decode`].
+    pub fn require(bytes: Option<&[u8]>) -> Result<Self> {
+        Self::decode(bytes.ok_or_else(|| TransportError::BadAttachment {
+            reason: "missing (rmw_zenoh puts one on every sample)".into(),
+        })?)
+    }
+
     /// Reads an attachment as rmw_zenoh writes it.
     ///
     /// # Errors
