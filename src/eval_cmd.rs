@@ -202,15 +202,6 @@ where
     let mut task =
         TaskConfig::from_toml(&read_named(&args.task, configs::task_preset(&args.task))?)
             .with_context(|| format!("task config {}", args.task))?;
-    let trained_task = if args.policy == "model" {
-        crate::model_cmd::model_task(Some(&args.model))?
-    } else {
-        None
-    };
-    if let Some(trained) = &trained_task {
-        // The simulator applies the checkpoint's actions in the space it was trained in.
-        task.action = trained.action;
-    }
     let spec = spec(args, &task);
     spec.validate(&task)?;
     let factory: Box<dyn PolicyFactory>;
@@ -251,7 +242,8 @@ where
                 c.rope.factor(),
                 if c.cue_classes > 0 { "yes" } else { "no" }
             );
-            crate::model_cmd::check_model_task(c, trained_task.as_ref(), &task)
+            let trained_task = crate::model_cmd::model_task(Some(&dir))?;
+            crate::model_cmd::fit_task_to_model(c, trained_task.as_ref(), &mut task)
                 .with_context(|| format!("--task {}", args.task))?;
             let preprocess = crate::model_cmd::model_preprocess(Some(&dir), c)?;
             let f = ModelFactory::new(model, args.original_context, &device)

@@ -437,7 +437,8 @@ pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> 
 }
 
 /// The file beside a checkpoint's `config.toml` holding the task it was trained on (a
-/// `sim::TaskConfig`): what its actions mean ([`model_action_space`]).
+/// `sim::TaskConfig`): what its actions mean and how its inputs were made ([`model_task`],
+/// [`fit_task_to_model`]).
 pub(crate) const TASK_FILE: &str = "task.toml";
 
 /// Writes the training `task` into checkpoint folder `dir` ([`TASK_FILE`]).
@@ -459,14 +460,16 @@ pub(crate) fn model_task(dir: Option<&Path>) -> Result<Option<sim::TaskConfig>> 
     Ok(Some(task))
 }
 
-/// Checks, before anything runs, that `model` can drive the simulator of `task`: its action
-/// and proprio widths are the simulator's, its cue head (if any) has one class per pad, and,
-/// when its checkpoint recorded the task it was trained on (`trained`), the simulator makes
-/// the inputs the same way: the proprio's phase value, the image size and the camera rig.
-pub(crate) fn check_model_task(
+/// Fits the simulator's `task` to `model` before anything runs. Checks that the model can
+/// drive it: its action and proprio widths are the simulator's, its cue head (if any) has one
+/// class per pad, and, when its checkpoint recorded the task it was trained on (`trained`),
+/// the simulator makes the inputs the same way: the proprio's phase value, the image size and
+/// the camera rig. Then sets the task's action space to the model's (the trained task's;
+/// joint velocities when the checkpoint does not say), so its actions are applied as learned.
+pub(crate) fn fit_task_to_model(
     model: &VlaConfig,
     trained: Option<&sim::TaskConfig>,
-    task: &sim::TaskConfig,
+    task: &mut sim::TaskConfig,
 ) -> Result<()> {
     if model.action_dim != sim::ACTION_DIM || model.proprio_dim != sim::PROPRIO_DIM {
         bail!(
@@ -483,6 +486,15 @@ pub(crate) fn check_model_task(
             model.cue_classes,
             task.n_targets
         );
+    }
+    let action = trained.map(|t| t.action).unwrap_or_default();
+    if task.action != action {
+        tracing::info!(
+            task = task.action.name(),
+            model = action.name(),
+            "the simulator applies the model's actions in the model's action space"
+        );
+        task.action = action;
     }
     let Some(trained) = trained else {
         return Ok(());
@@ -609,9 +621,6 @@ mod tests {
         VlaConfig::from_toml(configs::model_preset("edge").expect("edge").text).expect("edge")
     }
 
-    /// A checkpoint's preprocess.toml is read and checked against the model's patch sizes:
-    /// none means the default, one of another geometry or with an unknown key is an error
-    /// naming the file.
     /// A checkpoint's training task is its task.toml (none without the file; a file that
     /// does not parse is an error naming it); a task whose inputs differ from it (phase value,
     /// image size, rig), or whose pads do not match the cue head, is refused at start-up.
@@ -631,22 +640,30 @@ mod tests {
 
         let mut model = edge();
         model.cue_classes = trained.n_targets;
-        check_model_task(&model, Some(&read), &trained).expect("its own task");
-        check_model_task(&model, None, &sim::TaskConfig::default()).expect("nothing recorded");
-        let episode_phase = sim::TaskConfig::default();
-        let err = check_model_task(&model, Some(&read), &episode_phase).unwrap_err();
+        // Its own task, given in the other action space, runs in the model's.
+        let mut own = sim::TaskConfig {
+            action: sim::ActionSpace::JointVelocity,
+            ..trained.clone()
+        };
+        fit_task_to_model(&model, Some(&read), &mut own).expect("its own task");
+        assert_eq!(own, trained);
+        let mut unrecorded = sim::TaskConfig::default();
+        fit_task_to_model(&model, None, &mut unrecorded).expect("nothing recorded");
+        assert_eq!(unrecorded.action, sim::ActionSpace::JointVelocity);
+        let mut episode_phase = sim::TaskConfig::default();
+        let err = fit_task_to_model(&model, Some(&read), &mut episode_phase).unwrap_err();
         assert!(err.to_string().contains("`phase`"), "{err}");
-        let bigger = sim::TaskConfig {
+        let mut bigger = sim::TaskConfig {
             image_size: [96, 96],
             ..trained.clone()
         };
-        let err = check_model_task(&model, Some(&read), &bigger).unwrap_err();
+        let err = fit_task_to_model(&model, Some(&read), &mut bigger).unwrap_err();
         assert!(err.to_string().contains("`image_size`"), "{err}");
-        let six_pads = sim::TaskConfig {
+        let mut six_pads = sim::TaskConfig {
             n_targets: 6,
             ..trained.clone()
         };
-        let err = check_model_task(&model, None, &six_pads).unwrap_err();
+        let err = fit_task_to_model(&model, None, &mut six_pads).unwrap_err();
         assert!(err.to_string().contains("n_targets = 6"), "{err}");
 
         std::fs::write(dir.path().join(TASK_FILE), "action = \"joint_torque\"\n").expect("write");
@@ -654,6 +671,9 @@ mod tests {
         assert!(err.contains(TASK_FILE) && err.contains("action"), "{err}");
     }
 
+    /// A checkpoint's preprocess.toml is read and checked against the model's patch sizes:
+    /// none means the default, one of another geometry or with an unknown key is an error
+    /// naming the file.
     #[test]
     fn model_preprocess_reads_and_checks_the_checkpoints() {
         let model = edge();

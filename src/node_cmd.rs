@@ -200,7 +200,7 @@ fn node_on<B: Backend>(
     let (setup, source) = setup::<B>(config.clone(), args.model.model.as_deref(), device)?;
     eprintln!(
         "edgevla node: {source}; actions are {}; listening on {}/{}/**",
-        setup.action.name(),
+        setup.action().name(),
         config.prefix,
         config.robot_id
     );
@@ -325,20 +325,12 @@ fn demo_on<B: Backend>(
         sim.start_ns = None;
     }
     let (setup, source) = setup::<B>(config, args.model.model.as_deref(), device)?;
-    crate::model_cmd::check_model_task(
+    crate::model_cmd::fit_task_to_model(
         setup.model.config(),
         setup.trained_task.as_ref(),
-        &sim.task,
+        &mut sim.task,
     )
     .with_context(|| format!("--task {}", args.task))?;
-    if sim.task.action != setup.action {
-        tracing::info!(
-            task = sim.task.action.name(),
-            model = setup.action.name(),
-            "the simulator applies the model's actions in the model's action space"
-        );
-        sim.task.action = setup.action;
-    }
     if source.starts_with("UNTRAINED") {
         tracing::warn!("{source}");
         eprintln!("warning: {source}; success will be at chance level or below");

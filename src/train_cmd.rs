@@ -146,6 +146,24 @@ struct TrainingFile {
     optimizer: TrainConfig,
 }
 
+impl TrainingFile {
+    /// The training episodes' task: the named task config (a shipped name or a path) with this
+    /// run's overrides (expert noise, action space), validated.
+    fn task_config(&self) -> Result<TaskConfig> {
+        let mut task =
+            TaskConfig::from_toml(&read_named(&self.task, configs::task_preset(&self.task))?)
+                .with_context(|| format!("task config {}", self.task))?;
+        if let Some(noise) = self.expert_noise {
+            task.expert_noise = noise;
+        }
+        if let Some(action) = self.action {
+            task.action = action;
+        }
+        task.validate()?;
+        Ok(task)
+    }
+}
+
 fn one() -> f32 {
     1.0
 }
@@ -249,17 +267,9 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     if let Some(name) = &file.rope {
         crate::model_cmd::apply_rope_preset(&mut model_config, name)?;
     }
-    let mut task =
-        TaskConfig::from_toml(&read_named(&file.task, configs::task_preset(&file.task))?)
-            .with_context(|| format!("task config {}", file.task))?;
-    if let Some(noise) = file.expert_noise {
-        task.expert_noise = noise;
-        task.validate()
-            .with_context(|| format!("training config {config_name}"))?;
-    }
-    if let Some(action) = file.action {
-        task.action = action;
-    }
+    let task = file
+        .task_config()
+        .with_context(|| format!("training config {config_name}"))?;
 
     if optimizer.cue_loss_weight > 0.0 && model_config.cue_classes == 0 {
         // The auxiliary cue loss needs the cue-recall head: one class per target pad.
@@ -484,17 +494,14 @@ mod tests {
                 toml::from_str(preset.text).unwrap_or_else(|e| panic!("{}: {e}", preset.name));
             crate::model_cmd::load_model_config(&file.model)
                 .unwrap_or_else(|e| panic!("{}: model {}: {e:#}", preset.name, file.model));
-            let task = configs::task_preset(&file.task)
-                .unwrap_or_else(|| panic!("{}: no task {}", preset.name, file.task));
-            let mut task = TaskConfig::from_toml(task.text).expect("task");
-            if let Some(noise) = file.expert_noise {
-                task.expert_noise = noise;
-            }
-            if let Some(action) = file.action {
-                task.action = action;
-            }
-            task.validate()
-                .unwrap_or_else(|e| panic!("{}: {e}", preset.name));
+            assert!(
+                configs::task_preset(&file.task).is_some(),
+                "{}: no shipped task {}",
+                preset.name,
+                file.task
+            );
+            file.task_config()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", preset.name));
             file.optimizer
                 .validate()
                 .unwrap_or_else(|e| panic!("{}: {e}", preset.name));

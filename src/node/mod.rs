@@ -73,14 +73,22 @@ pub struct NodeSetup<B: Backend> {
     /// The image preprocessing the model was trained with (its checkpoint's, checked against
     /// its patch sizes).
     pub preprocess: PreprocessConfig,
-    /// What the model's actions command (its checkpoint's training task; joint velocities
-    /// for a checkpoint that does not say, or an untrained model). A simulator the node drives
-    /// must apply them in this space.
-    pub action: ::sim::ActionSpace,
     /// The task its checkpoint was trained on, when the checkpoint recorded it (task.toml).
     pub trained_task: Option<::sim::TaskConfig>,
     /// Where it runs.
     pub device: B::Device,
+}
+
+impl<B: Backend> NodeSetup<B> {
+    /// What the model's actions command: its checkpoint's training task's action space (joint
+    /// velocities for a checkpoint that does not say, or an untrained model). A simulator the
+    /// node drives must apply them in this space.
+    pub fn action(&self) -> ::sim::ActionSpace {
+        self.trained_task
+            .as_ref()
+            .map(|t| t.action)
+            .unwrap_or_default()
+    }
 }
 
 /// Loads the rig, and the model from `checkpoint` (or the config's checkpoint when it exists,
@@ -152,14 +160,12 @@ pub fn setup<B: Backend>(
     }
     let preprocess = crate::model_cmd::model_preprocess(dir.as_deref(), mc)?;
     let trained_task = crate::model_cmd::model_task(dir.as_deref())?;
-    let action = trained_task.as_ref().map(|t| t.action).unwrap_or_default();
     Ok((
         NodeSetup {
             config,
             rig,
             model,
             preprocess,
-            action,
             trained_task,
             device,
         },
