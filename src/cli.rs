@@ -195,6 +195,19 @@ pub enum Command {
   edgevla demo --episodes 2 --record run.mcap && edgevla demo --replay run.mcap
   edgevla demo --replay real.mcap --rate 1.0 --config my-rig-node.toml")]
     Demo(crate::node_cmd::DemoArgs),
+
+    /// Make a certificate authority and a certificate per role for the secure zenoh profile:
+    /// mutual TLS, and access control by certificate common name (configs/zenoh/secure-*.toml,
+    /// docs/security.md).
+    ///
+    /// Writes ca.pem, ca.key (keep it off the robot) and NAME.pem + NAME.key (owner-only) for
+    /// every role; never overwrites a file.
+    #[command(after_help = "Examples:
+  edgevla certs --out /etc/edgevla/certs
+  edgevla certs --out certs --name robot,sim --host robot.local,10.0.0.7 --days 90
+  edgevla certs --out certs --reuse-ca --name logger
+  edgevla node --zenoh-config configs/zenoh/secure-robot.toml")]
+    Certs(crate::certs_cmd::CertsArgs),
 }
 
 /// Arguments of `edgevla rope`.

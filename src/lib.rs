@@ -3,6 +3,7 @@
 //! and prints the result; nothing here is numeric code of its own.
 
 mod bench_cmd;
+mod certs_cmd;
 pub mod cli;
 mod device;
 mod eval_cmd;
@@ -42,6 +43,7 @@ pub fn run(cli: cli::Cli) -> Result<()> {
         cli::Command::Node(args) => node_cmd::node(&args, &mut std::io::stdout().lock()),
         cli::Command::Sim(args) => node_cmd::sim(&args, &mut std::io::stdout().lock()),
         cli::Command::Demo(args) => node_cmd::demo(&args, &mut std::io::stdout().lock()),
+        cli::Command::Certs(args) => certs_cmd::certs(&args, &mut std::io::stdout().lock()),
     }
 }
 

@@ -22,7 +22,9 @@ use transport::session::{Mode, SessionConfig, open};
 #[derive(Debug, Args)]
 pub struct ZenohArgs {
     /// Session config file (JSON or TOML with `mode`, `listen`, `connect`,
-    /// `multicast_scouting`); the flags below override it.
+    /// `multicast_scouting`, and `[tls]` / `[access_control]` for the secure profile:
+    /// configs/zenoh/secure-*.toml, certificate paths relative to the file); the flags below
+    /// override it.
     #[arg(long, value_name = "FILE")]
     pub zenoh_config: Option<PathBuf>,
 
@@ -54,12 +56,16 @@ impl ZenohArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                if path.extension().is_some_and(|e| e == "json") {
+                let mut cfg: SessionConfig = if path.extension().is_some_and(|e| e == "json") {
                     serde_json::from_str(&text)
                         .with_context(|| format!("parsing {}", path.display()))?
                 } else {
                     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
-                }
+                };
+                // certificate paths are relative to the file that names them
+                let dir = path.parent().unwrap_or_else(|| std::path::Path::new("."));
+                cfg.tls = cfg.tls.map(|t| t.relative_to(dir));
+                cfg
             }
             None => SessionConfig::default(),
         };

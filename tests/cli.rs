@@ -416,3 +416,95 @@ fn relative_checkpoints_are_found_in_edgevla_home() {
         text(&missing.stderr)
     );
 }
+
+/// `edgevla certs` writes a CA and the default roles (keys owner-only), refuses to overwrite
+/// them, adds a role with --reuse-ca, and every shipped zenoh profile (configs/zenoh/) loads
+/// with those certificates: the TOML ones through edgevla's session config (TLS files checked,
+/// access control rules cross-checked), the router's through zenoh's own config parser.
+#[test]
+fn certs_and_every_shipped_zenoh_profile_load() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let certs = tmp.path().join("certs");
+    let certs_arg = certs.to_str().unwrap_or_else(|| panic!("utf-8 path"));
+    let out = edgevla(&["certs", "--out", certs_arg], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for role in ["router", "robot", "driver", "sim", "operator", "observer"] {
+        assert!(text(&out.stdout).contains(&format!("CN={role}")));
+        for ext in ["pem", "key"] {
+            assert!(
+                certs.join(format!("{role}.{ext}")).is_file(),
+                "{role}.{ext}"
+            );
+        }
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(certs.join("robot.key"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .permissions()
+            .mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "a private key is readable by others: {mode:o}"
+        );
+    }
+    let again = edgevla(&["certs", "--out", certs_arg, "--name", "robot"], None);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("never overwritten"),
+        "{}",
+        text(&again.stderr)
+    );
+    let more = edgevla(
+        &[
+            "certs",
+            "--out",
+            certs_arg,
+            "--reuse-ca",
+            "--name",
+            "logger",
+        ],
+        None,
+    );
+    assert!(more.status.success(), "{}", text(&more.stderr));
+    assert!(certs.join("logger.pem").is_file());
+    let bad = edgevla(&["certs", "--out", certs_arg, "--name", "../x"], None);
+    assert!(!bad.status.success() && text(&bad.stderr).contains("--name"));
+
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/zenoh");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&shipped).unwrap_or_else(|e| panic!("{e}")) {
+        let path = entry.unwrap_or_else(|e| panic!("{e}")).path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let copy = tmp.path().join(&name);
+        std::fs::copy(&path, &copy).unwrap_or_else(|e| panic!("copy {name}: {e}"));
+        if name.ends_with(".toml") {
+            let cfg = edgevla::transport_cmd::ZenohArgs {
+                zenoh_config: Some(copy),
+                mode: None,
+                listen: vec![],
+                connect: vec![],
+                multicast_scouting: false,
+            }
+            .session_config()
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            let tls = cfg.tls.as_ref().unwrap_or_else(|| panic!("{name}: no TLS"));
+            assert!(tls.mutual && tls.certificate.starts_with(&certs), "{name}");
+            cfg.to_zenoh()
+                .unwrap_or_else(|e| panic!("{name}: zenoh refuses it: {e}"));
+        } else {
+            zenoh::Config::from_file(&copy).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        seen += 1;
+    }
+    assert_eq!(
+        seen, 5,
+        "the shipped profiles: robot, driver, sim, operator, router"
+    );
+}

@@ -435,7 +435,8 @@ enum Frames {
 }
 
 impl Robot {
-    fn start(&self, text: &str) {
+    /// Waits until the node subscribes to the cameras and joints.
+    fn wait_for_node(&self) {
         for c in &self.cams {
             c.wait_for_subscriber(Duration::from_secs(10))
                 .expect("node subscribed");
@@ -443,6 +444,10 @@ impl Robot {
         self.joints
             .wait_for_subscriber(Duration::from_secs(10))
             .expect("node subscribed");
+    }
+
+    fn start(&self, text: &str) {
+        self.wait_for_node();
         self.instruction
             .publish(&StringMsg { data: text.into() })
             .expect("instruction");
@@ -881,4 +886,115 @@ fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
         }
     });
     assert!(report.steps >= 12, "{}", report.steps);
+}
+
+/// The shipped secure profile (configs/zenoh/secure-*.toml with certificates from `edgevla
+/// certs`): the node acts for a driver over mutual TLS; an observer's instruction and the
+/// driver's own never reach it (its instruction counter stays 0 while the steps go on), the
+/// operator's does.
+#[test]
+#[serial]
+fn secure_profile_lets_only_the_operator_command_the_node() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_edgevla"))
+        .args(["certs", "--out"])
+        .arg(tmp.path().join("certs"))
+        .status()
+        .expect("run edgevla certs");
+    assert!(status.success());
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/zenoh");
+    for role in ["robot", "driver", "operator"] {
+        let name = format!("secure-{role}.toml");
+        std::fs::copy(shipped.join(&name), tmp.path().join(&name)).expect("copy config");
+    }
+    // a watch-only session: the operator's config with the observer's certificate
+    let observer = std::fs::read_to_string(tmp.path().join("secure-operator.toml"))
+        .expect("read")
+        .replace("certs/operator.", "certs/observer.");
+    std::fs::write(tmp.path().join("secure-observer.toml"), observer).expect("write");
+    let session_config = |role: &str, listen: Vec<String>, connect: Vec<String>| {
+        edgevla::transport_cmd::ZenohArgs {
+            zenoh_config: Some(tmp.path().join(format!("secure-{role}.toml"))),
+            mode: None,
+            listen,
+            connect,
+            multicast_scouting: false,
+        }
+        .session_config()
+        .expect("secure session config")
+    };
+    let checkpoint = tiny_checkpoint(tmp.path());
+    let (node, _) = setup::<B>(
+        node_config(ClockMode::Joints),
+        Some(&checkpoint),
+        Default::default(),
+    )
+    .expect("node setup");
+    let (node_session, endpoint) = (0..5)
+        .find_map(|_| {
+            let port = transport::session::free_local_port().expect("port");
+            let endpoint = format!("tls/127.0.0.1:{port}");
+            let cfg = session_config("robot", vec![endpoint.clone()], vec![]);
+            transport::session::open(&cfg).ok().map(|s| (s, endpoint))
+        })
+        .expect("node session on a TLS port");
+    let join = |role: &str| {
+        let s = transport::session::open(&session_config(role, vec![], vec![endpoint.clone()]))
+            .expect("session");
+        transport::session::wait_for_connections(&s, 1, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("{role} could not connect: {e}"));
+        s
+    };
+    let mut driver = robot(join("driver"));
+    let instruction_from = |session: &zenoh::Session| {
+        TopicPublisher::Native(
+            Publisher::declare(
+                session,
+                &KeySpace::new("robot", "edge").expect("keys").instruction(),
+                StreamClass::Bulk,
+            )
+            .expect("instruction publisher"),
+        )
+    };
+    let observer = join("observer");
+    let operator = join("operator");
+    let report = with_running_node(&node_session, &node, |monitor| {
+        driver.wait_for_node();
+        for (who, session) in [("observer", &observer), ("operator", &operator)] {
+            let p = instruction_from(session);
+            p.wait_for_subscriber(Duration::from_secs(10))
+                .unwrap_or_else(|e| panic!("{who} never saw the node's subscription: {e}"));
+            if who == "observer" {
+                p.publish(&StringMsg {
+                    data: "observer: reset".into(),
+                })
+                .expect("publish");
+                driver
+                    .instruction
+                    .publish(&StringMsg {
+                        data: "driver: reset".into(),
+                    })
+                    .expect("publish");
+                // the driver's frames and joints, sent after both, are acted on
+                for k in 0..4 {
+                    assert!(driver.step(k, Frames::All), "no action for step {k}");
+                }
+                let r = settled_report(monitor, |r| r.steps >= 4);
+                assert!(r.steps >= 4, "{r:?}");
+                assert_eq!(r.input.instructions, 0, "an instruction got through");
+            } else {
+                p.publish(&StringMsg {
+                    data: "operator: pick the red cup".into(),
+                })
+                .expect("publish");
+                let r = settled_report(monitor, |r| r.input.instructions == 1);
+                assert_eq!(
+                    r.input.instructions, 1,
+                    "the operator's instruction was lost"
+                );
+            }
+        }
+    });
+    assert_eq!(report.input.instructions, 1);
+    assert!(report.steps >= 4);
 }

@@ -32,6 +32,7 @@ pub mod recording;
 pub mod replay;
 pub mod ros2;
 pub mod rosbag2;
+pub mod security;
 pub mod session;
 
 pub use error::{Result, TransportError};

@@ -9,6 +9,7 @@ pub use zenoh::Session;
 use zenoh::Wait;
 
 use crate::error::{Result, TransportError};
+pub use crate::security::{AccessControl, TlsConfig};
 
 /// How the session joins the zenoh network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +54,14 @@ pub struct SessionConfig {
     /// Multicast scouting (off by default: discovery by explicit endpoints only).
     #[serde(default)]
     pub multicast_scouting: bool,
+    /// TLS on `tls/` endpoints: this session's certificate and key, the CA that signs the
+    /// others' (mutual authentication by default). See [`crate::security`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// zenoh access control: who may put, subscribe to or declare what, by the certificate
+    /// common name of the peer on the other end of each link. See [`crate::security`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_control: Option<AccessControl>,
 }
 
 fn default_listen() -> Vec<String> {
@@ -66,6 +75,8 @@ impl Default for SessionConfig {
             listen: default_listen(),
             connect: Vec::new(),
             multicast_scouting: false,
+            tls: None,
+            access_control: None,
         }
     }
 }
@@ -96,7 +107,7 @@ impl SessionConfig {
             mode: Mode::Client,
             listen: Vec::new(),
             connect: vec![endpoint.to_owned()],
-            multicast_scouting: false,
+            ..Self::default()
         }
     }
 
@@ -118,6 +129,26 @@ impl SessionConfig {
                     reason: "a client does not listen; leave it empty".into(),
                 });
             }
+        }
+        let uses_tls = self
+            .listen
+            .iter()
+            .chain(&self.connect)
+            .any(|e| e.starts_with("tls/"));
+        match &self.tls {
+            Some(tls) => tls.validate()?,
+            None if uses_tls => {
+                return Err(TransportError::Config {
+                    key: "session.tls",
+                    reason: "a tls/ endpoint needs a [tls] section (certificate, private key, \
+                             root CA)"
+                        .into(),
+                });
+            }
+            None => {}
+        }
+        if let Some(acl) = &self.access_control {
+            acl.validate()?;
         }
         Ok(())
     }
@@ -146,6 +177,14 @@ impl SessionConfig {
         )?;
         set(&mut cfg, "listen/endpoints", json_list(&self.listen))?;
         set(&mut cfg, "connect/endpoints", json_list(&self.connect))?;
+        if let Some(tls) = &self.tls {
+            for (key, value) in tls.zenoh_entries() {
+                set(&mut cfg, &key, value)?;
+            }
+        }
+        if let Some(acl) = &self.access_control {
+            set(&mut cfg, "access_control", acl.to_json5()?)?;
+        }
         Ok(cfg)
     }
 }
