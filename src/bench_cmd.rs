@@ -41,6 +41,30 @@ pub enum BenchCommand {
   edgevla bench step --threads 2 --full --csv out/step-cpu.csv     # with MATMUL_NUM_THREADS=2
   edgevla bench step --device cuda:0 --iters 200 --full --csv out/step-h200.csv")]
     Step(StepArgs),
+
+    /// A long run: one lock-step episode of --steps simulator steps through the node over
+    /// loopback zenoh, with the 1-layer `soak` model whose KV budget (18,000 bytes) holds 4
+    /// frame-steps, so every step evicts one. Every 1,000 steps: process RSS, the window's step
+    /// latency p50/p99, cache bytes. Verdicts: RSS flat (within ±5% of its median after the
+    /// first tenth), cache never over budget; exits with an error when either fails.
+    #[command(after_help = "Examples:
+  edgevla bench soak                       # 100,000 steps, ~5 min on 2 cores
+  edgevla bench soak --steps 5000 --json")]
+    Soak(SoakArgs),
+}
+
+/// Arguments of `edgevla bench soak`.
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// Simulator steps (one episode; at least 2,000).
+    #[arg(long, default_value_t = 100_000)]
+    pub steps: u64,
+    /// Print the report as JSON (every sample included) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// Arguments of `edgevla bench step`.
@@ -151,7 +175,85 @@ struct Row {
 pub(crate) fn bench(args: &BenchArgs, out: &mut impl Write) -> Result<()> {
     match &args.command {
         BenchCommand::Step(step) => bench_step(step, out),
+        BenchCommand::Soak(soak) => bench_soak(soak, out),
     }
+}
+
+fn bench_soak(args: &SoakArgs, out: &mut impl Write) -> Result<()> {
+    use crate::node::soak::{RSS_TOLERANCE, run_soak};
+    let shutdown = crate::transport_cmd::shutdown_flag()?;
+    let mut bar = crate::progress::bar(args.steps, "soak", args.quiet);
+    let report = run_soak(args.steps, &shutdown, &mut |p| {
+        let c = &p.node.cache;
+        bar.step(
+            p.sim_steps,
+            &format!(
+                "cache {}/{} B, {} evicted, over budget {}",
+                c.bytes, c.budget, c.frames_evicted, c.over_budget_steps
+            ),
+        );
+    })?;
+    bar.finish();
+    let mib = |b: u64| b as f64 / 1_048_576.0;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        writeln!(
+            out,
+            "soak: {} steps in {:.0} s ({} model steps, {} frame-steps evicted)",
+            report.steps, report.seconds, report.model_steps, report.frames_evicted
+        )?;
+        writeln!(
+            out,
+            "| steps | RSS (MiB) | step p50 (ms) | step p99 (ms) | cache (B) |"
+        )?;
+        writeln!(out, "|---|---|---|---|---|")?;
+        let every = (report.samples.len() / 10).max(1);
+        for (i, s) in report.samples.iter().enumerate() {
+            if i % every == 0 || i + 1 == report.samples.len() {
+                writeln!(
+                    out,
+                    "| {} | {:.1} | {:.2} | {:.2} | {} |",
+                    s.steps,
+                    mib(s.rss_bytes),
+                    s.step_p50_ms,
+                    s.step_p99_ms,
+                    s.cache_bytes
+                )?;
+            }
+        }
+        writeln!(
+            out,
+            "RSS first {:.1} / last {:.1} / max {:.1} MiB; after warm-up within {:.1}% of its median (flat: {}, tolerance {:.0}%)",
+            mib(report.rss_first),
+            mib(report.rss_last),
+            mib(report.rss_max),
+            100.0 * report.rss_deviation,
+            report.rss_flat,
+            100.0 * RSS_TOLERANCE
+        )?;
+        writeln!(
+            out,
+            "step p99: first window {:.2} ms, last {:.2} ms, max {:.2} ms",
+            report.p99_first_ms, report.p99_last_ms, report.p99_max_ms
+        )?;
+        writeln!(
+            out,
+            "KV cache: max {} of {} bytes, {} steps over budget (within budget: {})",
+            report.cache_max_bytes,
+            report.budget_bytes,
+            report.over_budget_steps,
+            report.within_budget
+        )?;
+    }
+    if !report.rss_flat || !report.within_budget {
+        bail!(
+            "soak failed: RSS flat {}, within budget {}",
+            report.rss_flat,
+            report.within_budget
+        );
+    }
+    Ok(())
 }
 
 fn bench_step(args: &StepArgs, out: &mut impl Write) -> Result<()> {

@@ -508,3 +508,30 @@ fn certs_and_every_shipped_zenoh_profile_load() {
         "the shipped profiles: robot, driver, sim, operator, router"
     );
 }
+
+/// `edgevla bench soak` (short): one lock-step episode through the node with eviction at every
+/// step; RSS flat after warm-up and the cache never over budget (the verdicts the full 100,000-step
+/// run reports in the README), a sample per 1,000 steps.
+#[test]
+fn bench_soak_short_run_stays_flat_and_within_budget() {
+    let out = edgevla(
+        &["bench", "soak", "--steps", "3000", "--json", "--quiet"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("JSON: {e}"));
+    assert_eq!(report["steps"], 3000);
+    assert_eq!(report["samples"].as_array().map(Vec::len), Some(3));
+    assert_eq!(report["over_budget_steps"], 0);
+    assert_eq!(report["within_budget"], true);
+    assert_eq!(report["rss_flat"], true, "{report}");
+    let evicted = report["frames_evicted"].as_u64().unwrap_or(0);
+    assert!(evicted >= 2990, "evicted {evicted}: not every step evicted");
+    let budget = report["budget_bytes"].as_u64().unwrap_or(0);
+    let max = report["cache_max_bytes"].as_u64().unwrap_or(u64::MAX);
+    assert!(budget == 18_000 && max <= budget, "{max} of {budget}");
+    let too_short = edgevla(&["bench", "soak", "--steps", "10"], None);
+    assert!(!too_short.status.success());
+    assert!(text(&too_short.stderr).contains("at least 2000"));
+}

@@ -57,8 +57,27 @@ pub struct Rss {
     pub end: u64,
     /// Largest sample (one per episode and one per 1000 steps).
     pub max: u64,
-    /// `(simulator steps, bytes)` every 1000 steps.
-    pub trace: Vec<(u64, u64)>,
+    /// One sample every [`TRACE_WINDOW`] simulator steps.
+    pub trace: Vec<WindowSample>,
+}
+
+/// Simulator steps per [`WindowSample`].
+pub const TRACE_WINDOW: u64 = 1000;
+
+/// The state of a run after a window of [`TRACE_WINDOW`] simulator steps.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WindowSample {
+    /// Simulator steps so far.
+    pub steps: u64,
+    /// Process resident set size, bytes.
+    pub rss_bytes: u64,
+    /// Wall time per simulator step in this window (render + encode + publish, the node's
+    /// step, the action back), median and 99th percentile, milliseconds.
+    pub step_p50_ms: f64,
+    /// See `step_p50_ms`.
+    pub step_p99_ms: f64,
+    /// The node's KV cache bytes after the window's last step.
+    pub cache_bytes: u64,
 }
 
 /// What a demo run produced.
@@ -147,21 +166,38 @@ pub fn run_demo<B: Backend>(
             None => None,
         };
         let state = Mutex::new(DemoProgress::default());
+        // wall time per simulator step over the current window, microseconds
+        let mut window = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)
+            .map_err(|e| anyhow!("latency histogram: {e}"))?;
+        let mut last_step = Instant::now();
         let sim_clock = SystemClock::new();
         let stop_both = || shutdown.load(Ordering::SeqCst);
         let sim_result = {
             let mut on_step = |_episode: u64, _t: usize| {
                 let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
                 s.sim_steps += 1;
-                if s.sim_steps % 1000 == 0 {
+                let now = Instant::now();
+                let micros =
+                    u64::try_from(now.duration_since(last_step).as_micros()).unwrap_or(u64::MAX);
+                window.saturating_record(micros.max(1));
+                last_step = now;
+                s.node = monitor.report();
+                if s.sim_steps % TRACE_WINDOW == 0 {
                     let rss = rss_bytes().unwrap_or(0);
                     rss_max.fetch_max(rss, Ordering::Relaxed);
+                    let ms = |q: f64| window.value_at_quantile(q) as f64 / 1000.0;
                     rss_trace
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .push((s.sim_steps, rss));
+                        .push(WindowSample {
+                            steps: s.sim_steps,
+                            rss_bytes: rss,
+                            step_p50_ms: ms(0.5),
+                            step_p99_ms: ms(0.99),
+                            cache_bytes: s.node.cache.bytes,
+                        });
+                    window.reset();
                 }
-                s.node = monitor.report();
                 progress(&s);
                 if stop_both() {
                     sim_stop.store(true, Ordering::SeqCst);
@@ -528,7 +564,7 @@ pub fn summary_table(o: &DemoOutcome) -> String {
             .rss
             .trace
             .iter()
-            .map(|(_, b)| format!("{:.1}", *b as f64 / 1048576.0))
+            .map(|w| format!("{:.1}", w.rss_bytes as f64 / 1048576.0))
             .collect();
         let _ = writeln!(out, "RSS every 1000 steps (MiB): {}", samples.join(" "));
     }

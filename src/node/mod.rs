@@ -36,6 +36,7 @@
 pub mod config;
 pub mod demo;
 pub mod sim;
+pub mod soak;
 pub mod stats;
 
 use std::collections::VecDeque;
