@@ -81,8 +81,10 @@ pub fn run_soak(
     config.kv_cache = None; // the soak model's own: 4 frame-steps
     config.clock = ClockMode::Joints;
     let (node, source) = setup::<NdArray<f32>>(config, None, Default::default())?;
-    let mut task = sim::TaskConfig::default();
-    task.episode_steps = usize::try_from(steps)?;
+    let task = sim::TaskConfig {
+        episode_steps: usize::try_from(steps)?,
+        ..sim::TaskConfig::default()
+    };
     task.validate()?;
     let mut options = SimOptions::new(&node.config.robot_id, task, 1);
     options.prefix.clone_from(&node.config.prefix);
