@@ -22,7 +22,7 @@ use transport::msg::{
 };
 use transport::pubsub::{Subscriber, SubscriberConfig};
 use transport::recording::{RecordedMessage, Recording, parse_recording};
-use transport::session::{SessionConfig, free_local_port, open};
+use transport::session::listening_peer;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -534,8 +534,7 @@ fn imported_recording_replays_over_zenoh() -> Result<()> {
     let out = tmp.path().join("g1.mcap");
     import_ok(&["--from", s(&data.join("g1_pick_bottle")), "--out", s(&out)])?;
     let rec = parse_recording(&std::fs::read(&out)?)?;
-    let port = free_local_port()?;
-    let session = open(&SessionConfig::peer_listening(port))?;
+    let (session, port) = listening_peer()?;
     let config = SubscriberConfig {
         ring_capacity: 1024,
         ..SubscriberConfig::default()

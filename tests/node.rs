@@ -206,7 +206,7 @@ fn sim_drives_node_closed_loop_over_loopback() {
 }
 
 /// A recorded demo replayed stepped into a fresh node twice gives byte-identical action
-/// messages.
+/// messages, equal to the live run's whenever the live node took every step from fresh inputs.
 #[test]
 #[serial]
 fn replayed_demo_gives_byte_identical_actions() {
@@ -258,9 +258,35 @@ fn replayed_demo_gives_byte_identical_actions() {
         a.actions == b.actions,
         "two replays published different action bytes"
     );
-    // Equality with the live run's recorded actions held in most runs but not all under load
-    // (open: see the README); the replays themselves must be identical.
+    // The live run equals its replay when the live node assembled every step from the same
+    // inputs the replay feeds: every camera's frame matched fresh and the joint state current.
+    // Under load the live node can take a step before one of its frames was drained from the
+    // subscriber (held from the previous step or masked), while the recording has the frame
+    // before the joint state and the stepped replay feeds it first; such a step's input differs,
+    // so do its actions. So: equal unless the live node counted such a step.
+    let inexact = |r: &NodeReport| {
+        let i = &r.input;
+        i.cameras.iter().map(|c| c.held + c.missing).sum::<u64>()
+            + i.proprio_stale
+            + i.steps_superseded
+    };
+    assert_eq!(
+        inexact(&a.node),
+        0,
+        "the stepped replay itself held or masked an input"
+    );
     assert_eq!(recorded_actions.len(), a.actions.len());
+    if inexact(&live.node) == 0 {
+        assert!(
+            recorded_actions == a.actions,
+            "the live run (every input fresh) and its replay published different actions"
+        );
+    } else {
+        eprintln!(
+            "live run under load: {} steps with a held/masked/stale input; live vs replay not compared",
+            inexact(&live.node)
+        );
+    }
     // Not vacuous: the chunks differ from step to step.
     assert_ne!(a.actions[3], a.actions[4]);
 }
@@ -455,6 +481,11 @@ impl Robot {
 
     /// Publishes step `k` (stamp START + k·period) and waits for the node's action for it.
     fn step(&mut self, k: u64, frames: Frames) -> bool {
+        self.step_within(k, frames, Duration::from_secs(20))
+    }
+
+    /// [`Self::step`], waiting at most `timeout` for the action.
+    fn step_within(&mut self, k: u64, frames: Frames, timeout: Duration) -> bool {
         use zenoh::Wait;
         let stamp = START + k * self.period;
         let obs = self.sim.observe();
@@ -504,7 +535,7 @@ impl Robot {
                 effort: vec![],
             })
             .expect("joints");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if self.actions.lock().expect("lock").last() == Some(&stamp) {
                 if !self.sim.is_last() {
@@ -889,12 +920,26 @@ fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
 }
 
 /// The shipped secure profile (configs/zenoh/secure-*.toml with certificates from `edgevla
-/// certs`): the node acts for a driver over mutual TLS; an observer's instruction and the
-/// driver's own never reach it (its instruction counter stays 0 while the steps go on), the
-/// operator's does.
+/// certs`), peer to peer: the node acts for a driver over mutual TLS; an observer's instruction
+/// and the driver's own never reach it (its instruction counter stays 0 while the steps go on),
+/// the operator's does.
 #[test]
 #[serial]
 fn secure_profile_lets_only_the_operator_command_the_node() {
+    secure_profile(false);
+}
+
+/// The same through a zenohd router started with the shipped `router-secure.json5`, every
+/// session a client of it: the router applies the per-role rules.
+#[test]
+#[serial]
+fn secure_router_profile_lets_only_the_operator_command_the_node() {
+    if zenohd().is_some() {
+        secure_profile(true);
+    }
+}
+
+fn secure_profile(through_router: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_edgevla"))
         .args(["certs", "--out"])
@@ -903,19 +948,24 @@ fn secure_profile_lets_only_the_operator_command_the_node() {
         .expect("run edgevla certs");
     assert!(status.success());
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/zenoh");
-    for role in ["robot", "driver", "operator"] {
-        let name = format!("secure-{role}.toml");
-        std::fs::copy(shipped.join(&name), tmp.path().join(&name)).expect("copy config");
+    for name in [
+        "secure-robot.toml",
+        "secure-driver.toml",
+        "secure-operator.toml",
+        "router-secure.json5",
+    ] {
+        std::fs::copy(shipped.join(name), tmp.path().join(name)).expect("copy config");
     }
     // a watch-only session: the operator's config with the observer's certificate
     let observer = std::fs::read_to_string(tmp.path().join("secure-operator.toml"))
         .expect("read")
         .replace("certs/operator.", "certs/observer.");
     std::fs::write(tmp.path().join("secure-observer.toml"), observer).expect("write");
-    let session_config = |role: &str, listen: Vec<String>, connect: Vec<String>| {
+    let dir = tmp.path().to_path_buf();
+    let session_config = move |role: &str, listen: Vec<String>, connect: Vec<String>| {
         edgevla::transport_cmd::ZenohArgs {
-            zenoh_config: Some(tmp.path().join(format!("secure-{role}.toml"))),
-            mode: None,
+            zenoh_config: Some(dir.join(format!("secure-{role}.toml"))),
+            mode: through_router.then_some(transport::session::Mode::Client),
             listen,
             connect,
             multicast_scouting: false,
@@ -930,14 +980,33 @@ fn secure_profile_lets_only_the_operator_command_the_node() {
         Default::default(),
     )
     .expect("node setup");
-    let (node_session, endpoint) = (0..5)
-        .find_map(|_| {
-            let port = transport::session::free_local_port().expect("port");
-            let endpoint = format!("tls/127.0.0.1:{port}");
-            let cfg = session_config("robot", vec![endpoint.clone()], vec![]);
-            transport::session::open(&cfg).ok().map(|s| (s, endpoint))
-        })
-        .expect("node session on a TLS port");
+    let mut _router = None;
+    let (node_session, endpoint) = if through_router {
+        let zenohd = zenohd().expect("zenohd");
+        let probe_config = session_config.clone();
+        let router = transport::zenohd::Router::start_with(
+            &zenohd,
+            "tls",
+            &["-c", "router-secure.json5"],
+            Some(tmp.path()),
+            move |endpoint| probe_config("operator", vec![], vec![endpoint.to_owned()]),
+        )
+        .expect("secure zenohd");
+        let endpoint = router.endpoint().to_owned();
+        _router = Some(router);
+        let cfg = session_config("robot", vec![], vec![endpoint.clone()]);
+        let s = transport::session::open(&cfg).expect("node session");
+        (s, endpoint)
+    } else {
+        (0..5)
+            .find_map(|_| {
+                let port = transport::session::free_local_port().expect("port");
+                let endpoint = format!("tls/127.0.0.1:{port}");
+                let cfg = session_config("robot", vec![endpoint.clone()], vec![]);
+                transport::session::open(&cfg).ok().map(|s| (s, endpoint))
+            })
+            .expect("node session on a TLS port")
+    };
     let join = |role: &str| {
         let s = transport::session::open(&session_config(role, vec![], vec![endpoint.clone()]))
             .expect("session");
@@ -997,4 +1066,84 @@ fn secure_profile_lets_only_the_operator_command_the_node() {
     });
     assert_eq!(report.input.instructions, 1);
     assert!(report.steps >= 4);
+}
+
+/// The `zenohd` for the router tests; `None` (skipped with a notice) when missing, unless
+/// `EDGEVLA_REQUIRE_ZENOHD=1` (CI).
+fn zenohd() -> Option<PathBuf> {
+    let found = transport::zenohd::find();
+    if found.is_none() {
+        assert!(
+            std::env::var("EDGEVLA_REQUIRE_ZENOHD").as_deref() != Ok("1"),
+            "EDGEVLA_REQUIRE_ZENOHD=1 but zenohd is not found"
+        );
+        eprintln!("SKIP: zenohd not found (cargo install zenohd --version 1.10.2 --locked)");
+    }
+    found
+}
+
+/// The node in client mode behind a zenohd router that is killed and started again on the
+/// same port: the node counts the lost link and its return in its status, and acts again for
+/// the robot (also a client) soon after the router is back.
+#[test]
+#[serial]
+fn node_acts_again_after_a_router_restart() {
+    let Some(zenohd) = zenohd() else {
+        return;
+    };
+    let mut router = transport::zenohd::Router::start(&zenohd).expect("zenohd");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let checkpoint = tiny_checkpoint(tmp.path());
+    let (node, _) = setup::<B>(
+        node_config(ClockMode::Joints),
+        Some(&checkpoint),
+        Default::default(),
+    )
+    .expect("node setup");
+    let client = || {
+        let s = transport::session::open(&transport::session::SessionConfig::client(
+            router.endpoint(),
+        ))
+        .expect("client session");
+        transport::session::wait_for_connections(&s, 1, Duration::from_secs(10))
+            .expect("connected to the router");
+        s
+    };
+    let node_session = client();
+    let mut driver = robot(client());
+    let mut back_to_action = Duration::ZERO;
+    let report = with_running_node(&node_session, &node, |monitor| {
+        driver.start("pick the red cup");
+        for k in 0..3 {
+            assert!(driver.step(k, Frames::All), "no action for step {k}");
+        }
+        router.stop();
+        let lost = settled_report(monitor, |r| r.links.lost == 1);
+        assert_eq!(
+            lost.links.lost, 1,
+            "the node did not notice the router going"
+        );
+        assert_eq!(lost.links.routers, 0);
+        router
+            .restart(Duration::from_secs(10))
+            .expect("router back");
+        let back = Instant::now();
+        let mut k = 3;
+        while !driver.step_within(k, Frames::All, Duration::from_millis(100)) {
+            assert!(
+                back.elapsed() < Duration::from_secs(10),
+                "no action within 10 s of the router being back"
+            );
+            k += 1;
+        }
+        back_to_action = back.elapsed();
+        let r = settled_report(monitor, |r| r.links.regained == 1);
+        assert_eq!((r.links.lost, r.links.regained, r.links.routers), (1, 1, 1));
+    });
+    eprintln!("router back → first action: {back_to_action:?}");
+    assert!(
+        back_to_action < Duration::from_secs(5),
+        "{back_to_action:?} from the router being back to the node's next action"
+    );
+    assert_eq!(report.links.lost, 1);
 }

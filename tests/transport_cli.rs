@@ -13,7 +13,7 @@ use transport::msg::{AnyMessage, CompressedImage, Header, JointState, Time, enco
 use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberConfig};
 use transport::recording::parse_recording;
 use transport::replay::request_step;
-use transport::session::{Session, SessionConfig, free_local_port, open, wait_for_connections};
+use transport::session::{Session, listening_peer, wait_for_connections};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -64,17 +64,17 @@ fn joints(i: i32) -> JointState {
     }
 }
 
-/// Runs `edgevla record` listening on a fresh port, publishes 5 frames + 5 joint states to
+/// Runs `edgevla record` connected to this process's session (which listens: no port is
+/// probed and released for another process to bind), publishes 5 frames + 5 joint states to
 /// it, and returns the recorder's stdout.
 fn record_to(path: &Path, extra: &[&str], stop_with_sigint: bool) -> Result<String> {
-    let port = free_local_port()?;
+    let (session, port) = listening_peer()?;
     let mut cmd = edgevla();
     cmd.args(["record", "--select", "robot/a/**", "--out"])
         .arg(path)
-        .args(["--listen", &format!("tcp/127.0.0.1:{port}")])
+        .args(["--connect", &format!("tcp/127.0.0.1:{port}")])
         .args(extra);
     let child = cmd.spawn()?;
-    let session = open(&SessionConfig::peer_connecting(port))?;
     wait_for_connections(&session, 1, TIMEOUT)?;
     let cam =
         Publisher::<CompressedImage>::declare(&session, "robot/a/cam/front", StreamClass::Frames)?;
@@ -153,8 +153,7 @@ fn record_finishes_the_file_on_sigint() -> Result<()> {
 /// Subscribes on a fresh port to robot/b/**, runs `edgevla replay` with `args` against it,
 /// and returns the subscriber, its session and the child.
 fn replay_into(path: &Path, args: &[&str]) -> Result<(Subscriber, Session, Child)> {
-    let port = free_local_port()?;
-    let session = open(&SessionConfig::peer_listening(port))?;
+    let (session, port) = listening_peer()?;
     let config = SubscriberConfig {
         ring_capacity: 64,
         ..SubscriberConfig::default()
@@ -317,13 +316,10 @@ fn bad_flags_are_errors() -> Result<()> {
 #[test]
 fn session_config_file_is_read_and_checked() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let port = free_local_port()?;
     let good = dir.path().join("zenoh.toml");
     std::fs::write(
         &good,
-        format!(
-            "mode = \"peer\"\nlisten = [\"tcp/127.0.0.1:{port}\"]\nmulticast_scouting = false\n"
-        ),
+        "mode = \"peer\"\nlisten = [\"tcp/127.0.0.1:0\"]\nmulticast_scouting = false\n",
     )?;
     let out_path = dir.path().join("empty.mcap");
     let out = wait(

@@ -55,7 +55,7 @@ use transport::ros2::{Ros2Node, Ros2Publisher, TopicPublisher};
 use vision::{
     EncodedFrame, Encoding, PreprocessConfig, Rig, Slot, Step, StepAssembler, VisionPipeline,
 };
-use zenoh::Session;
+use zenoh::{Session, Wait};
 
 pub use config::{ClockMode, NodeConfig, Ros2Topics};
 pub use stats::{NodeReport, NodeState};
@@ -792,6 +792,9 @@ fn ros2_endpoints(
     })
 }
 
+/// How often the node samples its zenoh links ([`stats::LinkReport`]).
+const LINK_SAMPLE: Duration = Duration::from_millis(100);
+
 /// Runs the node on `session` until `shutdown` is set: subscribes to the robot's keys,
 /// publishes actions and status, and returns the final report. `monitor` is updated after
 /// every step and status.
@@ -890,6 +893,7 @@ pub fn run_node<B: Backend>(
             .spawn_scoped(scope, || ingest_loop(ingest, &subscriber, &stop_ingest))
             .context("spawning the ingest thread")?;
         let mut last_status = Instant::now();
+        let mut last_links: Option<Instant> = None;
         let mut steps_at_status = 0u64;
         let mut outcome = Ok(());
         while !shutdown.load(Ordering::SeqCst) {
@@ -924,6 +928,19 @@ pub fn run_node<B: Backend>(
                 tracing::warn!("no frame-step for {:?}: stalled", stall_after);
             }
             inf.report.state = state;
+            if last_links.is_none_or(|t| now - t >= LINK_SAMPLE) {
+                let info = session.info();
+                let routers = info.routers_zid().wait().count();
+                let peers = info.peers_zid().wait().count();
+                let before = inf.report.links.clone();
+                inf.report.links.sample(routers, peers);
+                if inf.report.links.lost > before.lost {
+                    tracing::warn!("lost every zenoh link (router or peers); waiting for them");
+                } else if inf.report.links.regained > before.regained {
+                    tracing::info!(routers, peers, "zenoh links back");
+                }
+                last_links = Some(now);
+            }
             let status_due = now - last_status >= status_every;
             if stepped || status_due {
                 let ingest_counters = counters

@@ -14,7 +14,9 @@ use super::demo::{DemoProgress, TRACE_WINDOW, WindowSample, run_demo};
 use super::sim::SimOptions;
 use super::{ClockMode, NodeConfig, setup};
 
-/// RSS after warm-up may move this much (fraction) around its median and still be flat.
+/// RSS is flat when the median of the last quarter of the after-warm-up samples is within this
+/// fraction of the median of their first quarter: a leak is a trend, while a single sample may
+/// spike (an allocator keeping a freed buffer a while) without one.
 pub const RSS_TOLERANCE: f64 = 0.05;
 
 /// What a soak run measured.
@@ -36,6 +38,9 @@ pub struct SoakReport {
     pub rss_max: u64,
     /// Largest deviation of an after-warm-up RSS sample from their median, as a fraction.
     pub rss_deviation: f64,
+    /// Median RSS of the last quarter of the after-warm-up samples relative to that of their
+    /// first quarter, minus one: the trend [`RSS_TOLERANCE`] bounds.
+    pub rss_growth: f64,
     /// Step latency p99 of the first after-warm-up window and of the last, and the largest
     /// window p99, milliseconds.
     pub p99_first_ms: f64,
@@ -96,13 +101,15 @@ pub fn run_soak(
     }
     let warmup_samples = (samples.len() / 10).max(1);
     let steady = &samples[warmup_samples..];
-    let mut rss: Vec<u64> = steady.iter().map(|s| s.rss_bytes).collect();
-    rss.sort_unstable();
-    let median = rss[rss.len() / 2] as f64;
+    let rss: Vec<u64> = steady.iter().map(|s| s.rss_bytes).collect();
+    let median = median_bytes(&rss);
     let rss_deviation = rss
         .iter()
         .map(|&r| (r as f64 - median).abs() / median)
         .fold(0.0, f64::max);
+    let quarter = rss.len().div_ceil(4);
+    let rss_growth =
+        median_bytes(&rss[rss.len() - quarter..]) / median_bytes(&rss[..quarter]) - 1.0;
     let cache = &outcome.node.cache;
     let report = SoakReport {
         steps: steps_run,
@@ -112,6 +119,7 @@ pub fn run_soak(
         rss_last: samples[samples.len() - 1].rss_bytes,
         rss_max: outcome.rss.max,
         rss_deviation,
+        rss_growth,
         p99_first_ms: steady[0].step_p99_ms,
         p99_last_ms: steady[steady.len() - 1].step_p99_ms,
         p99_max_ms: steady.iter().map(|s| s.step_p99_ms).fold(0.0, f64::max),
@@ -120,9 +128,16 @@ pub fn run_soak(
         over_budget_steps: cache.over_budget_steps,
         frames_evicted: cache.frames_evicted,
         model_steps: outcome.node.steps,
-        rss_flat: median > 0.0 && rss_deviation <= RSS_TOLERANCE,
+        rss_flat: median > 0.0 && rss_growth.abs() <= RSS_TOLERANCE,
         within_budget: cache.over_budget_steps == 0 && cache.max_bytes <= cache.budget,
         samples,
     };
     Ok(report)
+}
+
+/// The median of `bytes` (upper middle), as a float.
+fn median_bytes(bytes: &[u64]) -> f64 {
+    let mut sorted = bytes.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len() / 2).map_or(0.0, |&b| b as f64)
 }

@@ -251,6 +251,37 @@ pub struct NodeReport {
     pub cache: CacheReport,
     /// Inputs.
     pub input: InputReport,
+    /// zenoh links.
+    pub links: LinkReport,
+}
+
+/// The node's zenoh links (sampled every 100 ms): a router or the robot's peers lost and
+/// found again.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LinkReport {
+    /// Routers connected now (client mode: 0 or 1).
+    pub routers: usize,
+    /// Peers connected now.
+    pub peers: usize,
+    /// Times the node went from some link to none (a router restart, the robot's process gone).
+    pub lost: u64,
+    /// Times it went from none back to some, after a loss.
+    pub regained: u64,
+}
+
+impl LinkReport {
+    /// Takes a new sample of the link counts and counts a loss or a regain.
+    pub fn sample(&mut self, routers: usize, peers: usize) {
+        let was = self.routers + self.peers > 0;
+        let is = routers + peers > 0;
+        if was && !is {
+            self.lost += 1;
+        } else if !was && is && self.lost > self.regained {
+            self.regained += 1;
+        }
+        self.routers = routers;
+        self.peers = peers;
+    }
 }
 
 /// Resident set size of this process in bytes (the `memory-stats` crate: the OS's own count,

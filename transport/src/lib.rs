@@ -34,5 +34,6 @@ pub mod ros2;
 pub mod rosbag2;
 pub mod security;
 pub mod session;
+pub mod zenohd;
 
 pub use error::{Result, TransportError};

@@ -54,6 +54,11 @@ pub struct SessionConfig {
     /// Multicast scouting (off by default: discovery by explicit endpoints only).
     #[serde(default)]
     pub multicast_scouting: bool,
+    /// Longest wait between tries to (re)connect a `connect` endpoint, milliseconds (first
+    /// try after 100 ms, doubling up to this): a client whose router restarts is back within
+    /// this of the router (zenoh's own default is 4,000).
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
     /// TLS on `tls/` endpoints: this session's certificate and key, the CA that signs the
     /// others' (mutual authentication by default). See [`crate::security`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -62,6 +67,10 @@ pub struct SessionConfig {
     /// common name of the peer on the other end of each link. See [`crate::security`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_control: Option<AccessControl>,
+}
+
+fn default_reconnect_max_ms() -> u64 {
+    500
 }
 
 fn default_listen() -> Vec<String> {
@@ -75,6 +84,7 @@ impl Default for SessionConfig {
             listen: default_listen(),
             connect: Vec::new(),
             multicast_scouting: false,
+            reconnect_max_ms: default_reconnect_max_ms(),
             tls: None,
             access_control: None,
         }
@@ -177,6 +187,15 @@ impl SessionConfig {
         )?;
         set(&mut cfg, "listen/endpoints", json_list(&self.listen))?;
         set(&mut cfg, "connect/endpoints", json_list(&self.connect))?;
+        let max = self.reconnect_max_ms.max(1);
+        set(
+            &mut cfg,
+            "connect/retry",
+            format!(
+                "{{period_init_ms: {}, period_max_ms: {max}, period_increase_factor: 2}}",
+                max.min(100)
+            ),
+        )?;
         if let Some(tls) = &self.tls {
             for (key, value) in tls.zenoh_entries() {
                 set(&mut cfg, &key, value)?;

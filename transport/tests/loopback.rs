@@ -22,9 +22,7 @@ use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberConfig, Su
 use transport::record::{McapRecorder, RecordLimits, RecorderConfig, record_session};
 use transport::recording::{open_recording, parse_recording};
 use transport::replay::{Rate, Remap, Replayer, SteppedReplay};
-use transport::session::{
-    SessionConfig, free_local_port, listening_peer, open, wait_for_connections,
-};
+use transport::session::{SessionConfig, listening_peer, open, wait_for_connections};
 use zenoh::{Session, Wait};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -878,17 +876,10 @@ fn edgevla_mcap_reads_back_equal_in_python_mcap_ros2() -> Result<()> {
 
 // ---------------------------------------------------------------- through a zenohd router
 
-/// The `zenohd` to use: `$ZENOHD`, or `zenohd` on PATH. `None` (with a notice) when missing,
+/// The `zenohd` to use ([`transport::zenohd::find`]). `None` (with a notice) when missing,
 /// unless `EDGEVLA_REQUIRE_ZENOHD=1` (CI sets it after `cargo install zenohd`).
 fn zenohd() -> Result<Option<PathBuf>> {
-    let path = std::env::var_os("ZENOHD").map_or_else(|| PathBuf::from("zenohd"), PathBuf::from);
-    let ok = Command::new(&path)
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
+    if let Some(path) = transport::zenohd::find() {
         return Ok(Some(path));
     }
     if std::env::var("EDGEVLA_REQUIRE_ZENOHD").is_ok_and(|v| v == "1") {
@@ -898,41 +889,14 @@ fn zenohd() -> Result<Option<PathBuf>> {
     Ok(None)
 }
 
-/// Kills the router when the test ends, pass or fail.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn clients_talk_through_a_zenohd_router() -> Result<()> {
     let Some(zenohd) = zenohd()? else {
         return Ok(());
     };
-    let port = free_local_port()?;
-    let endpoint = format!("tcp/127.0.0.1:{port}");
-    let _router = KillOnDrop(
-        Command::new(zenohd)
-            .args(["--listen", &endpoint, "--no-multicast-scouting"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    // Clients retry until the router listens.
-    let open_client = || -> Result<Session> {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            match open(&SessionConfig::client(&endpoint)) {
-                Ok(s) => return Ok(s),
-                Err(e) if Instant::now() > deadline => return Err(e.into()),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    };
+    let router = transport::zenohd::Router::start(&zenohd)?;
+    let open_client =
+        || open(&SessionConfig::client(router.endpoint())).map_err(anyhow::Error::from);
     let a = open_client()?;
     let b = open_client()?;
     let ks = KeySpace::new("robot", "r1")?;
