@@ -1,4 +1,4 @@
-//! Fuzzes `vision::decode` on every encoding, then preprocesses whatever decodes.
+//! Camera frames: `vision::decode` on every encoding, then preprocessing of whatever decodes.
 //!
 //! Input layout: byte 0 picks the encoding, bytes 1..7 give width, height (u16 LE each) and a
 //! row step (u16 LE), the rest is the frame's data. Decoding must return a value (image or
