@@ -117,12 +117,12 @@ fn main() -> Result<()> {
     }
 
     // MCAP: a small recording of every message kind
-    let mut recorder = McapRecorder::new(Vec::new(), RecorderConfig::default())?;
+    let mut recorder = McapRecorder::new(std::io::Cursor::new(Vec::new()), RecorderConfig::default())?;
     for (i, (kind, bytes)) in messages.iter().enumerate() {
         recorder.write_typed(&format!("robot/r/k{i}"), *kind, bytes, 1_000 + i as u64)?;
     }
     let (_, mcap) = recorder.finish()?;
-    write("mcap", "all-kinds", &mcap)?;
+    write("mcap", "all-kinds", mcap.get_ref())?;
 
     // ROS 2: an attachment and a data key
     let attachment = Attachment {
