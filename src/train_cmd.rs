@@ -87,6 +87,11 @@ pub struct TrainArgs {
 struct TrainState {
     /// Optimizer steps done.
     iterations_done: usize,
+    /// Length of the learning-rate schedule the run was started with (the config's
+    /// iterations or `--iterations`): `--resume` continues that schedule unless `--iterations`
+    /// names another. Absent in checkpoints written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule_iterations: Option<usize>,
 }
 
 const STATE_FILE: &str = "train_state.toml";
@@ -101,7 +106,7 @@ fn load_resume<B: AutodiffBackend>(
     dir: &std::path::Path,
     config: &runtime::model::VlaConfig,
     device: &B::Device,
-) -> Result<(runtime::model::Vla<B>, Resume<B>, String)> {
+) -> Result<(runtime::model::Vla<B>, Resume<B>, String, Option<usize>)> {
     let model = runtime::checkpoint::load::<B>(dir, Some(config), device)
         .with_context(|| format!("--resume {}", dir.display()))?;
     let state_path = dir.join(STATE_FILE);
@@ -119,6 +124,7 @@ fn load_resume<B: AutodiffBackend>(
             optimizer,
         },
         metrics,
+        state.schedule_iterations,
     ))
 }
 
@@ -302,7 +308,11 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     B::seed(&device, file.seed);
     let (model, resume, earlier_metrics) = match &args.resume {
         Some(dir) => {
-            let (model, resume, metrics) = load_resume::<B>(dir, &model_config, &device)?;
+            let (model, resume, metrics, schedule) =
+                load_resume::<B>(dir, &model_config, &device)?;
+            if let (None, Some(n)) = (args.iterations, schedule) {
+                optimizer.iterations = n;
+            }
             (model, Some(resume), metrics)
         }
         None => {
@@ -413,6 +423,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         .map_err(|e| anyhow::anyhow!("writing the optimizer state: {e}"))?;
     let state = toml::to_string(&TrainState {
         iterations_done: done,
+        schedule_iterations: Some(optimizer.iterations),
     })?;
     std::fs::write(args.out.join(STATE_FILE), state)
         .with_context(|| format!("writing {}", args.out.join(STATE_FILE).display()))?;

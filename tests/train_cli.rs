@@ -268,6 +268,22 @@ fn resume_continues_where_a_stopped_run_ended() {
     let run = train(&["--config", &config, "--time-limit", "0", "--out", &out("t")]);
     assert!(!run.status.success());
 
+    // A run whose schedule was set by --iterations (3 of the config's 4), stopped early:
+    // --resume without --iterations continues that schedule, not the config's.
+    let (short, short_done) = (out("short"), out("short_done"));
+    ok(train(&[
+        "--config",
+        &config,
+        "--iterations",
+        "3",
+        "--time-limit",
+        "1e-9",
+        "--out",
+        &short,
+    ]));
+    ok(train(&["--resume", &short, "--out", &short_done]));
+    assert_eq!(losses(&short_done).len(), 3, "resumed past its own schedule");
+
     // --init starts from a checkpoint's weights with a fresh schedule: the same architecture
     // only, and not together with --resume.
     let (init, again) = (out("init"), out("again"));

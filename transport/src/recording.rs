@@ -159,10 +159,29 @@ impl Walker {
     }
 }
 
+/// The most a chunk may hold uncompressed. The reader allocates a chunk's declared size before
+/// decompressing it, so a corrupt or hostile size must not reach the allocator (found by the
+/// `mcap` fuzz target: a chunk declaring 279 GB aborted the process).
+pub const MAX_CHUNK_BYTES: u64 = 1 << 30;
+
+/// zstd cannot expand more than this (a 128 KiB block from a 4-byte RLE block).
+const ZSTD_MAX_RATIO: u64 = 32_768;
+
 fn decompress(compression: &str, data: &[u8], uncompressed_size: u64) -> Result<Vec<u8>> {
     match compression {
         "" => Ok(data.to_vec()),
         "zstd" => {
+            let possible = (data.len() as u64)
+                .saturating_mul(ZSTD_MAX_RATIO)
+                .saturating_add(1 << 17);
+            if uncompressed_size > MAX_CHUNK_BYTES.min(possible) {
+                return Err(TransportError::Recording(format!(
+                    "a zstd chunk of {} bytes declares {uncompressed_size} bytes uncompressed \
+                     (at most {} possible, {MAX_CHUNK_BYTES} allowed): corrupt",
+                    data.len(),
+                    possible
+                )));
+            }
             let cap = usize::try_from(uncompressed_size).unwrap_or(0);
             zstd::bulk::decompress(data, cap)
                 .map_err(|e| TransportError::Recording(format!("zstd chunk: {e}")))
@@ -184,9 +203,9 @@ fn partial_chunk_records(body: &[u8]) -> Option<Vec<u8>> {
         "" => Some(records.to_vec()),
         "zstd" => {
             let mut out = Vec::new();
-            let mut decoder = zstd::stream::read::Decoder::new(records).ok()?;
-            // Keeps what decoded before the input ran out.
-            let _ = decoder.read_to_end(&mut out);
+            let decoder = zstd::stream::read::Decoder::new(records).ok()?;
+            // Keeps what decoded before the input ran out (at most a chunk's worth).
+            let _ = decoder.take(MAX_CHUNK_BYTES).read_to_end(&mut out);
             Some(out)
         }
         _ => None,
@@ -334,6 +353,28 @@ mod tests {
     use crate::msg::{JointState, encode};
     use crate::record::{Compression, McapRecorder, RecorderConfig};
     use std::io::Cursor;
+
+
+    /// A zstd chunk whose header declares an impossible uncompressed size is an error before
+    /// anything is allocated (the `mcap` fuzz target's first crash: 279 GB declared, the
+    /// allocation aborted the process).
+    #[test]
+    fn a_chunk_declaring_an_absurd_size_is_an_error_not_an_abort() {
+        let (mut bytes, _) = record(5, Compression::Zstd, 1 << 20);
+        // the first record after the magic that is a chunk: its body starts with
+        // message_start_time u64, message_end_time u64, uncompressed_size u64
+        let mut at = MAGIC.len();
+        while bytes[at] != OP_CHUNK {
+            let len = u64::from_le_bytes(bytes[at + 1..at + 9].try_into().unwrap());
+            at += 9 + usize::try_from(len).unwrap();
+        }
+        let size_at = at + 9 + 16;
+        for declared in [279_172_878_546_u64, MAX_CHUNK_BYTES + 1, 1 << 26] {
+            bytes[size_at..size_at + 8].copy_from_slice(&declared.to_le_bytes());
+            let err = parse_recording(&bytes).unwrap_err().to_string();
+            assert!(err.contains("declares"), "{declared}: {err}");
+        }
+    }
 
     fn record(n: u64, compression: Compression, chunk_size: u64) -> (Vec<u8>, Vec<Vec<u8>>) {
         record_with(n, compression, chunk_size, 0)
