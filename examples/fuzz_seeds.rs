@@ -117,7 +117,8 @@ fn main() -> Result<()> {
     }
 
     // MCAP: a small recording of every message kind
-    let mut recorder = McapRecorder::new(std::io::Cursor::new(Vec::new()), RecorderConfig::default())?;
+    let mut recorder =
+        McapRecorder::new(std::io::Cursor::new(Vec::new()), RecorderConfig::default())?;
     for (i, (kind, bytes)) in messages.iter().enumerate() {
         recorder.write_typed(&format!("robot/r/k{i}"), *kind, bytes, 1_000 + i as u64)?;
     }

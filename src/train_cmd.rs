@@ -308,8 +308,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     B::seed(&device, file.seed);
     let (model, resume, earlier_metrics) = match &args.resume {
         Some(dir) => {
-            let (model, resume, metrics, schedule) =
-                load_resume::<B>(dir, &model_config, &device)?;
+            let (model, resume, metrics, schedule) = load_resume::<B>(dir, &model_config, &device)?;
             if let (None, Some(n)) = (args.iterations, schedule) {
                 optimizer.iterations = n;
             }

@@ -282,7 +282,11 @@ fn resume_continues_where_a_stopped_run_ended() {
         &short,
     ]));
     ok(train(&["--resume", &short, "--out", &short_done]));
-    assert_eq!(losses(&short_done).len(), 3, "resumed past its own schedule");
+    assert_eq!(
+        losses(&short_done).len(),
+        3,
+        "resumed past its own schedule"
+    );
 
     // --init starts from a checkpoint's weights with a fresh schedule: the same architecture
     // only, and not together with --resume.

@@ -386,6 +386,21 @@ impl AnyMessage {
             Self::ActionChunk(m) => Some(m.stamp),
         }
     }
+
+    /// The message's CDR encoding (as [`encode`] gives for the message inside).
+    ///
+    /// # Errors
+    /// As [`encode`].
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        match self {
+            Self::CompressedImage(m) => encode(m),
+            Self::Image(m) => encode(m),
+            Self::JointState(m) => encode(m),
+            Self::Imu(m) => encode(m),
+            Self::String(m) => encode(m),
+            Self::ActionChunk(m) => encode(m),
+        }
+    }
 }
 
 /// A message with a ROS 2 type name and a CDR layout.
@@ -827,10 +842,12 @@ mod tests {
             effort: vec![],
         };
         let bytes = encode(&js).unwrap();
-        assert_eq!(
-            MessageKind::JointState.decode(&bytes).unwrap(),
-            AnyMessage::JointState(js)
-        );
+        let any = MessageKind::JointState.decode(&bytes).unwrap();
+        assert_eq!(any, AnyMessage::JointState(js));
+        assert_eq!(any.encode().unwrap(), bytes);
+        let text = AnyMessage::String(StringMsg { data: "go".into() });
+        let again = MessageKind::String.decode(&text.encode().unwrap()).unwrap();
+        assert_eq!(again, text);
     }
 
     #[test]

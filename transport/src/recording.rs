@@ -354,7 +354,6 @@ mod tests {
     use crate::record::{Compression, McapRecorder, RecorderConfig};
     use std::io::Cursor;
 
-
     /// A zstd chunk whose header declares an impossible uncompressed size is an error before
     /// anything is allocated (the `mcap` fuzz target's first crash: 279 GB declared, the
     /// allocation aborted the process).
