@@ -101,12 +101,23 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::<FullPrecisionSettings>::new()
 }
 
-/// The model, optimizer state, iterations done and earlier metrics of the run in `dir`.
+/// A run read back for `--resume`.
+struct Resumed<B: AutodiffBackend> {
+    model: runtime::model::Vla<B>,
+    resume: Resume<B>,
+    /// Its metrics.csv so far.
+    metrics: String,
+    /// The schedule length it was started with, when recorded.
+    schedule: Option<usize>,
+}
+
+/// The model, optimizer state, iterations done, earlier metrics and schedule length of the run
+/// in `dir`.
 fn load_resume<B: AutodiffBackend>(
     dir: &std::path::Path,
     config: &runtime::model::VlaConfig,
     device: &B::Device,
-) -> Result<(runtime::model::Vla<B>, Resume<B>, String, Option<usize>)> {
+) -> Result<Resumed<B>> {
     let model = runtime::checkpoint::load::<B>(dir, Some(config), device)
         .with_context(|| format!("--resume {}", dir.display()))?;
     let state_path = dir.join(STATE_FILE);
@@ -117,15 +128,15 @@ fn load_resume<B: AutodiffBackend>(
     let optimizer = Recorder::<B>::load(&recorder(), dir.join(OPTIMIZER_STEM), device)
         .map_err(|e| anyhow::anyhow!("--resume: optimizer state in {}: {e}", dir.display()))?;
     let metrics = std::fs::read_to_string(dir.join("metrics.csv")).unwrap_or_default();
-    Ok((
+    Ok(Resumed {
         model,
-        Resume {
+        resume: Resume {
             done: state.iterations_done,
             optimizer,
         },
         metrics,
-        state.schedule_iterations,
-    ))
+        schedule: state.schedule_iterations,
+    })
 }
 
 /// `configs/training/*.toml`.
@@ -308,11 +319,11 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     B::seed(&device, file.seed);
     let (model, resume, earlier_metrics) = match &args.resume {
         Some(dir) => {
-            let (model, resume, metrics, schedule) = load_resume::<B>(dir, &model_config, &device)?;
-            if let (None, Some(n)) = (args.iterations, schedule) {
+            let r = load_resume::<B>(dir, &model_config, &device)?;
+            if let (None, Some(n)) = (args.iterations, r.schedule) {
                 optimizer.iterations = n;
             }
-            (model, Some(resume), metrics)
+            (r.model, Some(r.resume), r.metrics)
         }
         None => {
             let model = match &args.init {
