@@ -458,6 +458,8 @@ enum Frames {
     CorruptHead,
     /// All cameras; the joint state carries a NaN and an infinity.
     NanJoints,
+    /// Camera 0 (head) comes back at half its resolution (a camera reconfigured).
+    HalfResolutionHead,
 }
 
 impl Robot {
@@ -500,6 +502,17 @@ impl Robot {
             }
             let data = if i == 0 && frames == Frames::CorruptHead {
                 vec![0xFF, 0xD8, 0x13, 0x37, 0x00, 0x42]
+            } else if i == 0 && frames == Frames::HalfResolutionHead {
+                let (w, h) = (obs.width / 2, obs.height / 2);
+                let half: Vec<u8> = (0..h)
+                    .flat_map(|y| (0..w).map(move |x| (x, y)))
+                    .flat_map(|(x, y)| {
+                        let at = (((2 * y) * obs.width + 2 * x) * 3) as usize;
+                        img[at..at + 3].to_vec()
+                    })
+                    .collect();
+                jpeg(&half, w, h, 95, &mut buf).expect("jpeg");
+                buf.clone()
             } else {
                 jpeg(img, obs.width, obs.height, 95, &mut buf).expect("jpeg");
                 buf.clone()
@@ -563,7 +576,8 @@ fn settled_report(monitor: &NodeMonitor, done: impl Fn(&NodeReport) -> bool) -> 
 }
 
 /// The node keeps running through a camera that stops, corrupt frames, joint states with NaN
-/// and ∞, a stalled stream and a publisher restart (stamps from the start again), reports each, and recovers.
+/// and ∞, a stalled stream, a publisher restart (stamps from the start again) and a camera that
+/// comes back at another resolution, reports each, and recovers.
 #[test]
 #[serial]
 fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
@@ -627,10 +641,20 @@ fn node_survives_camera_loss_corrupt_frames_stall_and_restart() {
             acted += u64::from(r2.step(k, Frames::All));
         }
         assert_eq!(acted, 10, "actions after the restart");
-        let rep = settled_report(monitor, |r| r.steps >= 45);
+        // The head camera comes back at half its resolution: decoded and resized like any
+        // frame, acted on every step, no decode error.
+        for k in 10..15 {
+            acted += u64::from(r2.step(k, Frames::HalfResolutionHead));
+        }
+        assert_eq!(acted, 15, "actions with the head at another resolution");
+        let rep = settled_report(monitor, |r| r.steps >= 50);
+        assert_eq!(
+            rep.input.cameras[0].decode_errors, 5,
+            "only the corrupt frames"
+        );
         assert_eq!(rep.input.restarts, 1);
         assert_eq!(rep.state, NodeState::Running);
-        assert_eq!(rep.steps, 45);
+        assert_eq!(rep.steps, 50);
         assert_eq!(rep.model_errors, 0);
         assert_eq!(rep.cache.over_budget_steps, 0);
     });
