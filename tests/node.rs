@@ -1022,14 +1022,10 @@ fn secure_profile(through_router: bool) {
         let s = transport::session::open(&cfg).expect("node session");
         (s, endpoint)
     } else {
-        (0..5)
-            .find_map(|_| {
-                let port = transport::session::free_local_port().expect("port");
-                let endpoint = format!("tls/127.0.0.1:{port}");
-                let cfg = session_config("robot", vec![endpoint.clone()], vec![]);
-                transport::session::open(&cfg).ok().map(|s| (s, endpoint))
-            })
-            .expect("node session on a TLS port")
+        let cfg = session_config("robot", vec![], vec![]);
+        let (s, endpoint, _) =
+            transport::session::listening(&cfg, "tls").expect("node session on a TLS port");
+        (s, endpoint)
     };
     let join = |role: &str| {
         let s = transport::session::open(&session_config(role, vec![], vec![endpoint.clone()]))

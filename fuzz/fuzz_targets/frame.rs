@@ -8,21 +8,11 @@
 use libfuzzer_sys::fuzz_target;
 use vision::{DecodeLimits, Encoding, FrameRef, PreprocessConfig, Preprocessor, decode};
 
-const ENCODINGS: [Encoding; 7] = [
-    Encoding::Jpeg,
-    Encoding::Png,
-    Encoding::Rgb8,
-    Encoding::Bgr8,
-    Encoding::Rgba8,
-    Encoding::Bgra8,
-    Encoding::Mono8,
-];
-
 fuzz_target!(|input: &[u8]| {
     if input.len() < 7 {
         return;
     }
-    let encoding = ENCODINGS[usize::from(input[0]) % ENCODINGS.len()];
+    let encoding = Encoding::ALL[usize::from(input[0]) % Encoding::ALL.len()];
     let u16_at = |i: usize| u32::from(u16::from_le_bytes([input[i], input[i + 1]]));
     let frame = FrameRef::raw(encoding, u16_at(1), u16_at(3), u16_at(5), &input[7..]);
     let limits = DecodeLimits {

@@ -932,12 +932,14 @@ pub fn run_node<B: Backend>(
                 let info = session.info();
                 let routers = info.routers_zid().wait().count();
                 let peers = info.peers_zid().wait().count();
-                let before = inf.report.links.clone();
-                inf.report.links.sample(routers, peers);
-                if inf.report.links.lost > before.lost {
-                    tracing::warn!("lost every zenoh link (router or peers); waiting for them");
-                } else if inf.report.links.regained > before.regained {
-                    tracing::info!(routers, peers, "zenoh links back");
+                match inf.report.links.sample(routers, peers) {
+                    Some(stats::LinkChange::Lost) => {
+                        tracing::warn!("lost every zenoh link (router or peers); waiting for them");
+                    }
+                    Some(stats::LinkChange::Regained) => {
+                        tracing::info!(routers, peers, "zenoh links back");
+                    }
+                    None => {}
                 }
                 last_links = Some(now);
             }

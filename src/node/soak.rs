@@ -58,7 +58,7 @@ pub struct SoakReport {
     pub frames_evicted: u64,
     /// Model steps that produced an action.
     pub model_steps: u64,
-    /// RSS within [`RSS_TOLERANCE`] of its median after warm-up.
+    /// No RSS trend after warm-up: `rss_growth` within ±[`RSS_TOLERANCE`].
     pub rss_flat: bool,
     /// No step over budget and the cache's maximum within it.
     pub within_budget: bool,

@@ -269,18 +269,31 @@ pub struct LinkReport {
     pub regained: u64,
 }
 
+/// A change [`LinkReport::sample`] counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// From some link to none.
+    Lost,
+    /// From none back to some, after a loss.
+    Regained,
+}
+
 impl LinkReport {
-    /// Takes a new sample of the link counts and counts a loss or a regain.
-    pub fn sample(&mut self, routers: usize, peers: usize) {
+    /// Takes a new sample of the link counts; counts and returns a loss or a regain.
+    pub fn sample(&mut self, routers: usize, peers: usize) -> Option<LinkChange> {
         let was = self.routers + self.peers > 0;
         let is = routers + peers > 0;
-        if was && !is {
-            self.lost += 1;
-        } else if !was && is && self.lost > self.regained {
-            self.regained += 1;
-        }
         self.routers = routers;
         self.peers = peers;
+        if was && !is {
+            self.lost += 1;
+            Some(LinkChange::Lost)
+        } else if !was && is && self.lost > self.regained {
+            self.regained += 1;
+            Some(LinkChange::Regained)
+        } else {
+            None
+        }
     }
 }
 
@@ -293,6 +306,21 @@ pub fn rss_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_samples_count_losses_and_regains() {
+        let mut links = LinkReport::default();
+        assert_eq!(links.sample(0, 0), None, "no link yet is not a loss");
+        assert_eq!(links.sample(1, 0), None, "the first link is not a regain");
+        assert_eq!(links.sample(1, 2), None);
+        assert_eq!(links.sample(0, 0), Some(LinkChange::Lost));
+        assert_eq!(links.sample(0, 0), None);
+        assert_eq!(links.sample(0, 1), Some(LinkChange::Regained));
+        assert_eq!(
+            (links.lost, links.regained, links.routers, links.peers),
+            (1, 1, 0, 1)
+        );
+    }
 
     /// On x86-64 Linux (4 KiB pages) the resident set agrees with /proc/self/statm's page
     /// count, within 10% (the two readings are moments apart).

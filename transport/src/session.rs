@@ -242,11 +242,26 @@ pub fn free_local_port() -> Result<u16> {
 /// # Errors
 /// The last zenoh failure when every try fails.
 pub fn listening_peer() -> Result<(Session, u16)> {
+    listening(&SessionConfig::default(), "tcp").map(|(session, _, port)| (session, port))
+}
+
+/// A session of `config` listening on a fresh loopback port with `scheme` (`tcp`, `tls`)
+/// instead of `config`'s own endpoints, and that endpoint and port. Retried (5 times): another
+/// process may take the port between [`free_local_port`] and zenoh's bind.
+///
+/// # Errors
+/// The last failure when every try fails.
+pub fn listening(config: &SessionConfig, scheme: &str) -> Result<(Session, String, u16)> {
     let mut last = None;
     for _ in 0..5 {
         let port = free_local_port()?;
-        match open(&SessionConfig::peer_listening(port)) {
-            Ok(session) => return Ok((session, port)),
+        let endpoint = format!("{scheme}/127.0.0.1:{port}");
+        let cfg = SessionConfig {
+            listen: vec![endpoint.clone()],
+            ..config.clone()
+        };
+        match open(&cfg) {
+            Ok(session) => return Ok((session, endpoint, port)),
             Err(e) => last = Some(e),
         }
     }

@@ -75,25 +75,18 @@ impl Router {
         dir: Option<&Path>,
         probe: impl Fn(&str) -> SessionConfig + Send + 'static,
     ) -> Result<Self> {
-        let probe: Box<dyn Fn(&str) -> SessionConfig + Send> = Box::new(probe);
-        let mut probe = Some(probe);
+        let mut router = Self {
+            binary: binary.to_path_buf(),
+            endpoint: String::new(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            dir: dir.map(Path::to_path_buf),
+            probe: Box::new(probe),
+            child: None,
+        };
         for _ in 0..5 {
-            let mut router = Self {
-                binary: binary.to_path_buf(),
-                endpoint: format!("{scheme}/127.0.0.1:{}", free_local_port()?),
-                args: args.iter().map(|a| (*a).to_owned()).collect(),
-                dir: dir.map(Path::to_path_buf),
-                probe: probe.take().ok_or_else(|| error("no probe".into()))?,
-                child: None,
-            };
-            match router.restart(Duration::from_secs(10)) {
-                Ok(()) => return Ok(router),
-                Err(_) => {
-                    probe = Some(std::mem::replace(
-                        &mut router.probe,
-                        Box::new(SessionConfig::client),
-                    ))
-                }
+            router.endpoint = format!("{scheme}/127.0.0.1:{}", free_local_port()?);
+            if router.restart(Duration::from_secs(10)).is_ok() {
+                return Ok(router);
             }
         }
         Err(error("did not come up on any of 5 ports".into()))

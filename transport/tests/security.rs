@@ -2,7 +2,6 @@
 //! in the test (rcgen; no key is committed): who can connect at all, and what an authenticated
 //! peer may publish, decided by its certificate's common name.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberConfig};
 use transport::security::{
     AccessControl, AclMessage, AclPolicy, AclRule, AclSubject, Flow, Permission, TlsConfig,
 };
-use transport::session::{SessionConfig, open, wait_for_connections};
+use transport::session::{SessionConfig, listening, open, wait_for_connections};
 use zenoh::{Session, Wait};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,28 +139,15 @@ fn robot_acl(ks: &KeySpace) -> AccessControl {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
-}
-
-/// The robot's session, listening with TLS on a fresh loopback port (retried: another process
-/// may take the port between the probe and zenoh's bind).
+/// The robot's session, listening with TLS on a fresh loopback port.
 fn robot_session(tls: &TlsConfig, acl: Option<AccessControl>) -> Result<(Session, String)> {
-    let mut last = None;
-    for _ in 0..5 {
-        let endpoint = format!("tls/127.0.0.1:{}", free_port()?);
-        let cfg = SessionConfig {
-            listen: vec![endpoint.clone()],
-            tls: Some(tls.clone()),
-            access_control: acl.clone(),
-            ..SessionConfig::default()
-        };
-        match open(&cfg) {
-            Ok(s) => return Ok((s, endpoint)),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.context("no attempt")?.into())
+    let cfg = SessionConfig {
+        tls: Some(tls.clone()),
+        access_control: acl,
+        ..SessionConfig::default()
+    };
+    let (session, endpoint, _) = listening(&cfg, "tls")?;
+    Ok((session, endpoint))
 }
 
 fn peer_config(endpoint: &str, tls: Option<TlsConfig>) -> SessionConfig {

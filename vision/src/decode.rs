@@ -43,6 +43,17 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// Every encoding.
+    pub const ALL: [Self; 7] = [
+        Self::Jpeg,
+        Self::Png,
+        Self::Rgb8,
+        Self::Bgr8,
+        Self::Rgba8,
+        Self::Bgra8,
+        Self::Mono8,
+    ];
+
     /// Bytes per pixel of a raw encoding; `None` for compressed ones.
     pub fn raw_bytes_per_pixel(self) -> Option<u32> {
         match self {
@@ -597,15 +608,7 @@ mod tests {
 
     #[test]
     fn encoding_names_round_trip_and_unknown_is_an_error() {
-        for e in [
-            Encoding::Jpeg,
-            Encoding::Png,
-            Encoding::Rgb8,
-            Encoding::Bgr8,
-            Encoding::Rgba8,
-            Encoding::Bgra8,
-            Encoding::Mono8,
-        ] {
+        for e in Encoding::ALL {
             assert_eq!(e.name().parse::<Encoding>().unwrap(), e);
         }
         assert_eq!("JPG".parse::<Encoding>().unwrap(), Encoding::Jpeg);
