@@ -156,6 +156,10 @@ struct TrainingFile {
     /// for this training run's episodes only.
     #[serde(default)]
     expert_noise: Option<f64>,
+    /// Probability of a detour in a recorded episode's go phase (the task's `expert_detour`),
+    /// for this training run's episodes only.
+    #[serde(default)]
+    expert_detour: Option<f64>,
     /// The action space the model learns to command (the task's `action`): `joint_velocity`
     /// or `joint_target`; recorded in the checkpoint's task.toml.
     #[serde(default)]
@@ -165,13 +169,16 @@ struct TrainingFile {
 
 impl TrainingFile {
     /// The training episodes' task: the named task config (a shipped name or a path) with this
-    /// run's overrides (expert noise, action space), validated.
+    /// run's overrides (expert noise and detours, action space), validated.
     fn task_config(&self) -> Result<TaskConfig> {
         let mut task =
             TaskConfig::from_toml(&read_named(&self.task, configs::task_preset(&self.task))?)
                 .with_context(|| format!("task config {}", self.task))?;
         if let Some(noise) = self.expert_noise {
             task.expert_noise = noise;
+        }
+        if let Some(p) = self.expert_detour {
+            task.expert_detour = p;
         }
         if let Some(action) = self.action {
             task.action = action;

@@ -78,6 +78,8 @@ pub const PROPRIO_NAMES: [&str; PROPRIO_DIM] =
 /// The random stream of the recorded expert's command noise (`expert_noise`), apart from the
 /// episode's plan.
 const NOISE_STREAM: u64 = 0x006E_6F69_7365; // "noise"
+/// The random stream of the recorded expert's detours (`expert_detour`).
+const DETOUR_STREAM: u64 = 0x6465_746F_7572; // "detour"
 
 /// Values per action.
 pub const ACTION_DIM: usize = 4;
@@ -238,6 +240,18 @@ pub struct TaskConfig {
     /// (noise injection, "DART", Laskey et al. 2017), so a cloned policy learns to recover from
     /// its own errors. 0 = the plain expert. Simulators and evaluation never add it.
     pub expert_noise: f64,
+    /// Training data only: the probability that a recorded episode takes one detour in its go
+    /// phase. For a number of steps drawn from `detour_steps`, starting at a step drawn from
+    /// the go phase (late enough to leave `reach_steps` after it when the episode allows), the
+    /// executed commands head for a uniformly random point on the pads' arc instead of the
+    /// goal; the labels stay the expert's (its command from each recorded state). A clone that
+    /// learned to follow its own motion after the go step (the recorded arm always heads for
+    /// the right pad) then sees states where the motion points elsewhere and the label still
+    /// points at the goal, so it must keep acting on what it remembers. Correlated over many
+    /// steps, unlike `expert_noise`. 0 (the default): none.
+    pub expert_detour: f64,
+    /// Length of a detour in steps, inclusive range `[min, max]`.
+    pub detour_steps: [usize; 2],
     /// What the first two values of an action command: `"joint_velocity"` (rad/s, the
     /// default) or `"joint_target"` (rad, tracked by the arm's proportional controller). The
     /// expert's labels, [`Sim::step`] and [`Sim::hold_chunk`] follow it; a checkpoint records
@@ -282,6 +296,8 @@ impl Default for TaskConfig {
             horizon: 8,
             success_tolerance: 0.03,
             expert_noise: 0.0,
+            expert_detour: 0.0,
+            detour_steps: [3, 10],
             action: ActionSpace::JointVelocity,
             phase: PhaseValue::Episode,
             scene: SceneConfig::default(),
@@ -401,6 +417,12 @@ impl TaskConfig {
         }
         if !(self.expert_noise.is_finite() && self.expert_noise >= 0.0) {
             return Err(cfg_err("expert_noise", "must be a finite number ≥ 0"));
+        }
+        if !(0.0..=1.0).contains(&self.expert_detour) {
+            return Err(cfg_err("expert_detour", "must be a probability in [0, 1]"));
+        }
+        if self.detour_steps[0] < 1 || self.detour_steps[0] > self.detour_steps[1] {
+            return Err(cfg_err("detour_steps", "must be [min, max] with 1 ≤ min ≤ max"));
         }
         let s = &self.scene;
         let positive = [
@@ -1324,18 +1346,49 @@ impl Sim {
         self.episode(Vec::new())
     }
 
+    /// The recorded run's detour (`expert_detour`): its steps and the point on the pads' arc it
+    /// heads for; `None` for most episodes, or when the go phase is too short for one.
+    fn sample_detour(&self) -> Option<(Range<usize>, [f64; 2])> {
+        let c = &self.task.config;
+        let mut rng = SplitMix64::new(self.plan.seed, DETOUR_STREAM);
+        if c.expert_detour <= 0.0 || rng.unit() >= c.expert_detour {
+            return None;
+        }
+        let len = rng.inclusive(c.detour_steps[0], c.detour_steps[1]);
+        let go = self.plan.go_step;
+        // The last executed command is the one at `total - 2`.
+        let last_start = self.plan.total.checked_sub(len + 1)?;
+        if last_start < go {
+            return None;
+        }
+        let latest = last_start.saturating_sub(c.reach_steps).max(go);
+        let start = rng.inclusive(go, latest);
+        let arc = c.scene.target_arc_deg.to_radians();
+        let a = rng.uniform(-0.5 * arc, 0.5 * arc);
+        let r = c.scene.target_radius;
+        Some((start..start + len, [r * a.cos(), r * a.sin()]))
+    }
+
     /// Runs the expert from the current step to the end, recording every step.
-    /// With `expert_noise`, the executed commands (not the recorded labels) are perturbed.
+    /// With `expert_noise` and `expert_detour`, the executed commands (not the recorded labels)
+    /// are perturbed.
     fn run_expert(mut self) -> Result<Episode> {
         let mut steps = Vec::with_capacity(self.plan.total);
         let sigma = self.task.config.expert_noise;
         let mut noise = SplitMix64::new(self.plan.seed, NOISE_STREAM);
+        let detour = self.sample_detour();
         let mut executed = Vec::new();
         loop {
             let step = self.observe();
             let last = self.is_last();
             if !last {
-                executed.clone_from(&step.expert_action);
+                match &detour {
+                    Some((steps, xy)) if steps.contains(&self.t) => {
+                        executed.clear();
+                        executed.extend_from_slice(&self.chunk_to(*xy)[..ACTION_DIM]);
+                    }
+                    _ => executed.clone_from(&step.expert_action),
+                }
                 if sigma > 0.0 {
                     // rad/s on the velocity; on a target, the offset whose tracking command
                     // differs by that much (kp · offset).
@@ -1443,12 +1496,21 @@ mod tests {
             .filter(|(a, b)| (a.proprio[0] - b.proprio[0]).abs() > 1e-3)
             .count();
         assert!(moved > 20, "only {moved} steps off the clean path");
+        assert_labels_are_the_experts(&config, &noisy);
+        config.expert_noise = -1.0;
+        assert!(config.validate().is_err());
+    }
+
+    /// Every label of `episode` is the expert's command from the state recorded at its step:
+    /// `kp (goal - q)` (clamped) with `q` from the proprio and `goal` the rest pose before the
+    /// go step, the target's IK after.
+    fn assert_labels_are_the_experts(config: &TaskConfig, episode: &Episode) {
         let arm = &config.arm;
-        let task = Task::new(&config).unwrap();
+        let task = Task::new(config).unwrap();
         let rest = arm.inverse(arm.rest_xy).unwrap();
-        let target = arm.inverse(task.targets()[noisy.target]).unwrap();
-        for (t, step) in noisy.steps.iter().enumerate() {
-            let goal = if t >= noisy.go_step { target } else { rest };
+        let target = arm.inverse(task.targets()[episode.target]).unwrap();
+        for (t, step) in episode.steps.iter().enumerate() {
+            let goal = if t >= episode.go_step { target } else { rest };
             let q = [f64::from(step.proprio[0]), f64::from(step.proprio[1])];
             for j in 0..2 {
                 let want =
@@ -1460,7 +1522,44 @@ mod tests {
                 );
             }
         }
-        config.expert_noise = -1.0;
+    }
+
+    /// With `expert_detour = 1` every recorded run leaves the expert's path for
+    /// `detour_steps` steps inside its go phase (the same path as the clean run before the go
+    /// step), heading away from the target, and the labels stay the expert's commands.
+    #[test]
+    fn expert_detours_leave_the_path_in_the_go_phase_and_keep_the_labels() {
+        let mut config = TaskConfig::from_toml(
+            "episode_steps = 48\ncue_start = [1, 4]\ngo_delay = [3, 8]\nreach_steps = 17\n",
+        )
+        .unwrap();
+        config.detour_steps = [6, 6];
+        let mut detoured = 0;
+        for seed in 0..16 {
+            config.expert_detour = 0.0;
+            let clean = Episode::generate(&config, seed).unwrap();
+            config.expert_detour = 1.0;
+            let detour = Episode::generate(&config, seed).unwrap();
+            assert_eq!(detour, Episode::generate(&config, seed).unwrap());
+            assert_labels_are_the_experts(&config, &detour);
+            let off: Vec<usize> = (0..clean.steps.len())
+                .filter(|&t| {
+                    let (a, b) = (&clean.steps[t].proprio, &detour.steps[t].proprio);
+                    (a[0] - b[0]).abs() + (a[1] - b[1]).abs() > 1e-4
+                })
+                .collect();
+            // The path leaves right after the detour's first executed command, inside the go
+            // phase; a detour toward a point next to the pad may be indistinguishable.
+            if let Some(&first) = off.first() {
+                assert!(first > clean.go_step, "seed {seed}: off at {first}");
+                detoured += 1;
+            }
+        }
+        assert!(detoured >= 12, "only {detoured} of 16 runs left the path");
+        config.expert_detour = 1.5;
+        assert!(config.validate().is_err());
+        config.expert_detour = 0.5;
+        config.detour_steps = [0, 3];
         assert!(config.validate().is_err());
     }
 
