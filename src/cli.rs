@@ -185,7 +185,9 @@ pub enum Command {
     /// Simulator + node in one process over loopback zenoh: live progress, then a summary
     /// table (success rate, latency per stage, KV cache vs budget, drops, memory).
     ///
-    /// Uses models/edge-memory when it exists (else an untrained random init, with a warning).
+    /// Uses models/edge-memory (found below the working directory, in $EDGEVLA_HOME, beside the
+    /// executable or in the source tree; an error when it is nowhere: --untrained asks for a
+    /// random init).
     /// --record writes the run to MCAP; --replay FILE drives a recording through the node
     /// instead (stepped: deterministic) and prints a digest of the action messages.
     #[command(after_help = "Examples:

@@ -16,7 +16,7 @@ use transport::replay::{Rate, Remap};
 use crate::model_cmd::read_named;
 use crate::node::demo::{Pace, read_mcap, replay_through_node, run_demo, summary_table};
 use crate::node::sim::{CacheFrames, SimMode, SimOptions, run_sim};
-use crate::node::{ClockMode, NodeConfig, NodeMonitor, run_node, setup};
+use crate::node::{ClockMode, ModelChoice, NodeConfig, NodeMonitor, run_node, setup};
 use crate::transport_cmd::{ZenohArgs, shutdown_flag};
 
 /// Model and device flags shared by `node` and `demo`.
@@ -26,12 +26,28 @@ pub struct ModelArgs {
     #[arg(long, default_value = "edge")]
     pub config: String,
     /// Checkpoint folder (config.toml + weights.mpk). Default: the config's `checkpoint`
-    /// (models/edge-memory) when it exists, else an untrained random init (said so loudly).
-    #[arg(long, value_name = "DIR")]
+    /// (models/edge-memory; a relative path is also looked for in $EDGEVLA_HOME, beside the
+    /// executable and in the source tree), an error when it is found nowhere.
+    #[arg(long, value_name = "DIR", conflicts_with = "untrained")]
     pub model: Option<PathBuf>,
+    /// Run a seeded random init of the config's `model` instead of a checkpoint (to test the
+    /// plumbing; success at chance).
+    #[arg(long)]
+    pub untrained: bool,
     /// cpu, or cuda / cuda:N (needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+}
+
+impl ModelArgs {
+    /// The weights these flags ask for.
+    pub fn choice(&self) -> ModelChoice<'_> {
+        match (&self.model, self.untrained) {
+            (Some(dir), _) => ModelChoice::Checkpoint(dir),
+            (None, true) => ModelChoice::Untrained,
+            (None, false) => ModelChoice::Configured,
+        }
+    }
 }
 
 /// Arguments of `edgevla node`.
@@ -197,7 +213,7 @@ fn node_on<B: Backend>(
     device: B::Device,
     shutdown: &AtomicBool,
 ) -> Result<crate::node::NodeReport> {
-    let (setup, source) = setup::<B>(config.clone(), args.model.model.as_deref(), device)?;
+    let (setup, source) = setup::<B>(config.clone(), args.model.choice(), device)?;
     eprintln!(
         "edgevla node: {source}; actions are {}; listening on {}/{}/**",
         setup.action().name(),
@@ -290,7 +306,7 @@ fn demo_on<B: Backend>(
             }
             rate => Pace::Rate(rate.parse::<Rate>()?),
         };
-        let (setup, source) = setup::<B>(config, args.model.model.as_deref(), device)?;
+        let (setup, source) = setup::<B>(config, args.model.choice(), device)?;
         eprintln!("edgevla demo --replay: {source}");
         let recording = read_mcap(path)?;
         let outcome = replay_through_node(
@@ -324,7 +340,7 @@ fn demo_on<B: Backend>(
     if args.mode == SimMode::RealTime {
         sim.start_ns = None;
     }
-    let (setup, source) = setup::<B>(config, args.model.model.as_deref(), device)?;
+    let (setup, source) = setup::<B>(config, args.model.choice(), device)?;
     crate::model_cmd::fit_task_to_model(
         setup.model.config(),
         setup.trained_task.as_ref(),

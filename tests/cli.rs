@@ -535,3 +535,93 @@ fn bench_soak_short_run_stays_flat_and_within_budget() {
     assert!(!too_short.status.success());
     assert!(text(&too_short.stderr).contains("at least 2000"));
 }
+
+/// Links `from` to `to` (a copy where a hard link cannot be made, e.g. across filesystems).
+fn link_or_copy(from: &std::path::Path, to: &std::path::Path) {
+    if std::fs::hard_link(from, to).is_err() {
+        std::fs::copy(from, to)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
+    }
+}
+
+/// An installed binary (`<prefix>/bin/edgevla` with `<prefix>/models/edge-memory`) run from an
+/// unrelated directory, without `EDGEVLA_HOME`, runs the shipped checkpoint found beside it, and
+/// its report says so.
+#[test]
+fn installed_demo_finds_the_shipped_model_from_any_directory() {
+    let prefix = tempfile::tempdir().expect("tempdir");
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let bin = prefix.path().join("bin");
+    let models = prefix.path().join("models/edge-memory");
+    std::fs::create_dir_all(&bin).expect("mkdir bin");
+    std::fs::create_dir_all(&models).expect("mkdir models");
+    let exe = bin.join("edgevla");
+    link_or_copy(std::path::Path::new(env!("CARGO_BIN_EXE_edgevla")), &exe);
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/edge-memory");
+    for file in ["config.toml", "weights.mpk"] {
+        link_or_copy(&shipped.join(file), &models.join(file));
+    }
+    let out = Command::new(&exe)
+        .args(["demo", "--episodes", "1", "--json", "--quiet"])
+        .current_dir(cwd.path())
+        .env_remove("EDGEVLA_HOME")
+        .output()
+        .expect("run the installed edgevla");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let model = report["model"].as_str().expect("model line");
+    assert!(
+        model.contains(&models.display().to_string()) && model.contains("beside the executable"),
+        "{model}"
+    );
+    assert_eq!(report["sim"]["episodes"].as_array().map(Vec::len), Some(1));
+}
+
+/// A node config whose `checkpoint` is found nowhere is an error that says where it looked and
+/// what to pass; `--untrained` runs a random init instead and the report says UNTRAINED.
+#[test]
+fn a_missing_configured_checkpoint_is_an_error_unless_untrained_is_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "robot_id = \"edge\"\nmodel = \"edge\"\ncheckpoint = \"models/no-such-model\"\n",
+    )
+    .expect("write node config");
+    let config = config.to_str().expect("utf-8 path");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "demo",
+            "--config",
+            config,
+            "--episodes",
+            "1",
+            "--json",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        Command::new(env!("CARGO_BIN_EXE_edgevla"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env_remove("EDGEVLA_HOME")
+            .output()
+            .expect("run edgevla")
+    };
+    let missing = run(&[]);
+    assert!(!missing.status.success());
+    let err = text(&missing.stderr);
+    assert!(
+        err.contains("models/no-such-model") && err.contains("--untrained"),
+        "{err}"
+    );
+    let untrained = run(&["--untrained"]);
+    assert!(untrained.status.success(), "{}", text(&untrained.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&untrained.stdout).expect("JSON report");
+    let model = report["model"].as_str().expect("model line");
+    assert!(
+        model.contains("UNTRAINED") && model.contains("--untrained"),
+        "{model}"
+    );
+    let both = run(&["--untrained", "--model", "x"]);
+    assert!(!both.status.success(), "--model and --untrained together");
+}

@@ -21,7 +21,8 @@ use burn::backend::NdArray;
 use edgevla::node::demo::{Pace, read_mcap, replay_through_node, run_demo};
 use edgevla::node::sim::{PROPRIO_NAMES, SimOptions, jpeg};
 use edgevla::node::{
-    ClockMode, NodeConfig, NodeMonitor, NodeReport, NodeSetup, NodeState, run_node, setup,
+    ClockMode, ModelChoice, NodeConfig, NodeMonitor, NodeReport, NodeSetup, NodeState, run_node,
+    setup,
 };
 use serial_test::serial;
 use sim::{Sim, TaskConfig};
@@ -86,7 +87,12 @@ fn tiny_node_on_loopback(
 ) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let checkpoint = tiny_checkpoint(tmp.path());
-    let (node, _) = setup::<B>(config, Some(&checkpoint), Default::default()).expect("node setup");
+    let (node, _) = setup::<B>(
+        config,
+        ModelChoice::Checkpoint(&checkpoint),
+        Default::default(),
+    )
+    .expect("node setup");
     let (node_session, port) = transport::session::listening_peer().expect("node session");
     let robot_session = connect(port);
     (tmp, node, node_session, robot_session, port)
@@ -118,7 +124,7 @@ fn sim_drives_node_closed_loop_over_loopback() {
     };
     let (node, source) = setup::<B>(
         node_config(ClockMode::Joints),
-        Some(&checkpoint),
+        ModelChoice::Checkpoint(&checkpoint),
         Default::default(),
     )
     .expect("node setup");
@@ -214,7 +220,7 @@ fn replayed_demo_gives_byte_identical_actions() {
     let checkpoint = tiny_checkpoint(tmp.path());
     let (node, source) = setup::<B>(
         node_config(ClockMode::Joints),
-        Some(&checkpoint),
+        ModelChoice::Checkpoint(&checkpoint),
         Default::default(),
     )
     .expect("node setup");
@@ -753,7 +759,8 @@ fn real_recordings_replay_through_the_node() {
         config.model = model_path.to_str().expect("utf-8 path").into();
         config.proprio = Vec::new(); // JointState.position as sent, zero-padded
         config.kv_cache = None;
-        let (node, _) = setup::<B>(config, None, Default::default()).expect("node setup");
+        let (node, _) =
+            setup::<B>(config, ModelChoice::Configured, Default::default()).expect("node setup");
         let recording = read_mcap(&mcap).expect("read recording");
         let frames = recording
             .messages
@@ -1000,7 +1007,7 @@ fn secure_profile(through_router: bool) {
     let checkpoint = tiny_checkpoint(tmp.path());
     let (node, _) = setup::<B>(
         node_config(ClockMode::Joints),
-        Some(&checkpoint),
+        ModelChoice::Checkpoint(&checkpoint),
         Default::default(),
     )
     .expect("node setup");
@@ -1116,7 +1123,7 @@ fn node_acts_again_after_a_router_restart() {
     let checkpoint = tiny_checkpoint(tmp.path());
     let (node, _) = setup::<B>(
         node_config(ClockMode::Joints),
-        Some(&checkpoint),
+        ModelChoice::Checkpoint(&checkpoint),
         Default::default(),
     )
     .expect("node setup");

@@ -422,7 +422,10 @@ impl TaskConfig {
             return Err(cfg_err("expert_detour", "must be a probability in [0, 1]"));
         }
         if self.detour_steps[0] < 1 || self.detour_steps[0] > self.detour_steps[1] {
-            return Err(cfg_err("detour_steps", "must be [min, max] with 1 ≤ min ≤ max"));
+            return Err(cfg_err(
+                "detour_steps",
+                "must be [min, max] with 1 ≤ min ≤ max",
+            ));
         }
         let s = &self.scene;
         let positive = [

@@ -92,27 +92,49 @@ impl<B: Backend> NodeSetup<B> {
     }
 }
 
-/// Loads the rig, and the model from `checkpoint` (or the config's checkpoint when it exists,
-/// or else a seeded random init of the config's model), with the config's RoPE preset.
-/// Returns the setup and a line saying which model was used.
+/// Which weights a node runs.
+#[derive(Clone, Copy, Debug)]
+pub enum ModelChoice<'a> {
+    /// This checkpoint folder, as given.
+    Checkpoint(&'a Path),
+    /// The config's `checkpoint` (a relative path is also looked for in `EDGEVLA_HOME`, beside
+    /// the executable and in the source tree: [`crate::model_cmd::find_checkpoint`]); it is an
+    /// error when the config names one that is found nowhere. A config without `checkpoint`
+    /// runs a seeded random init of its `model`.
+    Configured,
+    /// A seeded random init of the config's `model`, whatever the config's `checkpoint`
+    /// (`--untrained`: for testing the plumbing; success at chance).
+    Untrained,
+}
+
+/// Loads the rig, and the model `choice` names, with the config's RoPE preset. Returns the
+/// setup and a line saying which model was used.
 ///
 /// # Errors
-/// Unreadable or invalid rig, model config or checkpoint.
+/// Unreadable or invalid rig, model config or checkpoint; a configured checkpoint found
+/// nowhere.
 pub fn setup<B: Backend>(
     config: NodeConfig,
-    checkpoint: Option<&Path>,
+    choice: ModelChoice<'_>,
     device: B::Device,
 ) -> Result<(NodeSetup<B>, String)> {
     let rig_text = crate::model_cmd::read_named(&config.rig, configs::rig_preset(&config.rig))?;
     let rig = Rig::from_toml_str(&rig_text).with_context(|| format!("rig {}", config.rig))?;
-    // An explicit --model is taken as given; the config's default checkpoint is also looked for
-    // beside the executable and in EDGEVLA_HOME (`find_checkpoint`).
-    let found = match checkpoint {
-        Some(dir) => Some((dir.to_path_buf(), "")),
-        None => config
-            .checkpoint
-            .as_ref()
-            .and_then(|p| crate::model_cmd::find_checkpoint(Path::new(p))),
+    let (found, why_untrained) = match (choice, config.checkpoint.as_deref()) {
+        (ModelChoice::Checkpoint(dir), _) => (Some((dir.to_path_buf(), "")), ""),
+        (ModelChoice::Untrained, _) => (None, "--untrained"),
+        (ModelChoice::Configured, None) => (None, "the node config names no checkpoint"),
+        (ModelChoice::Configured, Some(path)) => {
+            let found = crate::model_cmd::find_checkpoint(Path::new(path)).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "checkpoint {path} (the node config's `checkpoint`) not found: looked below \
+                     the working directory, in $EDGEVLA_HOME, beside the executable and in the \
+                     source tree it was built from; pass --model DIR, or --untrained for a \
+                     random init"
+                )
+            })?;
+            (Some(found), "")
+        }
     };
     let dir = found.as_ref().map(|(dir, _)| dir.clone());
     let (mut model, source) = match found {
@@ -132,7 +154,7 @@ pub fn setup<B: Backend>(
             (
                 model_config.init::<B>(&device),
                 format!(
-                    "UNTRAINED random init of model `{}` (seed {}): no checkpoint found",
+                    "UNTRAINED random init of model `{}` (seed {}): {why_untrained}",
                     config.model, config.seed
                 ),
             )

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::demo::{DemoProgress, TRACE_WINDOW, WindowSample, run_demo};
 use super::sim::SimOptions;
-use super::{ClockMode, NodeConfig, setup};
+use super::{ClockMode, ModelChoice, NodeConfig, setup};
 
 /// RSS is flat when the median of the last quarter of the after-warm-up samples is within this
 /// fraction of the median of their first quarter: a leak is a trend, while a single sample may
@@ -85,7 +85,8 @@ pub fn run_soak(
     config.checkpoint = None;
     config.kv_cache = None; // the soak model's own: 4 frame-steps
     config.clock = ClockMode::Joints;
-    let (node, source) = setup::<NdArray<f32>>(config, None, Default::default())?;
+    let (node, source) =
+        setup::<NdArray<f32>>(config, ModelChoice::Configured, Default::default())?;
     let task = sim::TaskConfig {
         episode_steps: usize::try_from(steps)?,
         ..sim::TaskConfig::default()

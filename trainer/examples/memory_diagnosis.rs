@@ -11,7 +11,7 @@
 //!
 //! ```sh
 //! cargo run --release -p edgevla-trainer --example memory_diagnosis -- \
-//!     models/edge-long-target memory-long-train 5000000 8
+//!     models/edge-long-detour memory-long-train 5000000 8
 //! ```
 //! Arguments: checkpoint folder, task (a shipped name), first seed, episodes.
 
