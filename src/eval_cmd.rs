@@ -246,8 +246,7 @@ where
             crate::model_cmd::fit_task_to_model(c, trained_task.as_ref(), &mut task)
                 .with_context(|| format!("--task {}", args.task))?;
             let preprocess = crate::model_cmd::model_preprocess(Some(&dir), c)?;
-            let f = ModelFactory::new(model, args.original_context, &device)
-                .with_preprocess(preprocess);
+            let f = ModelFactory::new(model, args.original_context, preprocess, &device);
             let original = f.original();
             factory = Box::new(f);
             (description, Some(original))

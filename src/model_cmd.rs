@@ -401,6 +401,12 @@ pub(crate) fn import_weights(args: &ImportWeightsArgs, out: &mut impl Write) -> 
     let (model, report) = runtime::hf_import::load_hf_weights(&args.hf, model, &device)
         .with_context(|| format!("--hf {}", args.hf.display()))?;
     runtime::checkpoint::save(&model, &args.out)?;
+    // What the trainer feeds its models, when it fits this one's patches (a checkpoint of other
+    // patch sizes gets no file: whatever runs it must then be told its preprocessing).
+    let preprocess = trainer::data::training_preprocess();
+    if model_preprocess_fits(&preprocess, model.config()) {
+        write_preprocess(&args.out, &preprocess)?;
+    }
     let c = model.config();
     writeln!(
         out,
@@ -537,10 +543,16 @@ pub(crate) fn write_preprocess(dir: &Path, preprocess: &vision::PreprocessConfig
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// The image preprocessing a model is fed with: checkpoint `dir`'s [`PREPROCESS_FILE`], or the
-/// default (64x64, 16-pixel patches, values in [-1, 1]) for a checkpoint without one or no
-/// checkpoint; checked against the model's patch sizes, so that a checkpoint and images of
-/// another geometry are an error at start-up, not wrong patches.
+/// Whether `preprocess` makes the patches `model` takes (count per camera and values each).
+fn model_preprocess_fits(preprocess: &vision::PreprocessConfig, model: &VlaConfig) -> bool {
+    preprocess.n_patches() == model.patches_per_camera && preprocess.patch_dim() == model.patch_dim
+}
+
+/// The image preprocessing a model is fed with: checkpoint `dir`'s [`PREPROCESS_FILE`] (every
+/// checkpoint `train` and `import-weights` write has one), or, for a folder without one or a
+/// random init, the trainer's ([`trainer::data::training_preprocess`]: 64x64, 16-pixel
+/// patches, values in [-1, 1]); checked against the model's patch sizes, so that a checkpoint
+/// and images of another geometry are an error at start-up, not wrong patches.
 pub(crate) fn model_preprocess(
     dir: Option<&Path>,
     model: &VlaConfig,
@@ -557,16 +569,14 @@ pub(crate) fn model_preprocess(
             (preprocess, from)
         }
         None => (
-            vision::PreprocessConfig::default(),
-            "the default preprocessing".to_string(),
+            trainer::data::training_preprocess(),
+            "the training preprocessing (no preprocess.toml)".to_string(),
         ),
     };
     preprocess
         .validate("preprocess")
         .with_context(|| from.clone())?;
-    if preprocess.n_patches() != model.patches_per_camera
-        || preprocess.patch_dim() != model.patch_dim
-    {
+    if !model_preprocess_fits(&preprocess, model) {
         bail!(
             "{from}: {}x{} images in {}-pixel patches give {} patches of {} values, the model takes {} of {}",
             preprocess.width,

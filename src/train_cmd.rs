@@ -428,7 +428,8 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         )?;
     }
     runtime::checkpoint::save(&model, &args.out)?;
-    crate::model_cmd::write_preprocess(&args.out, &trainer::data::training_preprocess())?;
+    let preprocess = trainer::data::training_preprocess();
+    crate::model_cmd::write_preprocess(&args.out, &preprocess)?;
     crate::model_cmd::write_task(&args.out, &task)?;
     let training_path = args.out.join(TRAINING_FILE);
     std::fs::write(&training_path, &text)
@@ -465,9 +466,9 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
             let cpu = Default::default();
             let host =
                 runtime::checkpoint::load::<NdArray<f32>>(&args.out, Some(&model_config), &cpu)?;
-            trainer::eval::closed_loop(&host, &task, seeds, &cpu)?
+            trainer::eval::closed_loop(&host, &task, &preprocess, seeds, &cpu)?
         } else {
-            trainer::eval::closed_loop(&model.valid(), &task, seeds, &device)?
+            trainer::eval::closed_loop(&model.valid(), &task, &preprocess, seeds, &device)?
         };
         writeln!(
             out,

@@ -343,6 +343,13 @@ fn import_weights_round_trips_and_names_bad_keys() {
     );
     ok(&imported);
     assert!(text(&imported.stdout).contains("instruction embedding: from the file"));
+    // The checkpoint says how its images are preprocessed (the trainer's 64x64, 16-pixel
+    // patches, which fit the edge model).
+    let preprocess: toml::Value = toml::from_str(
+        &std::fs::read_to_string(dir.path().join("ckpt/preprocess.toml")).expect("preprocess.toml"),
+    )
+    .expect("TOML");
+    assert_eq!(preprocess["patch_size"].as_integer(), Some(16));
     ok(&edgevla(
         &[
             "export",

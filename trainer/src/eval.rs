@@ -33,14 +33,16 @@ impl EvalReport {
     }
 }
 
-/// Runs `model` closed loop on the episodes of `seeds`, with a KV cache that holds the whole
-/// context (the model's cache dtype, budget = its context length).
+/// Runs `model` closed loop on the episodes of `seeds`, fed images preprocessed by
+/// `preprocess` (what it was trained on), with a KV cache that holds the whole context (the
+/// model's cache dtype, budget = its context length).
 ///
 /// # Errors
 /// Task, vision or model errors (bad configs, an episode longer than the model's context).
 pub fn closed_loop<B: Backend>(
     model: &Vla<B>,
     task_config: &TaskConfig,
+    preprocess: &vision::PreprocessConfig,
     seeds: impl Iterator<Item = u64>,
     device: &B::Device,
 ) -> Result<EvalReport> {
@@ -51,7 +53,7 @@ pub fn closed_loop<B: Backend>(
         budget_bytes: layout.total_bytes(c.max_cached_tokens() as u64),
     };
     let task = Task::new(task_config)?;
-    let mut policy = ModelPolicy::new(model.clone(), &cache, device)?;
+    let mut policy = ModelPolicy::new(model.clone(), &cache, preprocess.clone(), device)?;
     let mut report = EvalReport::default();
     for seed in seeds {
         let outcome = run_episode(&mut policy, Sim::with_task(task.clone(), seed)?, seed)?;
@@ -110,8 +112,22 @@ mod tests {
         .expect("short task");
         let device = Default::default();
         let model = crate::test_util::seeded_model::<B>(&c, 8);
-        let a = closed_loop(&model, &task, 0..3, &device).expect("eval");
-        let b = closed_loop(&model, &task, 0..3, &device).expect("eval again");
+        let a = closed_loop(
+            &model,
+            &task,
+            &crate::data::training_preprocess(),
+            0..3,
+            &device,
+        )
+        .expect("eval");
+        let b = closed_loop(
+            &model,
+            &task,
+            &crate::data::training_preprocess(),
+            0..3,
+            &device,
+        )
+        .expect("eval again");
         assert_eq!(a.episodes, 3);
         assert_eq!(a, b);
         assert!((0.0..=1.0).contains(&a.success_rate()));

@@ -205,24 +205,17 @@ pub struct ModelPolicy<B: Backend> {
 }
 
 impl<B: Backend> ModelPolicy<B> {
-    /// The model with a fresh stream over a cache of `cache`'s format and budget.
+    /// The model with a fresh stream over a cache of `cache`'s format and budget, fed images
+    /// preprocessed by `preprocess` (the checkpoint's own: what it was trained on).
     ///
     /// # Errors
-    /// [`Error::Runtime`] if the budget cannot hold the sinks plus one frame-step.
-    pub fn new(model: Vla<B>, cache: &KvCacheConfig, device: &B::Device) -> Result<Self> {
-        Self::with_preprocess(model, cache, device, crate::data::training_preprocess())
-    }
-
-    /// [`ModelPolicy::new`] feeding the model images preprocessed by `preprocess` (the
-    /// checkpoint's own, where it has one).
-    ///
-    /// # Errors
-    /// As [`ModelPolicy::new`]; [`Error::Vision`] for an invalid `preprocess`.
-    pub fn with_preprocess(
+    /// [`Error::Runtime`] if the budget cannot hold the sinks plus one frame-step;
+    /// [`Error::Vision`] for an invalid `preprocess`.
+    pub fn new(
         model: Vla<B>,
         cache: &KvCacheConfig,
-        device: &B::Device,
         preprocess: PreprocessConfig,
+        device: &B::Device,
     ) -> Result<Self> {
         let stream = model.new_stream(cache, device)?;
         Ok(Self {

@@ -512,26 +512,24 @@ pub struct ModelFactory<B: Backend> {
 }
 
 impl<B: Backend> ModelFactory<B> {
-    /// A factory over `model` (as loaded: its RoPE is the `trained` method's). `original`
+    /// A factory over `model` (as loaded: its RoPE is the `trained` method's), whose policies
+    /// feed it images preprocessed by `preprocess` (the checkpoint's own). `original`
     /// overrides the original context (default: [`original_context`] of its RoPE).
-    pub fn new(model: Vla<B>, original: Option<usize>, device: &B::Device) -> Self {
+    pub fn new(
+        model: Vla<B>,
+        original: Option<usize>,
+        preprocess: vision::PreprocessConfig,
+        device: &B::Device,
+    ) -> Self {
         let trained = model.config().clone();
         let original = original.unwrap_or_else(|| original_context(&trained.rope));
         Self {
             base: Mutex::new(model),
             trained,
             original,
-            preprocess: crate::data::training_preprocess(),
+            preprocess,
             device: device.clone(),
         }
-    }
-
-    /// The factory's policies feed the model images preprocessed by `preprocess` (the
-    /// checkpoint's own) instead of the training default.
-    #[must_use]
-    pub fn with_preprocess(mut self, preprocess: vision::PreprocessConfig) -> Self {
-        self.preprocess = preprocess;
-        self
     }
 
     /// The original context the factors are relative to.
@@ -583,11 +581,11 @@ where
             .load_record(record)
             .with_rope(model_config.rope.clone())?;
         let cache = self.cache(&model_config, config);
-        Ok(Box::new(ModelPolicy::with_preprocess(
+        Ok(Box::new(ModelPolicy::new(
             model,
             &cache,
-            &self.device,
             self.preprocess.clone(),
+            &self.device,
         )?))
     }
 

@@ -270,7 +270,7 @@ fn tiny_task() -> TaskConfig {
 fn model_sweep_writes_parseable_csv_markdown_and_pngs() {
     let device = Default::default();
     let model = crate::test_util::seeded_model::<B>(&tiny_model_config(), 9);
-    let factory = ModelFactory::new(model, None, &device);
+    let factory = ModelFactory::new(model, None, crate::data::training_preprocess(), &device);
     assert_eq!(factory.original(), 256);
     let s = SweepSpec {
         lengths: vec![16, 32],
@@ -364,7 +364,7 @@ fn model_sweep_writes_parseable_csv_markdown_and_pngs() {
 fn model_policy_runs_the_streaming_path() {
     let device = Default::default();
     let model = crate::test_util::seeded_model::<B>(&tiny_model_config(), 10);
-    let factory = ModelFactory::new(model, None, &device);
+    let factory = ModelFactory::new(model, None, crate::data::training_preprocess(), &device);
     let config = EvalConfig {
         method: RopeMethod::Trained,
         dtype: KvDtype::Int8,
