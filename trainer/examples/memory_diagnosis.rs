@@ -7,7 +7,8 @@
 //!    cache's quantization) and shows whether the cue survives eviction on expert frames;
 //! 3. the streaming path driving the simulator (closed loop, the first action of each chunk),
 //!    as `edgevla demo` does: how far the arm drifts from its rest pose before the go step,
-//!    the cue head's answer at the go step and after it, and the final distance to the pad.
+//!    the cue head's answer at the go step and after it (the first wrong answer after the go
+//!    step: when, and where the arm was), and the final distance to the pad.
 //!
 //! ```sh
 //! cargo run --release -p edgevla-trainer --example memory_diagnosis -- \
@@ -125,6 +126,9 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     let rest = task.arm.rest_xy;
     let mut drift = 0f64;
     let mut cue_at_go = None;
+    // The first step after the go step whose cue answer is wrong, and how far the arm then is
+    // from the cued pad and from the pad it names.
+    let mut first_wrong: Option<(usize, f64, f64)> = None;
     let (mut right, mut after) = (0, 0);
     let mut patches = Vec::new();
     loop {
@@ -139,6 +143,13 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
         if t == info.go_step {
             cue_at_go = Some(answer);
         }
+        if t > info.go_step && answer != info.target && first_wrong.is_none() {
+            first_wrong = Some((
+                t - info.go_step,
+                sim.distance_to_pad(info.target),
+                sim.distance_to_pad(answer),
+            ));
+        }
         if t < info.go_step {
             let [x, y] = sim.ee_xy();
             drift = drift.max((f64::from(x) - rest[0]).hypot(f64::from(y) - rest[1]));
@@ -150,11 +161,17 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     }
     Ok(format!(
         "closed loop: drift from rest before go {:.1} cm | cue head at go {} | right after the \
-         cue {right}/{after} | final distance to the pad {:.1} cm | success {}",
+         cue {right}/{after} (first wrong after go: {}) | final distance to the pad {:.1} cm | \
+         success {}",
         drift * 100.0,
         cue_at_go.map_or("-".to_string(), |a| {
             if a == info.target { "right" } else { "wrong" }.to_string()
         }),
+        first_wrong.map_or("none".to_string(), |(k, cued, named)| format!(
+            "go+{k}, the arm {:.1} cm from the cued pad, {:.1} cm from the named one",
+            cued * 100.0,
+            named * 100.0
+        )),
         sim.distance_to_pad(info.target) * 100.0,
         sim.success()
     ))
