@@ -11,29 +11,10 @@ use std::process::{Command, Output};
 use burn::backend::NdArray;
 use runtime::model::VlaConfig;
 
-const TINY_MODEL: &str = r#"
-d_model = 64
-n_layers = 1
-n_heads = 2
-n_kv_heads = 1
-ffn_dim = 64
-n_cameras = 3
-patches_per_camera = 16
-patch_dim = 768
-proprio_dim = 8
-max_instruction_bytes = 63
-n_readout = 1
-horizon = 8
-action_dim = 4
-cue_classes = 4
-[rope]
-head_dim = 32
-max_position_embeddings = 512
-rope_parameters = { rope_type = "yarn", factor = 2.0, original_max_position_embeddings = 256 }
-[kv_cache]
-dtype = "int8"
-budget_bytes = 60000
-"#;
+/// The tiny test model (configs/model/tiny.toml).
+fn tiny_model() -> &'static str {
+    configs::model_preset("tiny").expect("tiny preset").text
+}
 
 /// Training length 16 frame-steps: the quick sweep runs lengths 16 and 32.
 const SHORT_TASK: &str = r#"
@@ -46,7 +27,7 @@ reach_steps = 11
 
 fn setup(dir: &Path) -> (String, String) {
     let ckpt = dir.join("ckpt");
-    let config = VlaConfig::from_toml(TINY_MODEL).expect("tiny model");
+    let config = VlaConfig::from_toml(tiny_model()).expect("tiny model");
     let model = config.init::<NdArray<f32>>(&Default::default());
     runtime::checkpoint::save(&model, &ckpt).expect("save checkpoint");
     let task = dir.join("task.toml");

@@ -38,34 +38,18 @@ type B = NdArray<f32>;
 
 /// 1 layer, d_model 64, int8 cache: 68 bytes/token; 18 000 bytes hold the 64 sinks + 4
 /// frame-steps of 49 tokens.
-const TINY_MODEL: &str = r#"
-d_model = 64
-n_layers = 1
-n_heads = 2
-n_kv_heads = 1
-ffn_dim = 64
-n_cameras = 3
-patches_per_camera = 16
-patch_dim = 768
-proprio_dim = 8
-max_instruction_bytes = 63
-n_readout = 1
-horizon = 8
-action_dim = 4
-[rope]
-head_dim = 32
-max_position_embeddings = 4096
-[kv_cache]
-dtype = "int8"
-budget_bytes = 18000
-"#;
+/// A 1-layer random model whose KV cache holds 4 frame-steps (configs/model/soak.toml): every
+/// step from the 5th evicts one.
+fn tiny_model() -> &'static str {
+    configs::model_preset("soak").expect("soak preset").text
+}
 
 const SHORT_TASK: &str =
     "episode_steps = 16\ncue_start = [1, 1]\ncue_steps = 1\ngo_delay = [1, 2]\nreach_steps = 11\n";
 
 /// A tiny random model saved as a checkpoint (what the node loads like a trained one).
 fn tiny_checkpoint(dir: &Path) -> PathBuf {
-    let config = runtime::model::VlaConfig::from_toml(TINY_MODEL).expect("tiny model config");
+    let config = runtime::model::VlaConfig::from_toml(tiny_model()).expect("tiny model config");
     let device = Default::default();
     <B as burn::tensor::backend::Backend>::seed(&device, 7);
     let model = config.init::<B>(&device);
@@ -824,7 +808,7 @@ fn real_recordings_replay_through_the_node() {
 fn node_command_stops_cleanly_on_ctrl_c() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let model = tmp.path().join("tiny-model.toml");
-    std::fs::write(&model, TINY_MODEL).expect("write model");
+    std::fs::write(&model, tiny_model()).expect("write model");
     let config = tmp.path().join("node.toml");
     std::fs::write(
         &config,

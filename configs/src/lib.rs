@@ -36,7 +36,7 @@ pub const ROPE_PRESETS: &[Preset] = presets!("rope":
 );
 
 /// Model configs (`configs/model/`), parsed by `runtime::model::VlaConfig`.
-pub const MODEL_PRESETS: &[Preset] = presets!("model": "edge", "edge-long", "soak");
+pub const MODEL_PRESETS: &[Preset] = presets!("model": "edge", "edge-long", "soak", "tiny");
 
 /// Camera rigs (`configs/rigs/`), parsed by `vision::rig`.
 pub const RIG_PRESETS: &[Preset] = presets!("rigs": "edge-3cam", "euroc-stereo", "g1-head");

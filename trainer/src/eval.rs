@@ -82,30 +82,11 @@ mod tests {
     /// same model and seeds give the same report.
     #[test]
     fn runs_whole_episodes_deterministically() {
-        let c = VlaConfig::from_toml(
-            r#"
-            d_model = 64
-            n_layers = 1
-            n_heads = 2
-            n_kv_heads = 1
-            ffn_dim = 64
-            n_cameras = 3
-            patches_per_camera = 16
-            patch_dim = 768
-            proprio_dim = 8
-            max_instruction_bytes = 63
-            n_readout = 1
-            horizon = 8
-            action_dim = 4
-            [rope]
-            head_dim = 32
-            max_position_embeddings = 1024
-            [kv_cache]
-            dtype = "int8"
-            budget_bytes = 1000000
-            "#,
-        )
-        .expect("tiny model");
+        // The 1-layer soak model with a cache that holds whole 16-step episodes.
+        let mut c = VlaConfig::from_toml(configs::model_preset("soak").expect("soak").text)
+            .expect("config");
+        c.rope.max_position_embeddings = 1024;
+        c.kv_cache.budget_bytes = 1_000_000;
         let task = TaskConfig::from_toml(
             "episode_steps = 16\ncue_start = [1, 1]\ncue_steps = 1\ngo_delay = [1, 2]\nreach_steps = 11\n",
         )

@@ -228,32 +228,8 @@ fn wilson_interval_matches_known_values() {
 }
 
 fn tiny_model_config() -> VlaConfig {
-    VlaConfig::from_toml(
-        r#"
-        d_model = 64
-        n_layers = 1
-        n_heads = 2
-        n_kv_heads = 1
-        ffn_dim = 64
-        n_cameras = 3
-        patches_per_camera = 16
-        patch_dim = 768
-        proprio_dim = 8
-        max_instruction_bytes = 63
-        n_readout = 1
-        horizon = 8
-        action_dim = 4
-        cue_classes = 4
-        [rope]
-        head_dim = 32
-        max_position_embeddings = 512
-        rope_parameters = { rope_type = "yarn", factor = 2.0, original_max_position_embeddings = 256 }
-        [kv_cache]
-        dtype = "int8"
-        budget_bytes = 60000
-        "#,
-    )
-    .expect("tiny model")
+    VlaConfig::from_toml(configs::model_preset("tiny").expect("tiny preset").text)
+        .expect("tiny config")
 }
 
 fn tiny_task() -> TaskConfig {
