@@ -15,7 +15,7 @@ use runtime::bench::{INSTRUCTION, Observations, StepCost, prefilled_stream};
 use runtime::kv::KvDtype;
 use runtime::model::{StepInput, Vla};
 
-use crate::model_cmd::{apply_rope_preset, load_model_config};
+use node::checkpoint::{apply_rope_preset, load_model_config};
 
 /// `edgevla bench …`.
 #[derive(Debug, Args)]
@@ -181,7 +181,7 @@ pub(crate) fn bench(args: &BenchArgs, out: &mut impl Write) -> Result<()> {
 }
 
 fn bench_soak(args: &SoakArgs, out: &mut impl Write) -> Result<()> {
-    use crate::node::soak::{RSS_TOLERANCE, run_soak};
+    use node::soak::{RSS_TOLERANCE, run_soak};
     let shutdown = crate::transport_cmd::shutdown_flag()?;
     let mut bar = crate::progress::bar(args.steps, "soak", args.quiet);
     let report = run_soak(args.steps, &shutdown, &mut |p| {

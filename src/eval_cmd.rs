@@ -17,7 +17,7 @@ use trainer::needle::sweep::{
     SweepSpec, run_sweep,
 };
 
-use crate::model_cmd::read_named;
+use node::checkpoint::read_named;
 
 /// Arguments of `edgevla eval`.
 #[derive(Debug, Args)]
@@ -215,7 +215,7 @@ where
             ("history-blind (no memory)".to_string(), None)
         }
         _ => {
-            let Some((dir, _)) = crate::model_cmd::find_checkpoint(&args.model) else {
+            let Some((dir, _)) = node::checkpoint::find_checkpoint(&args.model) else {
                 bail!(
                     "--model {}: no checkpoint there (config.toml + weights.mpk, as `edgevla train --out` writes)",
                     args.model.display()
@@ -242,10 +242,10 @@ where
                 c.rope.factor(),
                 if c.cue_classes > 0 { "yes" } else { "no" }
             );
-            let trained_task = crate::model_cmd::model_task(Some(&dir))?;
-            crate::model_cmd::fit_task_to_model(c, trained_task.as_ref(), &mut task)
+            let trained_task = node::checkpoint::model_task(Some(&dir))?;
+            node::checkpoint::fit_task_to_model(c, trained_task.as_ref(), &mut task)
                 .with_context(|| format!("--task {}", args.task))?;
-            let preprocess = crate::model_cmd::model_preprocess(Some(&dir), c)?;
+            let preprocess = node::checkpoint::model_preprocess(Some(&dir), c)?;
             let f = ModelFactory::new(model, args.original_context, preprocess, &device);
             let original = f.original();
             factory = Box::new(f);

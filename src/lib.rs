@@ -9,7 +9,6 @@ mod device;
 mod eval_cmd;
 pub mod import_cmd;
 mod model_cmd;
-pub mod node;
 mod node_cmd;
 mod progress;
 mod ring_cmd;

@@ -1,5 +1,5 @@
 //! `edgevla node`, `edgevla sim` and `edgevla demo`: argument parsing and output around
-//! [`crate::node`].
+//! the `node` crate.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -13,11 +13,11 @@ use clap::Args;
 use sim::{ActionSpace, TaskConfig};
 use transport::replay::{Rate, Remap};
 
-use crate::model_cmd::read_named;
-use crate::node::demo::{Pace, read_mcap, replay_through_node, run_demo, summary_table};
-use crate::node::sim::{CacheFrames, SimMode, SimOptions, run_sim};
-use crate::node::{ClockMode, ModelChoice, NodeConfig, NodeMonitor, run_node, setup};
 use crate::transport_cmd::{ZenohArgs, shutdown_flag};
+use node::checkpoint::read_named;
+use node::demo::{Pace, read_mcap, replay_through_node, run_demo, summary_table};
+use node::sim::{CacheFrames, SimMode, SimOptions, run_sim};
+use node::{ClockMode, ModelChoice, NodeConfig, NodeMonitor, run_node, setup};
 
 /// Model and device flags shared by `node` and `demo`.
 #[derive(Debug, Args)]
@@ -84,7 +84,7 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 1_000_000)]
     pub seed: u64,
     /// lock-step (wait for each action: deterministic) or real-time.
-    #[arg(long, value_enum, default_value = "lock-step")]
+    #[arg(long, default_value = "lock-step")]
     pub mode: SimMode,
     /// JPEG quality of the published frames.
     #[arg(long, default_value_t = 95)]
@@ -140,7 +140,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "memory-short")]
     pub task: String,
     /// lock-step (deterministic, as fast as the model) or real-time (10 Hz, chunked actions).
-    #[arg(long, value_enum, default_value = "lock-step")]
+    #[arg(long, default_value = "lock-step")]
     pub mode: SimMode,
     /// Also record every message to this MCAP file (replay it with --replay).
     #[arg(long, value_name = "FILE")]
@@ -212,7 +212,7 @@ fn node_on<B: Backend>(
     session_config: &transport::session::SessionConfig,
     device: B::Device,
     shutdown: &AtomicBool,
-) -> Result<crate::node::NodeReport> {
+) -> Result<node::NodeReport> {
     let (setup, source) = setup::<B>(config.clone(), args.model.choice(), device)?;
     eprintln!(
         "edgevla node: {source}; actions are {}; listening on {}/{}/**",
@@ -221,7 +221,12 @@ fn node_on<B: Backend>(
         config.robot_id
     );
     let session = transport::session::open(session_config)?;
-    run_node(&session, &setup, shutdown, &NodeMonitor::default())
+    Ok(run_node(
+        &session,
+        &setup,
+        shutdown,
+        &NodeMonitor::default(),
+    )?)
 }
 
 /// Runs `edgevla sim`: one JSON line per episode, then a summary line.
@@ -341,7 +346,7 @@ fn demo_on<B: Backend>(
         sim.start_ns = None;
     }
     let (setup, source) = setup::<B>(config, args.model.choice(), device)?;
-    crate::model_cmd::fit_task_to_model(
+    node::checkpoint::fit_task_to_model(
         setup.model.config(),
         setup.trained_task.as_ref(),
         &mut sim.task,

@@ -130,8 +130,8 @@ where
     if args.steps == 0 || args.batch == 0 || args.iters == 0 {
         bail!("--steps, --batch and --iters must be ≥ 1");
     }
-    let mut config = crate::model_cmd::load_model_config(&args.model)?;
-    crate::model_cmd::apply_rope_preset(&mut config, &args.rope)?;
+    let mut config = node::checkpoint::load_model_config(&args.model)?;
+    node::checkpoint::apply_rope_preset(&mut config, &args.rope)?;
     let home = &devices[0];
     B::seed(home, 0);
     let model: Vla<B> = config.init::<B>(home);

@@ -14,7 +14,7 @@ use sim::TaskConfig;
 use trainer::data::{Prefetch, StepWeights};
 use trainer::train::{Resume, TrainConfig};
 
-use crate::model_cmd::read_named;
+use node::checkpoint::read_named;
 
 /// Arguments of `edgevla train`.
 /// Whether the CUDA backend fuses operations (burn-fusion).
@@ -287,9 +287,9 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     if file.batch_size == 0 {
         bail!("invalid config key `batch_size`: must be ≥ 1");
     }
-    let mut model_config = crate::model_cmd::load_model_config(&file.model)?;
+    let mut model_config = node::checkpoint::load_model_config(&file.model)?;
     if let Some(name) = &file.rope {
-        crate::model_cmd::apply_rope_preset(&mut model_config, name)?;
+        node::checkpoint::apply_rope_preset(&mut model_config, name)?;
     }
     let task = file
         .task_config()
@@ -429,8 +429,8 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     }
     runtime::checkpoint::save(&model, &args.out)?;
     let preprocess = trainer::data::training_preprocess();
-    crate::model_cmd::write_preprocess(&args.out, &preprocess)?;
-    crate::model_cmd::write_task(&args.out, &task)?;
+    node::checkpoint::write_preprocess(&args.out, &preprocess)?;
+    node::checkpoint::write_task(&args.out, &task)?;
     let training_path = args.out.join(TRAINING_FILE);
     std::fs::write(&training_path, &text)
         .with_context(|| format!("writing {}", training_path.display()))?;
@@ -521,7 +521,7 @@ mod tests {
         for preset in configs::TRAINING_PRESETS {
             let file: TrainingFile =
                 toml::from_str(preset.text).unwrap_or_else(|e| panic!("{}: {e}", preset.name));
-            crate::model_cmd::load_model_config(&file.model)
+            node::checkpoint::load_model_config(&file.model)
                 .unwrap_or_else(|e| panic!("{}: model {}: {e:#}", preset.name, file.model));
             assert!(
                 configs::task_preset(&file.task).is_some(),

@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use burn::backend::NdArray;
-use edgevla::node::demo::{Pace, read_mcap, replay_through_node, run_demo};
-use edgevla::node::sim::{PROPRIO_NAMES, SimOptions, jpeg};
-use edgevla::node::{
+use node::demo::{Pace, read_mcap, replay_through_node, run_demo};
+use node::sim::{PROPRIO_NAMES, SimOptions, jpeg};
+use node::{
     ClockMode, ModelChoice, NodeConfig, NodeMonitor, NodeReport, NodeSetup, NodeState, run_node,
     setup,
 };
@@ -796,7 +796,7 @@ fn real_recordings_replay_through_the_node() {
         assert_eq!(n.cache.over_budget_steps, 0);
         assert_eq!(n.input.restarts, 0);
         for a in &out.actions {
-            let chunk = edgevla::node::demo::decode_action(a).expect("action decodes");
+            let chunk = node::demo::decode_action(a).expect("action decodes");
             assert!(chunk.values.iter().all(|v| v.is_finite()));
         }
     }
@@ -880,7 +880,7 @@ fn node_command_stops_cleanly_on_ctrl_c() {
 #[serial]
 fn node_in_ros2_mode_acts_for_a_rmw_zenoh_robot() {
     let mut config = node_config(ClockMode::Joints);
-    config.ros2 = Some(edgevla::node::Ros2Topics {
+    config.ros2 = Some(node::Ros2Topics {
         domain_id: 3,
         namespace: "/".into(),
         node_name: "edgevla".into(),

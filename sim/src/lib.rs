@@ -84,6 +84,13 @@ const DETOUR_STREAM: u64 = 0x6465_746F_7572; // "detour"
 /// Values per action.
 pub const ACTION_DIM: usize = 4;
 
+/// The image preprocessing the task's episodes are trained with (64x64, 16-pixel patches,
+/// values in [-1, 1]); written beside every checkpoint as `preprocess.toml`, so that what runs
+/// the model feeds it the same patches.
+pub fn training_preprocess() -> PreprocessConfig {
+    PreprocessConfig::default()
+}
+
 /// Light colors, in the order `n_colors` takes them: (name, RGB8). No other scene color
 /// equals any of them.
 pub const LIGHT_COLORS: [(&str, Rgb); 4] = [

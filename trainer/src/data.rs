@@ -12,11 +12,7 @@ use crate::error::{Error, Result};
 use crate::train::Batch;
 use sim::{Episode, TaskConfig};
 
-/// The image preprocessing of training episodes (written beside every checkpoint as
-/// `preprocess.toml`, so that what runs the model feeds it the same patches).
-pub fn training_preprocess() -> PreprocessConfig {
-    PreprocessConfig::default()
-}
+pub use sim::training_preprocess;
 
 /// Per-step loss weighting of a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -428,6 +428,21 @@ fn invalid(type_name: &'static str, reason: String) -> TransportError {
     TransportError::InvalidMessage { type_name, reason }
 }
 
+impl CompressedImage {
+    /// Whether `format` names PNG, as ROS drivers write it (`png`, `rgb8; png compressed`).
+    #[must_use]
+    pub fn is_png(&self) -> bool {
+        self.format.to_ascii_lowercase().contains("png")
+    }
+
+    /// Whether `format` names JPEG (`jpeg`, `jpg`, `bgr8; jpeg compressed bgr8`).
+    #[must_use]
+    pub fn is_jpeg(&self) -> bool {
+        let f = self.format.to_ascii_lowercase();
+        f.contains("jpeg") || f.contains("jpg")
+    }
+}
+
 impl RosMessage for CompressedImage {
     const TYPE_NAME: &'static str = "sensor_msgs/msg/CompressedImage";
     const KIND: MessageKind = MessageKind::CompressedImage;
@@ -438,8 +453,7 @@ impl RosMessage for CompressedImage {
 
     /// `format` must name JPEG or PNG (what `vision` decodes), as ROS drivers write it.
     fn validate(&self) -> Result<()> {
-        let f = self.format.to_ascii_lowercase();
-        if f.contains("jpeg") || f.contains("jpg") || f.contains("png") {
+        if self.is_png() || self.is_jpeg() {
             Ok(())
         } else {
             Err(invalid(

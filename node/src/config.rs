@@ -1,11 +1,11 @@
 //! `configs/node/*.toml`: the node's settings (see `configs/node/edge.toml` for every key).
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context as _, Error, Result};
 use runtime::kv::KvCacheConfig;
 use serde::{Deserialize, Serialize};
 use transport::pubsub::SubscriberConfig;
 
-use crate::model_cmd::read_named;
+use crate::checkpoint::read_named;
 
 /// Where the synchronizer's "now" comes from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,7 +188,7 @@ impl NodeConfig {
     /// # Errors
     /// Unknown keys, wrong types, and out-of-range values (named by key).
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: Self = toml::from_str(text).context("node config")?;
+        let config: Self = toml::from_str(text).map_err(|e| Error::toml("node config", e))?;
         config.validate()?;
         Ok(config)
     }
@@ -215,11 +215,14 @@ impl NodeConfig {
             ("status_ms", self.status_ms),
         ] {
             if !(v.is_finite() && v > 0.0) {
-                bail!("invalid config key `{key}`: must be a positive number of ms, got {v}");
+                return Err(Error::config(
+                    key,
+                    format!("must be a positive number of ms, got {v}"),
+                ));
             }
         }
         if self.subscriber.ring_capacity == 0 {
-            bail!("invalid config key `subscriber.ring_capacity`: must be ≥ 1");
+            return Err(Error::config("subscriber.ring_capacity", "must be ≥ 1"));
         }
         if let Some(ros2) = &self.ros2 {
             ros2.validate()?;

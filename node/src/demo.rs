@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use crate::error::{Context as _, Error, Result};
 use burn::tensor::backend::Backend;
 use serde::Serialize;
 use transport::clock::SystemClock;
@@ -137,8 +137,8 @@ pub fn run_demo<B: Backend>(
                 let (ready_tx, ready_rx) = std::sync::mpsc::channel();
                 let (sim_session, keys, recorder_stop) = (&sim_session, &keys, &recorder_stop);
                 let handle = scope.spawn(move || -> Result<u64> {
-                    let file = std::fs::File::create(path)
-                        .with_context(|| format!("creating {}", path.display()))?;
+                    let file =
+                        std::fs::File::create(path).map_err(|e| Error::io(path.display(), e))?;
                     let recorder = McapRecorder::new(
                         std::io::BufWriter::new(file),
                         RecorderConfig {
@@ -168,7 +168,7 @@ pub fn run_demo<B: Backend>(
         let state = Mutex::new(DemoProgress::default());
         // wall time per simulator step over the current window, microseconds
         let mut window = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 2)
-            .map_err(|e| anyhow!("latency histogram: {e}"))?;
+            .map_err(|e| Error::Invalid(format!("latency histogram: {e}")))?;
         let mut last_step = Instant::now();
         let sim_clock = SystemClock::new();
         let stop_both = || shutdown.load(Ordering::SeqCst);
@@ -229,9 +229,12 @@ pub fn run_demo<B: Backend>(
         recorder_stop.store(true, Ordering::SeqCst);
         let node_report = node
             .join()
-            .map_err(|_| anyhow!("the node thread panicked"))??;
+            .map_err(|_| Error::Worker("the node thread panicked".into()))??;
         let recorded = match recorder {
-            Some(h) => Some(h.join().map_err(|_| anyhow!("the recorder panicked"))??),
+            Some(h) => Some(
+                h.join()
+                    .map_err(|_| Error::Worker("the recorder panicked".into()))??,
+            ),
             None => None,
         };
         Ok((node_report, sim_result?, recorded))
@@ -320,7 +323,7 @@ pub fn replay_through_node<B: Backend>(
                 .push((stamp, bytes));
         })
         .wait()
-        .map_err(|e| anyhow!("declare action subscriber: {e}"))?;
+        .context("declare action subscriber")?;
     let (node_report, published, timeouts) = std::thread::scope(|scope| -> Result<_> {
         let node = scope.spawn(|| run_node(&node_session, setup, &node_stop, &monitor));
         let drive = || -> Result<(u64, u64)> {
@@ -381,7 +384,7 @@ pub fn replay_through_node<B: Backend>(
         node_stop.store(true, Ordering::SeqCst);
         let node_report = node
             .join()
-            .map_err(|_| anyhow!("the node thread panicked"))??;
+            .map_err(|_| Error::Worker("the node thread panicked".into()))??;
         let (published, timeouts) = driven?;
         Ok((node_report, published, timeouts))
     })?;

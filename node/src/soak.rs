@@ -6,7 +6,7 @@
 
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Result, bail};
+use crate::error::{Error, Result};
 use burn::backend::NdArray;
 use serde::Serialize;
 
@@ -75,10 +75,10 @@ pub fn run_soak(
     progress: &mut dyn FnMut(&DemoProgress),
 ) -> Result<SoakReport> {
     if steps < 2 * TRACE_WINDOW {
-        bail!(
+        return Err(Error::Invalid(format!(
             "a soak needs at least {} steps (two samples of {TRACE_WINDOW})",
             2 * TRACE_WINDOW
-        );
+        )));
     }
     let mut config = NodeConfig::load("edge")?;
     config.model = "soak".into();
@@ -88,7 +88,8 @@ pub fn run_soak(
     let (node, source) =
         setup::<NdArray<f32>>(config, ModelChoice::Configured, Default::default())?;
     let task = sim::TaskConfig {
-        episode_steps: usize::try_from(steps)?,
+        episode_steps: usize::try_from(steps)
+            .map_err(|_| Error::Invalid(format!("{steps} steps do not fit this machine")))?,
         ..sim::TaskConfig::default()
     };
     task.validate()?;
@@ -98,7 +99,9 @@ pub fn run_soak(
     let samples = outcome.rss.trace;
     let steps_run = samples.last().map_or(0, |s| s.steps);
     if samples.len() < 2 {
-        bail!("the run ended after {steps_run} steps, before two samples");
+        return Err(Error::Invalid(format!(
+            "the run ended after {steps_run} steps, before two samples"
+        )));
     }
     let warmup_samples = (samples.len() / 10).max(1);
     let steady = &samples[warmup_samples..];

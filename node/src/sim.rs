@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context as _, Error, Result};
 use image::ExtendedColorType;
 use image::codecs::jpeg::JpegEncoder;
 use serde::Serialize;
@@ -33,13 +33,33 @@ use transport::pubsub::{Publisher, StreamClass, Subscriber, SubscriberConfig};
 pub use sim::PROPRIO_NAMES;
 
 /// How the simulator paces itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SimMode {
     /// Wait for the action of step t before publishing step t + 1 (deterministic, fast).
     LockStep,
     /// Advance every control period on the clock, whatever the node does.
     RealTime,
+}
+
+impl SimMode {
+    /// Every mode, in its spelling (`lock-step`, `real-time`).
+    pub const ALL: [(SimMode, &'static str); 2] = [
+        (SimMode::LockStep, "lock-step"),
+        (SimMode::RealTime, "real-time"),
+    ];
+}
+
+impl std::str::FromStr for SimMode {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(mode, _)| *mode)
+            .ok_or_else(|| Error::Invalid(format!("unknown mode `{s}`: lock-step or real-time")))
+    }
 }
 
 /// Simulator settings.
@@ -169,7 +189,7 @@ pub fn jpeg(rgb: &[u8], width: u32, height: u32, quality: u8, out: &mut Vec<u8>)
     out.clear();
     JpegEncoder::new_with_quality(&mut *out, quality.clamp(1, 100))
         .encode(rgb, width, height, ExtendedColorType::Rgb8)
-        .context("JPEG encode")
+        .map_err(|e| Error::Invalid(format!("JPEG encode: {e}")))
 }
 
 /// Runs the simulator on `session` until its episodes are done or `shutdown` is set; calls
@@ -186,7 +206,10 @@ pub fn run_sim(
     on_episode: &mut dyn FnMut(&EpisodeResult),
 ) -> Result<SimReport> {
     if !(1..=100).contains(&options.jpeg_quality) {
-        bail!("JPEG quality must be 1-100, got {}", options.jpeg_quality);
+        return Err(Error::Invalid(format!(
+            "JPEG quality must be 1-100, got {}",
+            options.jpeg_quality
+        )));
     }
     let keys = KeySpace::new(&options.prefix, &options.robot_id)?;
     let task = Task::new(&options.task).context("task config")?;

@@ -1,6 +1,10 @@
-//! The on-robot node and its companions: [`run_node`] joins the transport, vision and runtime
-//! crates into the control loop; [`sim`] serves the trainer's memory task as a live robot over
-//! zenoh; [`demo`] runs both over loopback, and drives recordings through the node.
+//! The on-robot node and its companions, as a library (the `edgevla` binary only parses
+//! arguments and calls it): [`run_node`] joins the transport, vision and runtime crates into the
+//! control loop; [`sim`] serves the memory task (the `sim` crate) as a live robot over zenoh;
+//! [`demo`] runs both over loopback, and drives recordings through the node; [`soak`] is the
+//! long run; [`checkpoint`] finds a checkpoint and checks its task and preprocessing against the
+//! model; [`adapt`] turns wire messages into the model's inputs and its outputs into wire
+//! messages. Errors are [`Error`].
 //!
 //! # The node's threads
 //! - zenoh's callback decodes each sample into the subscriber's ring (newest N per topic): it
@@ -33,8 +37,11 @@
 //! (`over_budget_steps` stays 0); with `clock = "joints"`, the same inputs give byte-identical
 //! action messages.
 
+pub mod adapt;
+pub mod checkpoint;
 pub mod config;
 pub mod demo;
+pub mod error;
 pub mod sim;
 pub mod soak;
 pub mod stats;
@@ -45,16 +52,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use crate::error::Context as _;
+pub use crate::error::{Error, Result};
 use burn::tensor::backend::Backend;
 use runtime::model::{StepInput, Vla};
 use transport::keys::{KeySpace, Topic};
-use transport::msg::{ActionChunk, AnyMessage, StringMsg, Time};
+use transport::msg::{ActionChunk, AnyMessage, StringMsg};
 use transport::pubsub::{Publisher, Routes, StreamClass, Subscriber, SubscriberStats};
 use transport::ros2::{Ros2Node, Ros2Publisher, TopicPublisher};
-use vision::{
-    EncodedFrame, Encoding, PreprocessConfig, Rig, Slot, Step, StepAssembler, VisionPipeline,
-};
+use vision::{EncodedFrame, PreprocessConfig, Rig, Slot, Step, StepAssembler, VisionPipeline};
 use zenoh::{Session, Wait};
 
 pub use config::{ClockMode, NodeConfig, Ros2Topics};
@@ -98,7 +104,7 @@ pub enum ModelChoice<'a> {
     /// This checkpoint folder, as given.
     Checkpoint(&'a Path),
     /// The config's `checkpoint` (a relative path is also looked for in `EDGEVLA_HOME`, beside
-    /// the executable and in the source tree: [`crate::model_cmd::find_checkpoint`]); it is an
+    /// the executable and in the source tree: [`checkpoint::find_checkpoint`]); it is an
     /// error when the config names one that is found nowhere. A config without `checkpoint`
     /// runs a seeded random init of its `model`.
     Configured,
@@ -118,20 +124,17 @@ pub fn setup<B: Backend>(
     choice: ModelChoice<'_>,
     device: B::Device,
 ) -> Result<(NodeSetup<B>, String)> {
-    let rig_text = crate::model_cmd::read_named(&config.rig, configs::rig_preset(&config.rig))?;
+    let rig_text = checkpoint::read_named(&config.rig, configs::rig_preset(&config.rig))?;
     let rig = Rig::from_toml_str(&rig_text).with_context(|| format!("rig {}", config.rig))?;
     let (found, why_untrained) = match (choice, config.checkpoint.as_deref()) {
         (ModelChoice::Checkpoint(dir), _) => (Some((dir.to_path_buf(), "")), ""),
         (ModelChoice::Untrained, _) => (None, "--untrained"),
         (ModelChoice::Configured, None) => (None, "the node config names no checkpoint"),
         (ModelChoice::Configured, Some(path)) => {
-            let found = crate::model_cmd::find_checkpoint(Path::new(path)).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "checkpoint {path} (the node config's `checkpoint`) not found: looked below \
-                     the working directory, in $EDGEVLA_HOME, beside the executable and in the \
-                     source tree it was built from; pass --model DIR, or --untrained for a \
-                     random init"
-                )
+            let found = checkpoint::find_checkpoint(Path::new(path)).ok_or_else(|| {
+                Error::CheckpointNotFound {
+                    path: path.to_string(),
+                }
             })?;
             (Some(found), "")
         }
@@ -149,7 +152,7 @@ pub fn setup<B: Backend>(
             (model, format!("checkpoint {}{from}", dir.display()))
         }
         None => {
-            let model_config = crate::model_cmd::load_model_config(&config.model)?;
+            let model_config = checkpoint::load_model_config(&config.model)?;
             B::seed(&device, config.seed);
             (
                 model_config.init::<B>(&device),
@@ -162,27 +165,30 @@ pub fn setup<B: Backend>(
     };
     if !config.rope.is_empty() {
         let mut c = model.config().clone();
-        crate::model_cmd::apply_rope_preset(&mut c, &config.rope)?;
+        checkpoint::apply_rope_preset(&mut c, &config.rope)?;
         model = model.with_rope(c.rope)?;
     }
     let mc = model.config();
     if mc.n_cameras != rig.n_cams() {
-        bail!(
+        return Err(Error::Mismatch(format!(
             "the model takes {} cameras, rig `{}` has {}",
             mc.n_cameras,
             rig.name,
             rig.n_cams()
-        );
+        )));
     }
     if !config.proprio.is_empty() && config.proprio.len() != mc.proprio_dim {
-        bail!(
-            "invalid config key `proprio`: {} names, the model takes {} proprio values",
-            config.proprio.len(),
-            mc.proprio_dim
-        );
+        return Err(Error::config(
+            "proprio",
+            format!(
+                "{} names, the model takes {} proprio values",
+                config.proprio.len(),
+                mc.proprio_dim
+            ),
+        ));
     }
-    let preprocess = crate::model_cmd::model_preprocess(dir.as_deref(), mc)?;
-    let trained_task = crate::model_cmd::model_task(dir.as_deref())?;
+    let preprocess = checkpoint::model_preprocess(dir.as_deref(), mc)?;
+    let trained_task = checkpoint::model_task(dir.as_deref())?;
     Ok((
         NodeSetup {
             config,
@@ -371,34 +377,13 @@ impl Ingest {
                     tracing::debug!(name, "frame of a camera outside the rig");
                     return Ok(());
                 };
-                let (stamp, frame) = match msg {
-                    AnyMessage::CompressedImage(img) => {
-                        let encoding = match img.format.to_ascii_lowercase() {
-                            f if f.contains("png") => Encoding::Png,
-                            _ => Encoding::Jpeg,
-                        };
-                        (
-                            img.header.stamp.as_nanos(),
-                            EncodedFrame::compressed(encoding, img.data),
-                        )
+                let (stamp, frame) = match adapt::frame(msg) {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return Ok(()),
+                    Err(encoding) => {
+                        tracing::warn!(encoding, "unsupported raw encoding");
+                        return Ok(());
                     }
-                    AnyMessage::Image(img) => {
-                        let Ok(encoding) = img.encoding.parse::<Encoding>() else {
-                            tracing::warn!(encoding = img.encoding, "unsupported raw encoding");
-                            return Ok(());
-                        };
-                        (
-                            img.header.stamp.as_nanos(),
-                            EncodedFrame {
-                                encoding,
-                                width: img.width,
-                                height: img.height,
-                                step: img.step,
-                                data: img.data.into(),
-                            },
-                        )
-                    }
-                    _ => return Ok(()),
                 };
                 self.check_restart(cam, stamp)?;
                 if !self.started_episode {
@@ -412,40 +397,16 @@ impl Ingest {
                 let stamp = js.header.stamp.as_nanos();
                 let stream = self.rig.n_cams();
                 self.check_restart(stream, stamp)?;
-                let mut missing = 0;
-                let values: Vec<f32> = if self.config.proprio.is_empty() {
-                    let mut v: Vec<f32> = js.position.iter().map(|&x| x as f32).collect();
-                    v.resize(self.proprio_dim, 0.0);
-                    v
-                } else {
-                    self.config
-                        .proprio
-                        .iter()
-                        .map(|n| {
-                            match js
-                                .name
-                                .iter()
-                                .position(|x| x == n)
-                                .and_then(|i| js.position.get(i))
-                            {
-                                Some(&x) => x as f32,
-                                None => {
-                                    missing += 1;
-                                    0.0
-                                }
-                            }
-                        })
-                        .collect()
-                };
-                let finite = values.iter().all(|v| v.is_finite());
+                let proprio = adapt::proprio(&js, &self.config.proprio, self.proprio_dim);
+                let finite = proprio.is_finite();
                 {
                     let mut c = self.lock_counters();
                     c.joints += 1;
-                    c.proprio_missing_names += missing;
+                    c.proprio_missing_names += proprio.missing;
                     c.proprio_non_finite += u64::from(!finite);
                 }
                 if finite {
-                    self.joints.push_back((stamp, values));
+                    self.joints.push_back((stamp, proprio.values));
                     while self.joints.len() > 64 {
                         self.joints.pop_front();
                     }
@@ -633,13 +594,7 @@ impl<B: Backend> Inference<'_, B> {
                 return Ok(());
             }
         };
-        let msg = ActionChunk {
-            stamp: Time::from_nanos(job.step.tick_ns),
-            sequence: self.sequence,
-            horizon: u32::try_from(out.action.horizon).unwrap_or(u32::MAX),
-            dims: u32::try_from(out.action.action_dim).unwrap_or(u32::MAX),
-            values: out.action.values,
-        };
+        let msg = adapt::action_message(out.action, job.step.tick_ns, self.sequence);
         self.sequence += 1;
         if let Err(e) = actions.publish(&msg) {
             self.report.publish_errors += 1;
@@ -743,8 +698,11 @@ fn ros2_endpoints(
     let mut topics: Vec<(&str, Topic, MessageKind, Qos)> = Vec::new();
     for camera in &rig.cameras {
         let name = &camera.name;
-        let topic = ros2.cameras.get(name).with_context(|| {
-            format!("config key `ros2.cameras`: no topic for the rig's camera {name:?}")
+        let topic = ros2.cameras.get(name).ok_or_else(|| {
+            Error::config(
+                "ros2.cameras",
+                format!("no topic for the rig's camera {name:?}"),
+            )
         })?;
         topics.push((
             topic,
@@ -761,7 +719,10 @@ fn ros2_endpoints(
         .keys()
         .find(|c| !rig.cameras.iter().any(|cam| &cam.name == *c))
     {
-        bail!("config key `ros2.cameras.{extra}`: the rig has no camera of that name");
+        return Err(Error::config(
+            format!("ros2.cameras.{extra}"),
+            "the rig has no camera of that name",
+        ));
     }
     topics.push((
         &ros2.joints,
@@ -913,7 +874,7 @@ pub fn run_node<B: Backend>(
         let ingest_thread = std::thread::Builder::new()
             .name("edgevla-ingest".into())
             .spawn_scoped(scope, || ingest_loop(ingest, &subscriber, &stop_ingest))
-            .context("spawning the ingest thread")?;
+            .map_err(|e| Error::io("spawning the ingest thread", e))?;
         let mut last_status = Instant::now();
         let mut last_links: Option<Instant> = None;
         let mut steps_at_status = 0u64;
@@ -992,8 +953,15 @@ pub fn run_node<B: Backend>(
         stop_ingest.store(true, Ordering::SeqCst);
         match ingest_thread.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => outcome = outcome.and(Err(e.context("ingest thread"))),
-            Err(_) => outcome = outcome.and(Err(anyhow::anyhow!("the ingest thread panicked"))),
+            Ok(Err(e)) => {
+                outcome = outcome.and(Err(Error::Context {
+                    what: "ingest thread".into(),
+                    error: Box::new(e),
+                }));
+            }
+            Err(_) => {
+                outcome = outcome.and(Err(Error::Worker("the ingest thread panicked".into())));
+            }
         }
         outcome
     });
