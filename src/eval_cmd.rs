@@ -1,4 +1,4 @@
-//! `edgevla eval`: the long-context needle sweep (`trainer::needle`) for a checkpoint or a
+//! `edgevla eval`: the long-context needle sweep (`eval::needle`) for a checkpoint or a
 //! reference policy, with CSV / markdown / PNG outputs.
 
 use std::io::Write;
@@ -9,13 +9,13 @@ use anyhow::{Context, Result, bail};
 use burn::backend::NdArray;
 use burn::tensor::backend::Backend;
 use clap::Args;
-use runtime::kv::KvDtype;
-use sim::TaskConfig;
-use trainer::needle::report::{self, ReportMeta};
-use trainer::needle::sweep::{
+use eval::needle::report::{self, ReportMeta};
+use eval::needle::sweep::{
     Budget, Design, HistoryBlindFactory, ModelFactory, OracleFactory, PolicyFactory, RopeMethod,
     SweepSpec, run_sweep,
 };
+use runtime::kv::KvDtype;
+use sim::TaskConfig;
 
 use node::checkpoint::read_named;
 
@@ -296,7 +296,7 @@ where
     };
     let written = report::write_all(&args.out, &cells, &meta)?;
     writeln!(out, "\nsuccess per configuration (all lengths and depths):")?;
-    for (config, group) in trainer::needle::sweep::by_config(&cells) {
+    for (config, group) in eval::needle::sweep::by_config(&cells) {
         let (k, n) = group
             .iter()
             .fold((0, 0), |(k, n), c| (k + c.successes, n + c.episodes));

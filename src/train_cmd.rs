@@ -466,9 +466,9 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
             let cpu = Default::default();
             let host =
                 runtime::checkpoint::load::<NdArray<f32>>(&args.out, Some(&model_config), &cpu)?;
-            trainer::eval::closed_loop(&host, &task, &preprocess, seeds, &cpu)?
+            eval::closed_loop::closed_loop(&host, &task, &preprocess, seeds, &cpu)?
         } else {
-            trainer::eval::closed_loop(&model.valid(), &task, &preprocess, seeds, &device)?
+            eval::closed_loop::closed_loop(&model.valid(), &task, &preprocess, seeds, &device)?
         };
         writeln!(
             out,

@@ -107,7 +107,7 @@ fn quick_sweep_over_a_tiny_checkpoint_writes_every_output() {
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .collect();
     assert_eq!(pngs.len(), 4 * 2, "success + cue recall per configuration");
-    let (w, h) = trainer::needle::heatmap::size(2, 3);
+    let (w, h) = eval::needle::heatmap::size(2, 3);
     for png in pngs {
         let img = image::open(&png).expect("decodes");
         assert_eq!((img.width(), img.height()), (w, h), "{}", png.display());

@@ -153,9 +153,8 @@ pub fn setup<B: Backend>(
         }
         None => {
             let model_config = checkpoint::load_model_config(&config.model)?;
-            B::seed(&device, config.seed);
             (
-                model_config.init::<B>(&device),
+                model_config.init_seeded::<B>(config.seed, &device),
                 format!(
                     "UNTRAINED random init of model `{}` (seed {}): {why_untrained}",
                     config.model, config.seed

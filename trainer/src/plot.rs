@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::needle::heatmap::Canvas;
+use eval::needle::heatmap::Canvas;
 
 /// Image width, pixels.
 pub const WIDTH: u32 = 520;

@@ -643,7 +643,7 @@ mod tests {
     fn overfits_a_fixed_batch() {
         let device = Default::default();
         let c = tiny_model_config();
-        let model = crate::test_util::seeded_model::<B>(&c, 3);
+        let model = c.init_seeded::<B>(3, &Default::default());
         let batch = fixed_batch(&c);
         let config = TrainConfig {
             iterations: 150,
@@ -679,7 +679,7 @@ mod tests {
         use burn::module::Module;
         let device = Default::default();
         let c = tiny_model_config();
-        let model = crate::test_util::seeded_model::<B>(&c, 4).map(&mut Poison);
+        let model = c.init_seeded::<B>(4, &Default::default()).map(&mut Poison);
         let batch = fixed_batch(&c);
         let config = TrainConfig {
             iterations: 3,
@@ -729,7 +729,7 @@ mod tests {
             grad_clip_norm: Some(1.0),
             cue_loss_weight: 0.0,
         };
-        let model = crate::test_util::seeded_model::<B>(&c, 5);
+        let model = c.init_seeded::<B>(5, &Default::default());
         let run = |devices: &[burn::tensor::Device<B>]| {
             train(
                 model.clone(),
@@ -757,7 +757,7 @@ mod tests {
     fn bad_configs_and_batches_are_errors() {
         let device = Default::default();
         let c = tiny_model_config();
-        let model = crate::test_util::seeded_model::<B>(&c, 6);
+        let model = c.init_seeded::<B>(6, &Default::default());
         let good = TrainConfig {
             iterations: 1,
             learning_rate: 1e-3,
@@ -817,7 +817,7 @@ mod tests {
         let device = Default::default();
         let mut c = tiny_model_config();
         c.cue_classes = 3;
-        let model = crate::test_util::seeded_model::<Plain>(&c, 7);
+        let model = c.init_seeded::<Plain>(7, &Default::default());
         let mut batch = fixed_batch(&c);
         let rows = batch.instructions.len() * batch.steps;
         batch.weights = (0..rows).map(|i| 0.5 + i as f32).collect();

@@ -112,6 +112,19 @@ impl VlaConfig {
         self.init_with_std(INIT_STD, device)
     }
 
+    /// [`init`](Self::init) with the backend's generator seeded to `seed` first, under a
+    /// process-wide lock: burn draws every initialization from one global generator per
+    /// backend, so models initialized from several threads at once (parallel tests, a sweep)
+    /// would otherwise take each other's numbers. The weights are a function of `seed` alone.
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> Vla<B> {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _guard = INIT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        B::seed(device, seed);
+        self.init::<B>(device)
+    }
+
     /// Like [`init`](Self::init) with another standard deviation for every weight (norm
     /// weights stay 1).
     ///

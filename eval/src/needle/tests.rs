@@ -245,8 +245,8 @@ fn tiny_task() -> TaskConfig {
 #[test]
 fn model_sweep_writes_parseable_csv_markdown_and_pngs() {
     let device = Default::default();
-    let model = crate::test_util::seeded_model::<B>(&tiny_model_config(), 9);
-    let factory = ModelFactory::new(model, None, crate::data::training_preprocess(), &device);
+    let model = tiny_model_config().init_seeded::<B>(9, &Default::default());
+    let factory = ModelFactory::new(model, None, sim::training_preprocess(), &device);
     assert_eq!(factory.original(), 256);
     let s = SweepSpec {
         lengths: vec![16, 32],
@@ -339,8 +339,8 @@ fn model_sweep_writes_parseable_csv_markdown_and_pngs() {
 #[test]
 fn model_policy_runs_the_streaming_path() {
     let device = Default::default();
-    let model = crate::test_util::seeded_model::<B>(&tiny_model_config(), 10);
-    let factory = ModelFactory::new(model, None, crate::data::training_preprocess(), &device);
+    let model = tiny_model_config().init_seeded::<B>(10, &Default::default());
+    let factory = ModelFactory::new(model, None, sim::training_preprocess(), &device);
     let config = EvalConfig {
         method: RopeMethod::Trained,
         dtype: KvDtype::Int8,

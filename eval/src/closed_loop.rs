@@ -92,23 +92,11 @@ mod tests {
         )
         .expect("short task");
         let device = Default::default();
-        let model = crate::test_util::seeded_model::<B>(&c, 8);
-        let a = closed_loop(
-            &model,
-            &task,
-            &crate::data::training_preprocess(),
-            0..3,
-            &device,
-        )
-        .expect("eval");
-        let b = closed_loop(
-            &model,
-            &task,
-            &crate::data::training_preprocess(),
-            0..3,
-            &device,
-        )
-        .expect("eval again");
+        let model = c.init_seeded::<B>(8, &Default::default());
+        let a =
+            closed_loop(&model, &task, &sim::training_preprocess(), 0..3, &device).expect("eval");
+        let b = closed_loop(&model, &task, &sim::training_preprocess(), 0..3, &device)
+            .expect("eval again");
         assert_eq!(a.episodes, 3);
         assert_eq!(a, b);
         assert!((0.0..=1.0).contains(&a.success_rate()));

@@ -205,16 +205,21 @@ pub fn write_png(map: &Heatmap, path: &Path) -> Result<()> {
         })
 }
 
-/// An RGB8 buffer to blit glyphs into (clipped at the edges).
-pub(crate) struct Canvas<'a> {
-    pub(crate) buf: &'a mut [u8],
-    pub(crate) w: u32,
-    pub(crate) h: u32,
+/// An RGB8 buffer to blit glyphs into (clipped at the edges); the heatmaps' and the trainer's
+/// loss plot's text.
+#[derive(Debug)]
+pub struct Canvas<'a> {
+    /// `w * h * 3` bytes, row-major.
+    pub buf: &'a mut [u8],
+    /// Width in pixels.
+    pub w: u32,
+    /// Height in pixels.
+    pub h: u32,
 }
 
 impl Canvas<'_> {
     /// Writes `text` in 8×8 glyphs with its top-left corner at `(x, y)`.
-    pub(crate) fn text(&mut self, x: u32, y: u32, text: &str, ink: [u8; 3]) {
+    pub fn text(&mut self, x: u32, y: u32, text: &str, ink: [u8; 3]) {
         for (i, ch) in text.chars().enumerate() {
             let code = if ch.is_ascii() {
                 ch as usize
