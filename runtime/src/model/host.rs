@@ -19,6 +19,7 @@
 use burn::tensor::backend::Backend;
 use macerator::{Arch, Simd, WithSimd};
 
+use super::rope_table::RopeTableCache;
 use super::{Block, StepInput, Vla, VlaConfig};
 use crate::attention::{
     AttendInput, AttentionScratch, BankInput, HostRope, attend, fast_exp, sum_squares_lanes,
@@ -191,7 +192,7 @@ struct Buffers {
 #[derive(Debug)]
 pub(crate) struct HostPath {
     weights: HostWeights,
-    rope: Option<HostRope>,
+    rope: RopeTableCache<HostRope>,
     scratch: AttentionScratch,
     buf: Buffers,
 }
@@ -204,24 +205,10 @@ impl HostPath {
     pub(crate) fn new<B: Backend>(model: &Vla<B>) -> Result<Self> {
         Ok(Self {
             weights: HostWeights::new(model)?,
-            rope: None,
+            rope: RopeTableCache::default(),
             scratch: AttentionScratch::default(),
             buf: Buffers::default(),
         })
-    }
-
-    /// Makes the host rotary table cover `seq_len` positions with the frequencies `seq_len`
-    /// calls for (rebuilt only when they change, as the tensor path's table).
-    fn prepare(&mut self, config: &VlaConfig, seq_len: usize) {
-        let freqs = config.rope.frequencies(Some(seq_len));
-        let stale = self
-            .rope
-            .as_ref()
-            .is_none_or(|r| *r.frequencies() != freqs || r.positions() < seq_len);
-        if stale {
-            let span = config.context_length().max(seq_len);
-            self.rope = Some(HostRope::new(freqs, span));
-        }
     }
 
     /// Embeds the instruction tokens `ids` into the residual stream.
@@ -333,7 +320,6 @@ impl HostPath {
         memory: Option<usize>,
     ) -> Result<()> {
         let past = cache.len();
-        self.prepare(config, past + tokens);
         let c = &self.weights.config;
         let (d, heads, kv, hd, ffn) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim(), c.ffn_dim);
         let eps = c.rms_norm_eps as f32;
@@ -346,10 +332,9 @@ impl HostPath {
         } else {
             0
         };
-        let rope = self
-            .rope
-            .as_ref()
-            .ok_or_else(|| Error::shape("host attention", "rope table not prepared"))?;
+        let rope = self.rope.get(config, past + tokens, |freqs, span| {
+            Ok(HostRope::new(freqs.clone(), span))
+        })?;
         let b = &mut self.buf;
         if b.x.len() != tokens * d {
             return Err(Error::shape(

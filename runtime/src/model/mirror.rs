@@ -15,16 +15,17 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::VlaConfig;
+use super::rope_table::RopeTableCache;
 use crate::error::{Error, Result};
 use crate::host::float_tensor;
 use crate::kv::{KvCache, KvDtype};
-use crate::rope::{RopeFrequencies, RotaryTable};
+use crate::rope::RotaryTable;
 
 /// What a stream on the tensor engine keeps from step to step.
 #[derive(Debug)]
 pub(crate) struct TensorPath<B: Backend> {
-    /// Rotary table and the frequencies it was built with.
-    table: Option<(RopeFrequencies, RotaryTable<B>)>,
+    /// Rotary table for the steps' positions.
+    table: RopeTableCache<RotaryTable<B>>,
     /// The device copy of the cache (`None`: rebuilt from the cache at the next step).
     mirror: Option<Mirror<B>>,
     /// Host buffers for reading the cache (reused).
@@ -35,7 +36,7 @@ pub(crate) struct TensorPath<B: Backend> {
 impl<B: Backend> Default for TensorPath<B> {
     fn default() -> Self {
         Self {
-            table: None,
+            table: RopeTableCache::default(),
             mirror: None,
             keys: Vec::new(),
             values: Vec::new(),
@@ -84,18 +85,11 @@ impl<B: Backend> TensorPath<B> {
         seq_len: usize,
         device: &B::Device,
     ) -> Result<RotaryTable<B>> {
-        let freqs = config.rope.frequencies(Some(seq_len));
-        let stale = self.table.as_ref().is_none_or(|(f, _)| *f != freqs);
-        if stale {
-            let span = config.context_length().max(seq_len);
+        let table = self.table.get(config, seq_len, |freqs, span| {
             let positions: Vec<i64> = (0..span as i64).collect();
-            let table = freqs.table::<B>(&positions, device)?;
-            self.table = Some((freqs, table));
-        }
-        match &self.table {
-            Some((_, table)) => table.narrow(0, seq_len),
-            None => Err(Error::shape("rope table", "not built")),
-        }
+            freqs.table::<B>(&positions, device)
+        })?;
+        table.narrow(0, seq_len)
     }
 
     /// Brings the mirror up to `cache` after a reservation: `before` is the cache's length

@@ -20,6 +20,7 @@ mod host;
 mod layers;
 mod memory;
 mod mirror;
+mod rope_table;
 mod stream;
 mod train;
 

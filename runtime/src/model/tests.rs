@@ -11,7 +11,7 @@ use crate::test_util::{rel_err, uniform_f32 as values};
 
 type B = NdArray<f32>;
 
-fn tiny_config(n_kv_heads: usize, rope: &str, dtype: &str, budget: u64) -> VlaConfig {
+pub(crate) fn tiny_config(n_kv_heads: usize, rope: &str, dtype: &str, budget: u64) -> VlaConfig {
     let text = format!(
         r#"
         d_model = 64
