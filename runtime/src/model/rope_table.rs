@@ -66,25 +66,26 @@ mod tests {
         );
         let mut cache = RopeTableCache::<(RopeFrequencies, usize)>::default();
         let mut builds = 0;
-        let mut get = |len: usize| {
-            cache
-                .get(&config, len, |f, span| {
-                    builds += 1;
-                    Ok((f.clone(), span))
-                })
-                .expect("table")
-                .clone()
-        };
-        let (short, span) = get(10);
-        assert!(span >= 10);
-        assert_eq!(get(20), (short.clone(), span));
-        let (long, longer_span) = get(span + 5);
-        assert!(longer_span >= span + 5);
-        assert!(
-            long != short,
-            "dynamic NTK past its maximum changes the frequencies"
-        );
-        drop(get);
+        {
+            let mut get = |len: usize| {
+                cache
+                    .get(&config, len, |f, span| {
+                        builds += 1;
+                        Ok((f.clone(), span))
+                    })
+                    .expect("table")
+                    .clone()
+            };
+            let (short, span) = get(10);
+            assert!(span >= 10);
+            assert_eq!(get(20), (short.clone(), span));
+            let (long, longer_span) = get(span + 5);
+            assert!(longer_span >= span + 5);
+            assert!(
+                long != short,
+                "dynamic NTK past its maximum changes the frequencies"
+            );
+        }
         assert_eq!(builds, 2);
     }
 }
