@@ -152,6 +152,13 @@ struct TrainingFile {
     /// Loss weight of the go-phase steps relative to the steps before the go signal.
     #[serde(default = "one")]
     go_step_weight: f32,
+    /// Loss weight of the first `go_onset_steps` go-phase steps (default: `go_step_weight`):
+    /// where the reach's direction must come from memory alone.
+    #[serde(default)]
+    go_onset_weight: Option<f32>,
+    /// How many go-phase steps, from the go step, weigh `go_onset_weight` (default 0).
+    #[serde(default)]
+    go_onset_steps: usize,
     /// Noise (rad/s) on the recorded expert's executed commands (the task's `expert_noise`),
     /// for this training run's episodes only.
     #[serde(default)]
@@ -302,6 +309,11 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     if !(file.go_step_weight.is_finite() && file.go_step_weight >= 0.0) {
         bail!("invalid config key `go_step_weight`: must be a finite number ≥ 0");
     }
+    if let Some(w) = file.go_onset_weight
+        && !(w.is_finite() && w >= 0.0)
+    {
+        bail!("invalid config key `go_onset_weight`: must be a finite number ≥ 0");
+    }
 
     if let Some(total) = device_memory {
         let need = trainer::train::memory_estimate(
@@ -370,6 +382,8 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         file.batch_size,
         StepWeights {
             go: file.go_step_weight,
+            onset: file.go_onset_weight.unwrap_or(file.go_step_weight),
+            onset_steps: file.go_onset_steps,
         },
         start..until,
         trainer::train::LOSS_READ_EVERY + 1,

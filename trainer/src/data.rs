@@ -20,11 +20,32 @@ pub struct StepWeights {
     /// Weight of the steps from the go step on (the steps whose actions depend on the cue),
     /// relative to 1 for the steps before it.
     pub go: f32,
+    /// Weight of the first `onset_steps` go-phase steps instead of `go`: where the reach's
+    /// direction is chosen from memory alone; later in the go phase the arm's own motion also
+    /// tells where it is going, so a clone can lean on that instead of the memory.
+    pub onset: f32,
+    /// How many go-phase steps, from the go step, weigh `onset` (0: none).
+    pub onset_steps: usize,
 }
 
 impl Default for StepWeights {
     fn default() -> Self {
-        Self { go: 1.0 }
+        Self {
+            go: 1.0,
+            onset: 1.0,
+            onset_steps: 0,
+        }
+    }
+}
+
+impl StepWeights {
+    /// The loss weight of step `t` of an episode whose go step is `go_step`.
+    pub fn at(&self, t: usize, go_step: usize) -> f32 {
+        match t.checked_sub(go_step) {
+            None => 1.0,
+            Some(k) if k < self.onset_steps => self.onset,
+            Some(_) => self.go,
+        }
     }
 }
 
@@ -64,11 +85,7 @@ fn episode_rows(
         rows.camera_present.extend_from_slice(&step.camera_present);
         rows.proprio.extend_from_slice(&step.proprio);
         rows.actions.extend_from_slice(&step.expert_action);
-        rows.weights.push(if t >= episode.go_step {
-            weights.go
-        } else {
-            1.0
-        });
+        rows.weights.push(weights.at(t, episode.go_step));
         // The cued pad is knowable from the cue's first step on.
         rows.cue_targets.push(if t >= episode.cue_steps.start {
             episode.target as i64
@@ -224,7 +241,12 @@ mod tests {
         task.camera_dropouts = 2;
         let seeds = [5u64, 6, 7];
         let pre = PreprocessConfig::default();
-        let batch = episode_batch(&task, &seeds, StepWeights { go: 3.0 }, &pre).expect("batch");
+        let weights = StepWeights {
+            go: 3.0,
+            onset: 7.0,
+            onset_steps: 2,
+        };
+        let batch = episode_batch(&task, &seeds, weights, &pre).expect("batch");
         assert_eq!(batch.instructions.len(), 3);
         assert_eq!(batch.steps, 16);
         let mut patches = Vec::new();
@@ -234,8 +256,12 @@ mod tests {
             for (t, step) in episode.steps.iter().enumerate() {
                 patches.extend(step.patches(&pre).expect("patches"));
                 let at = e * 16 + t;
-                let go = t >= episode.go_step;
-                assert_eq!(batch.weights[at], if go { 3.0 } else { 1.0 });
+                let want = match t.checked_sub(episode.go_step) {
+                    None => 1.0,
+                    Some(0 | 1) => 7.0,
+                    Some(_) => 3.0,
+                };
+                assert_eq!(batch.weights[at], want, "step {t}, go {}", episode.go_step);
                 let cued = t >= episode.cue_steps.start;
                 let want = if cued { episode.target as i64 } else { -1 };
                 assert_eq!(batch.cue_targets[at], want);
