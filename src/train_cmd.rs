@@ -442,7 +442,7 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
         )?;
     }
     runtime::checkpoint::save(&model, &args.out)?;
-    let preprocess = trainer::data::training_preprocess();
+    let preprocess = sim::training_preprocess();
     node::checkpoint::write_preprocess(&args.out, &preprocess)?;
     node::checkpoint::write_task(&args.out, &task)?;
     let training_path = args.out.join(TRAINING_FILE);

@@ -123,8 +123,8 @@ pub fn fit_task_to_model(
     if trained.phase != task.phase {
         return Err(differs(
             "phase",
-            format!("{:?}", trained.phase),
-            format!("{:?}", task.phase),
+            serde_json::to_string(&trained.phase)?,
+            serde_json::to_string(&task.phase)?,
         ));
     }
     if trained.image_size != task.image_size {

@@ -866,6 +866,15 @@ pub fn run_node<B: Backend>(
         last_step: None,
     };
     inf.report.cache.budget = inf.stream.cache().budget();
+    // The report's input counters, from the ingest thread's and the subscriber's.
+    let refresh = |inf: &mut Inference<'_, B>| {
+        let ingest_counters = counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let superseded = mailbox.lock().superseded;
+        inf.refresh(&ingest_counters, superseded, subscriber.stats());
+    };
     let stop_ingest = AtomicBool::new(false);
     let status_every = Duration::from_nanos(NodeConfig::ns(config.status_ms));
     let stall_after = Duration::from_nanos(NodeConfig::ns(config.stall_ms));
@@ -927,12 +936,7 @@ pub fn run_node<B: Backend>(
             }
             let status_due = now - last_status >= status_every;
             if stepped || status_due {
-                let ingest_counters = counters
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
-                let superseded = mailbox.lock().superseded;
-                inf.refresh(&ingest_counters, superseded, subscriber.stats());
+                refresh(&mut inf);
             }
             if status_due {
                 let secs = (now - last_status).as_secs_f64();
@@ -952,24 +956,14 @@ pub fn run_node<B: Backend>(
         stop_ingest.store(true, Ordering::SeqCst);
         match ingest_thread.join() {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                outcome = outcome.and(Err(Error::Context {
-                    what: "ingest thread".into(),
-                    error: Box::new(e),
-                }));
-            }
+            Ok(Err(e)) => outcome = outcome.and(Err(e).context("ingest thread")),
             Err(_) => {
                 outcome = outcome.and(Err(Error::Worker("the ingest thread panicked".into())));
             }
         }
         outcome
     });
-    let ingest_counters = counters
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let superseded = mailbox.lock().superseded;
-    inf.refresh(&ingest_counters, superseded, subscriber.stats());
+    refresh(&mut inf);
     inf.report.state = NodeState::Stopped;
     monitor.set(inf.report.clone());
     result?;

@@ -22,8 +22,9 @@ use std::path::PathBuf;
 use burn::backend::NdArray;
 use burn::tensor::Tensor;
 use runtime::model::{StepInput, StepOutput, Stream, Vla};
+use sim::training_preprocess;
 use sim::{Sim, TaskConfig};
-use trainer::data::{StepWeights, episode_batch, training_preprocess};
+use trainer::data::{StepWeights, episode_batch};
 use vision::Preprocessor;
 
 type B = NdArray<f32>;

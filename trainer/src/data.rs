@@ -12,8 +12,6 @@ use crate::error::{Error, Result};
 use crate::train::Batch;
 use sim::{Episode, TaskConfig};
 
-pub use sim::training_preprocess;
-
 /// Per-step loss weighting of a batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepWeights {
@@ -183,7 +181,7 @@ impl Prefetch {
         let (sender, receiver): (SyncSender<Result<Batch>>, _) = sync_channel(depth.max(1));
         let start = range.start;
         let worker = std::thread::spawn(move || {
-            let preprocess = training_preprocess();
+            let preprocess = sim::training_preprocess();
             for i in range {
                 let first = first_seed.wrapping_add((i * batch_size) as u64);
                 let seeds: Vec<u64> = (0..batch_size as u64)
