@@ -44,6 +44,24 @@ pub struct TrainConfig {
     /// needs a model with `cue_classes > 0` to matter).
     #[serde(default)]
     pub cue_loss_weight: f64,
+    /// The per-value action error: `mse` (squared, the default) or `l1` (absolute).
+    #[serde(default)]
+    pub action_loss: ActionLoss,
+}
+
+/// How an action value's error enters the loss.
+///
+/// Under uncertainty between goals (which pad the cue named), the squared error's minimizer is
+/// the mean of the goals' commands, a pose between them; the absolute error's is the median,
+/// the command of the likelier goal when one holds more than half the probability.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionLoss {
+    /// Mean squared error.
+    #[default]
+    Mse,
+    /// Mean absolute error.
+    L1,
 }
 
 impl TrainConfig {
@@ -362,7 +380,13 @@ pub fn train_resumable<B: AutodiffBackend + TrainAttention>(
         }
         runtime::Error::check_finite("expert actions", &batch.actions)?;
         let t = std::time::Instant::now();
-        let parts = batch_loss_parts(&model, &batch, config.cue_loss_weight, devices)?;
+        let parts = batch_loss_parts(
+            &model,
+            &batch,
+            config.cue_loss_weight,
+            config.action_loss,
+            devices,
+        )?;
         let loss = parts.total;
         report.phases.forward += t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
@@ -467,8 +491,8 @@ fn read_losses<B: AutodiffBackend>(
         .collect()
 }
 
-/// The training loss of `model` on `batch`: the step-weighted mean squared action error, plus
-/// `cue_weight` × the mean cue cross-entropy over the steps with a cue class. One device runs
+/// The training loss of `model` on `batch`: the step-weighted mean action error (squared or
+/// absolute, `action_loss`), plus `cue_weight` × the mean cue cross-entropy over the steps with a cue class. One device runs
 /// `Vla::forward_train`; several shard the sequence (`Vla::forward_train_ring`). The loss lives
 /// on `devices[0]`.
 ///
@@ -479,9 +503,10 @@ pub fn batch_loss<B: TrainAttention>(
     model: &Vla<B>,
     batch: &Batch,
     cue_weight: f64,
+    action_loss: ActionLoss,
     devices: &[B::Device],
 ) -> Result<Tensor<B, 1>> {
-    batch_loss_parts(model, batch, cue_weight, devices).map(|parts| parts.total)
+    batch_loss_parts(model, batch, cue_weight, action_loss, devices).map(|parts| parts.total)
 }
 
 /// [`batch_loss`] and its terms.
@@ -501,6 +526,7 @@ pub fn batch_loss_parts<B: TrainAttention>(
     model: &Vla<B>,
     batch: &Batch,
     cue_weight: f64,
+    action_loss: ActionLoss,
     devices: &[B::Device],
 ) -> Result<LossParts<B>> {
     let Some(device) = devices.first() else {
@@ -517,7 +543,12 @@ pub fn batch_loss_parts<B: TrainAttention>(
     };
     let values = model.config().action_values();
     let target = float_tensor::<B, f32, 3>(batch.actions.clone(), [n, steps, values], device);
-    let per_step = (out.actions - target).powi_scalar(2).mean_dim(2); // [n, steps, 1]
+    let error = out.actions - target;
+    let per_step = match action_loss {
+        ActionLoss::Mse => error.powi_scalar(2),
+        ActionLoss::L1 => error.abs(),
+    }
+    .mean_dim(2); // [n, steps, 1]
     let action_loss = if batch.weights.is_empty() {
         per_step.mean()
     } else {
@@ -652,6 +683,7 @@ mod tests {
             weight_decay: 0.0,
             grad_clip_norm: Some(1.0),
             cue_loss_weight: 0.0,
+            action_loss: ActionLoss::Mse,
         };
         let (_, report) =
             train(model, &config, |_| Ok(batch.clone()), |_, _| {}, &[device]).expect("train");
@@ -688,6 +720,7 @@ mod tests {
             weight_decay: 0.0,
             grad_clip_norm: Some(1.0),
             cue_loss_weight: 0.0,
+            action_loss: ActionLoss::Mse,
         };
         let mut reported = Vec::new();
         let result = train(
@@ -728,6 +761,7 @@ mod tests {
             weight_decay: 0.0,
             grad_clip_norm: Some(1.0),
             cue_loss_weight: 0.0,
+            action_loss: ActionLoss::Mse,
         };
         let model = c.init_seeded::<B>(5, &Default::default());
         let run = |devices: &[burn::tensor::Device<B>]| {
@@ -765,6 +799,7 @@ mod tests {
             weight_decay: 0.0,
             grad_clip_norm: None,
             cue_loss_weight: 0.0,
+            action_loss: ActionLoss::Mse,
         };
         let bad_lr = TrainConfig {
             learning_rate: -1.0,
@@ -809,8 +844,9 @@ mod tests {
         );
     }
 
-    /// The loss equals a direct f64 computation from the model's outputs: step-weighted MSE
-    /// plus the weighted mean cross-entropy over the labelled steps.
+    /// The loss equals a direct f64 computation from the model's outputs: step-weighted mean
+    /// squared (or absolute) action error plus the weighted mean cross-entropy over the
+    /// labelled steps.
     #[test]
     fn loss_matches_a_direct_computation() {
         type Plain = NdArray<f32>;
@@ -822,10 +858,6 @@ mod tests {
         let rows = batch.instructions.len() * batch.steps;
         batch.weights = (0..rows).map(|i| 0.5 + i as f32).collect();
         batch.cue_targets = (0..rows as i64).map(|i| (i % 4) - 1).collect();
-        let got: f64 = batch_loss(&model, &batch, 0.7, &[device])
-            .expect("loss")
-            .into_scalar()
-            .elem();
         let instructions: Vec<&str> = batch.instructions.iter().map(String::as_str).collect();
         let out = model
             .forward_train(&batch.model_input(&instructions), &device)
@@ -841,16 +873,8 @@ mod tests {
         let actions = host(out.actions);
         let logits = host(out.cue_logits.expect("cue head"));
         let a = c.action_values();
-        let (mut weighted, mut total) = (0.0, 0.0);
         let (mut ce, mut labelled) = (0.0, 0.0);
         for row in 0..rows {
-            let mse = (0..a)
-                .map(|j| (actions[row * a + j] - f64::from(batch.actions[row * a + j])).powi(2))
-                .sum::<f64>()
-                / a as f64;
-            let w = f64::from(batch.weights[row]);
-            weighted += w * mse;
-            total += w;
             let label = batch.cue_targets[row];
             if label >= 0 {
                 let z = &logits[row * 3..row * 3 + 3];
@@ -860,32 +884,54 @@ mod tests {
                 labelled += 1.0;
             }
         }
-        let want = weighted / total + 0.7 * ce / labelled;
-        assert!(
-            ((got - want) / want).abs() < 1e-5,
-            "loss {got} vs direct {want}"
-        );
+        for (kind, power) in [(ActionLoss::Mse, 2), (ActionLoss::L1, 1)] {
+            let (mut weighted, mut total) = (0.0, 0.0);
+            for row in 0..rows {
+                let err = (0..a)
+                    .map(|j| {
+                        (actions[row * a + j] - f64::from(batch.actions[row * a + j]))
+                            .abs()
+                            .powi(power)
+                    })
+                    .sum::<f64>()
+                    / a as f64;
+                let w = f64::from(batch.weights[row]);
+                weighted += w * err;
+                total += w;
+            }
+            let got: f64 = batch_loss(&model, &batch, 0.7, kind, &[device])
+                .expect("loss")
+                .into_scalar()
+                .elem();
+            let want = weighted / total + 0.7 * ce / labelled;
+            assert!(
+                ((got - want) / want).abs() < 1e-5,
+                "{kind:?} loss {got} vs direct {want}"
+            );
+        }
         // The cue term on its own (the training log's `cue_loss`), unweighted.
-        let parts = batch_loss_parts(&model, &batch, 0.7, &[device]).expect("parts");
+        let parts =
+            batch_loss_parts(&model, &batch, 0.7, ActionLoss::Mse, &[device]).expect("parts");
         let cue: f64 = parts.cue.expect("cue term").into_scalar().elem();
         let want_cue = ce / labelled;
         assert!(
             ((cue - want_cue) / want_cue).abs() < 1e-5,
             "cue loss {cue} vs direct {want_cue}"
         );
-        let action_only = batch_loss_parts(&model, &batch, 0.0, &[device]).expect("parts");
+        let action_only =
+            batch_loss_parts(&model, &batch, 0.0, ActionLoss::Mse, &[device]).expect("parts");
         assert!(action_only.cue.is_none());
         // Labels out of range and weights of the wrong length are errors.
         let mut bad = batch.clone();
         bad.cue_targets[0] = 3;
         assert!(matches!(
-            batch_loss(&model, &bad, 0.7, &[device]),
+            batch_loss(&model, &bad, 0.7, ActionLoss::Mse, &[device]),
             Err(Error::Input { .. })
         ));
         let mut bad = batch;
         bad.weights.pop();
         assert!(matches!(
-            batch_loss(&model, &bad, 0.7, &[device]),
+            batch_loss(&model, &bad, 0.7, ActionLoss::L1, &[device]),
             Err(Error::Input { .. })
         ));
     }
@@ -899,6 +945,7 @@ mod tests {
             weight_decay: 0.0,
             grad_clip_norm: None,
             cue_loss_weight: 0.0,
+            action_loss: ActionLoss::Mse,
         };
         assert!((config.learning_rate_at(0) - 0.1).abs() < 1e-12);
         assert!((config.learning_rate_at(9) - 1.0).abs() < 1e-12);
