@@ -11,8 +11,8 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use eval::needle::report::{self, ReportMeta};
 use eval::needle::sweep::{
-    Budget, Design, HistoryBlindFactory, ModelFactory, OracleFactory, PolicyFactory, RopeMethod,
-    SweepSpec, run_sweep,
+    Budget, Design, HistoryBlindFactory, ModelFactory, OracleFactory, PolicyFactory, Recall,
+    RopeMethod, SweepSpec, run_sweep,
 };
 use runtime::kv::KvDtype;
 use sim::TaskConfig;
@@ -69,8 +69,13 @@ pub struct EvalArgs {
     /// [default: full,model].
     #[arg(long, value_delimiter = ',')]
     pub budgets: Option<Vec<Budget>>,
-    /// axes: vary one of method / dtype / budget at a time around the baseline; grid: every
-    /// combination.
+    /// Recall of evicted frame-steps by the memory bank (models with a memory), the first is
+    /// the baseline: on (the checkpoint's bank), off (the bank no longer than the KV window:
+    /// the ablation of the recall mechanism) [default: on].
+    #[arg(long, value_delimiter = ',')]
+    pub recall: Option<Vec<Recall>>,
+    /// axes: vary one of method / dtype / budget / recall at a time around the baseline;
+    /// grid: every combination.
     #[arg(long, default_value = "axes")]
     pub design: Design,
     /// Training length in frame-steps [default: the task's episode_steps].
@@ -135,6 +140,7 @@ fn spec(args: &EvalArgs, task: &TaskConfig) -> SweepSpec {
             .budgets
             .clone()
             .unwrap_or_else(|| vec![Budget::Full, Budget::Model]),
+        recalls: args.recall.clone().unwrap_or_else(|| vec![Recall::On]),
         design: args.design,
         train_length,
     }
@@ -151,7 +157,7 @@ fn join<T: ToString>(items: &[T]) -> String {
 /// The command line that reproduces `spec` exactly (every default spelled out).
 fn command_line(args: &EvalArgs, spec: &SweepSpec, original: Option<usize>) -> String {
     let mut cmd = format!(
-        "edgevla eval --policy {} --model {} --task {} --out {} --lengths {} --depths {} --episodes {} --seed {} --methods {} --kv-dtypes {} --budgets {} --design {} --train-length {}",
+        "edgevla eval --policy {} --model {} --task {} --out {} --lengths {} --depths {} --episodes {} --seed {} --methods {} --kv-dtypes {} --budgets {} --recall {} --design {} --train-length {}",
         args.policy,
         args.model.display(),
         args.task,
@@ -163,6 +169,7 @@ fn command_line(args: &EvalArgs, spec: &SweepSpec, original: Option<usize>) -> S
         join(&spec.methods),
         join(&spec.dtypes),
         join(&spec.budgets),
+        join(&spec.recalls),
         match spec.design {
             Design::Axes => "axes",
             Design::Grid => "grid",

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::heatmap::{self, Heatmap};
-use super::sweep::{Cell, EvalConfig, by_config};
+use super::sweep::{Cell, EvalConfig, Recall, by_config};
 use crate::error::{Error, Result};
 
 /// z of a two-sided 95% interval.
@@ -26,12 +26,14 @@ pub fn wilson(successes: usize, n: usize, z: f64) -> (f64, f64) {
 }
 
 /// The CSV header, in column order.
-pub const CSV_HEADER: [&str; 17] = [
+pub const CSV_HEADER: [&str; 19] = [
     "method",
     "kv_dtype",
     "budget",
+    "recall",
     "budget_bytes",
     "cache_frames",
+    "bank_steps",
     "length",
     "history",
     "depth",
@@ -57,8 +59,10 @@ pub fn csv(cells: &[Cell]) -> String {
             c.config.method.name().to_string(),
             c.config.dtype.name().to_string(),
             c.config.budget.label(),
+            c.config.recall.name().to_string(),
             opt(c.setup.budget_bytes.map(|b| b.to_string())),
             opt(c.setup.cache_frames.map(|b| b.to_string())),
+            opt(c.setup.bank_steps.map(|b| b.to_string())),
             c.length.to_string(),
             c.history.to_string(),
             format!("{}", c.depth),
@@ -171,9 +175,14 @@ fn depths_of(cells: &[Cell]) -> Vec<f64> {
     v
 }
 
-/// The label of a configuration, `method / dtype / budget`.
+/// The label of a configuration, `method / dtype / budget`, then ` / recall off` when the
+/// recall is off.
 pub fn config_label(c: &EvalConfig) -> String {
-    format!("{} / {} / {}", c.method, c.dtype, c.budget)
+    let mut label = format!("{} / {} / {}", c.method, c.dtype, c.budget);
+    if c.recall == Recall::Off {
+        label.push_str(" / recall off");
+    }
+    label
 }
 
 /// The heatmap file name of a configuration (`kind` = `success` or `cue`).
@@ -184,7 +193,15 @@ pub fn heatmap_name(c: &EvalConfig, kind: &str) -> String {
         .chars()
         .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '-' })
         .collect();
-    format!("heatmap_{kind}_{}_{}_{budget}.png", c.method, c.dtype)
+    let recall = if c.recall == Recall::Off {
+        "_recall-off"
+    } else {
+        ""
+    };
+    format!(
+        "heatmap_{kind}_{}_{}_{budget}{recall}.png",
+        c.method, c.dtype
+    )
 }
 
 fn length_header(lengths: &[usize], train_length: usize) -> String {
@@ -274,7 +291,8 @@ pub fn markdown(cells: &[Cell], meta: &ReportMeta) -> String {
             .collect()
     };
 
-    let methods = slice(&|c| c.dtype == base.dtype && c.budget == base.budget);
+    let methods =
+        slice(&|c| c.dtype == base.dtype && c.budget == base.budget && c.recall == base.recall);
     let _ = writeln!(
         out,
         "## Success by length x RoPE method (KV {} / budget {})\n",
@@ -305,7 +323,8 @@ pub fn markdown(cells: &[Cell], meta: &ReportMeta) -> String {
         );
     }
 
-    let dtypes = slice(&|c| c.method == base.method && c.budget == base.budget);
+    let dtypes =
+        slice(&|c| c.method == base.method && c.budget == base.budget && c.recall == base.recall);
     if dtypes.len() > 1 {
         let _ = writeln!(
             out,
@@ -345,7 +364,8 @@ pub fn markdown(cells: &[Cell], meta: &ReportMeta) -> String {
         out.push('\n');
     }
 
-    let budgets = slice(&|c| c.method == base.method && c.dtype == base.dtype);
+    let budgets =
+        slice(&|c| c.method == base.method && c.dtype == base.dtype && c.recall == base.recall);
     if budgets.len() > 1 {
         let _ = writeln!(
             out,
@@ -376,6 +396,40 @@ pub fn markdown(cells: &[Cell], meta: &ReportMeta) -> String {
             let _ = writeln!(out, "- {label}: {}", frames.join(", "));
         }
         out.push('\n');
+    }
+
+    let recalls =
+        slice(&|c| c.method == base.method && c.dtype == base.dtype && c.budget == base.budget);
+    if recalls.len() > 1 {
+        let _ = writeln!(
+            out,
+            "## Recall of evicted frame-steps: memory bank on vs off (off: the bank no longer than the KV window; RoPE {} / KV {} / budget {})\n",
+            base.method, base.dtype, base.budget
+        );
+        table(
+            &mut out,
+            "recall",
+            &recalls,
+            cells,
+            &lengths,
+            meta,
+            Tally::show,
+        );
+        if has_cue {
+            let _ = writeln!(
+                out,
+                "Cue recall (the cue head's argmax at the last step):\n"
+            );
+            table(
+                &mut out,
+                "recall",
+                &recalls,
+                cells,
+                &lengths,
+                meta,
+                Tally::show_cue,
+            );
+        }
     }
 
     // Depth x length for the best method at the baseline dtype and budget.

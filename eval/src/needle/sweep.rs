@@ -1,6 +1,6 @@
 //! The needle sweep: which cells to run, how each cell's model is configured, and the runner.
 //!
-//! A cell is (RoPE method, KV dtype, cache budget, length, depth), scored over `episodes`
+//! A cell is (RoPE method, KV dtype, cache budget, recall, length, depth), scored over `episodes`
 //! needle episodes. Episode seeds depend only on the sweep seed, the length, the depth and the
 //! episode index ([`episode_seed`]), so every method, dtype and budget sees the *same*
 //! episodes: differences between configurations are paired, not sampling noise between
@@ -188,7 +188,50 @@ impl std::str::FromStr for Budget {
     }
 }
 
-/// One model configuration of the sweep: RoPE method, cache format, cache budget.
+/// Whether a model with a memory bank may recall frame-steps the KV cache evicted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Recall {
+    /// The checkpoint's memory bank as configured (`memory.bank_steps` memory tokens).
+    #[default]
+    On,
+    /// The bank no longer than the KV window (`bank_steps = window_steps`): a memory token
+    /// leaves the bank when its frame-step leaves the cache, so nothing evicted is recalled.
+    /// The ablation of the recall mechanism; an error for a model without a memory.
+    Off,
+}
+
+impl Recall {
+    /// Name on the command line and in outputs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::On => "on",
+            Self::Off => "off",
+        }
+    }
+}
+
+impl std::fmt::Display for Recall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Recall {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(Error::Input {
+                what: "recall",
+                reason: format!("unknown value `{other}`; expected on or off"),
+            }),
+        }
+    }
+}
+
+/// One model configuration of the sweep: RoPE method, cache format, cache budget, recall.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EvalConfig {
     /// RoPE method.
@@ -197,14 +240,16 @@ pub struct EvalConfig {
     pub dtype: KvDtype,
     /// KV cache budget.
     pub budget: Budget,
+    /// The memory bank's recall of evicted frame-steps (models with a memory).
+    pub recall: Recall,
 }
 
 /// Which combinations of methods, dtypes and budgets to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Design {
-    /// One factor at a time around the baseline (the first method, dtype and budget): every
-    /// method at the baseline dtype and budget, every dtype at the baseline method and budget,
-    /// every budget at the baseline method and dtype.
+    /// One factor at a time around the baseline (the first method, dtype, budget and recall):
+    /// every method with the baseline's other settings, then every dtype, every budget and
+    /// every recall setting likewise.
     Axes,
     /// Every combination.
     Grid,
@@ -242,6 +287,8 @@ pub struct SweepSpec {
     pub dtypes: Vec<KvDtype>,
     /// KV budgets; the first is the baseline.
     pub budgets: Vec<Budget>,
+    /// Recall settings; the first is the baseline.
+    pub recalls: Vec<Recall>,
     /// Combinations to run.
     pub design: Design,
     /// The length (frame-steps) the model was trained at; the sweep starts there.
@@ -249,7 +296,7 @@ pub struct SweepSpec {
 }
 
 impl SweepSpec {
-    /// The baseline configuration (first method, dtype and budget).
+    /// The baseline configuration (first method, dtype, budget and recall).
     ///
     /// # Errors
     /// [`Error::Input`] if a list is empty.
@@ -262,6 +309,7 @@ impl SweepSpec {
             method: *self.methods.first().ok_or_else(|| empty("methods"))?,
             dtype: *self.dtypes.first().ok_or_else(|| empty("KV dtypes"))?,
             budget: *self.budgets.first().ok_or_else(|| empty("KV budgets"))?,
+            recall: *self.recalls.first().ok_or_else(|| empty("recall settings"))?,
         })
     }
 
@@ -288,16 +336,22 @@ impl SweepSpec {
                 for &budget in &self.budgets {
                     push(EvalConfig { budget, ..base });
                 }
+                for &recall in &self.recalls {
+                    push(EvalConfig { recall, ..base });
+                }
             }
             Design::Grid => {
                 for &method in &self.methods {
                     for &dtype in &self.dtypes {
                         for &budget in &self.budgets {
-                            push(EvalConfig {
-                                method,
-                                dtype,
-                                budget,
-                            });
+                            for &recall in &self.recalls {
+                                push(EvalConfig {
+                                    method,
+                                    dtype,
+                                    budget,
+                                    recall,
+                                });
+                            }
                         }
                     }
                 }
@@ -384,6 +438,8 @@ pub struct CellSetup {
     pub cache_frames: Option<usize>,
     /// Context positions the length needs.
     pub tokens: Option<usize>,
+    /// Memory tokens the bank holds at most (models with a memory).
+    pub bank_steps: Option<usize>,
 }
 
 /// Builds the policy of a (configuration, length).
@@ -537,16 +593,29 @@ impl<B: Backend> ModelFactory<B> {
         self.original
     }
 
-    /// The model config of a (method, length), and the RoPE factor.
+    /// The model config of a (method, recall, length), and the RoPE factor.
     ///
     /// # Errors
-    /// [`Error::Runtime`] if the RoPE does not fit the model.
-    pub fn config_for(&self, method: RopeMethod, length: usize) -> Result<(VlaConfig, f64)> {
+    /// [`Error::Runtime`] if the RoPE does not fit the model; [`Error::Input`] for recall off
+    /// on a model without a memory.
+    pub fn config_for(
+        &self,
+        method: RopeMethod,
+        recall: Recall,
+        length: usize,
+    ) -> Result<(VlaConfig, f64)> {
         let tokens = tokens_for_length(&self.trained, length);
         let (rope, factor) = rope_for_length(method, &self.trained.rope, self.original, tokens);
         let mut config = self.trained.clone();
         config.rope = rope;
         config.context_length = Some(tokens);
+        if recall == Recall::Off {
+            let memory = config.memory.as_mut().ok_or_else(|| Error::Input {
+                what: "recall",
+                reason: "off ablates a memory bank, and this model has none".into(),
+            })?;
+            memory.bank_steps = memory.bank_steps.min(memory.window_steps);
+        }
         config.validate()?;
         Ok((config, factor))
     }
@@ -566,7 +635,7 @@ where
     B::Device: Sync,
 {
     fn build(&self, config: &EvalConfig, length: usize) -> Result<Box<dyn Policy>> {
-        let (model_config, _) = self.config_for(config.method, length)?;
+        let (model_config, _) = self.config_for(config.method, config.recall, length)?;
         let record = self
             .base
             .lock()
@@ -590,7 +659,7 @@ where
     }
 
     fn setup(&self, config: &EvalConfig, length: usize) -> Result<CellSetup> {
-        let (model_config, factor) = self.config_for(config.method, length)?;
+        let (model_config, factor) = self.config_for(config.method, config.recall, length)?;
         let cache = self.cache(&model_config, config);
         let layout = runtime::kv::KvLayout {
             dtype: config.dtype,
@@ -606,6 +675,7 @@ where
             budget_bytes: Some(cache.budget_bytes),
             cache_frames: Some(frames.min(length)),
             tokens: Some(tokens_for_length(&model_config, length)),
+            bank_steps: model_config.memory.as_ref().map(|m| m.bank_steps),
         })
     }
 }

@@ -6,6 +6,7 @@ use runtime::rope::RopeScaling;
 use super::heatmap;
 use super::report::{self, CSV_HEADER, ReportMeta, Z95, wilson};
 use super::sweep::*;
+use crate::error::Error;
 use sim::TaskConfig;
 
 type B = NdArray<f32>;
@@ -20,6 +21,7 @@ fn spec(lengths: Vec<usize>, depths: Vec<f64>, episodes: usize) -> SweepSpec {
         methods: vec![RopeMethod::Yarn],
         dtypes: vec![KvDtype::F32],
         budgets: vec![Budget::Full],
+        recalls: vec![Recall::On],
         design: Design::Axes,
         train_length: 64,
     }
@@ -154,11 +156,82 @@ fn axes_design_varies_one_factor_at_a_time_around_the_baseline() {
         EvalConfig {
             method: RopeMethod::Yarn,
             dtype: KvDtype::F32,
-            budget: Budget::Full
+            budget: Budget::Full,
+            recall: Recall::On,
         }
     );
     s.design = Design::Grid;
     assert_eq!(s.configs().expect("grid").len(), 12);
+    s.recalls = vec![Recall::On, Recall::Off];
+    assert_eq!(s.configs().expect("grid").len(), 24);
+    s.design = Design::Axes;
+    let configs = s.configs().expect("axes");
+    assert_eq!(configs.len(), 3 + 1 + 1 + 1);
+    assert_eq!(
+        configs.last().map(|c| (c.method, c.recall)),
+        Some((RopeMethod::Yarn, Recall::Off))
+    );
+    for (text, want) in [("on", Recall::On), ("off", Recall::Off)] {
+        assert_eq!(text.parse::<Recall>().expect("parses"), want);
+        assert_eq!(want.to_string(), text);
+    }
+    assert!("of".parse::<Recall>().is_err());
+}
+
+/// Recall off shrinks a memory model's bank to its KV window in every cell (the CSV and the
+/// report say so, and its episodes run); on a model without a memory it is an error.
+#[test]
+fn recall_off_bounds_the_bank_by_the_window() {
+    let device = Default::default();
+    let mut c = tiny_model_config();
+    c.memory = Some(runtime::model::MemoryConfig {
+        bank_steps: 12,
+        window_steps: 3,
+        bank_log_scale: None,
+    });
+    let model = c.init_seeded::<B>(11, &Default::default());
+    let factory = ModelFactory::new(model, None, sim::training_preprocess(), &device);
+    let mut s = spec(vec![16], vec![0.0], 1);
+    s.train_length = 16;
+    s.methods = vec![RopeMethod::Trained];
+    s.recalls = vec![Recall::On, Recall::Off];
+    let cells = run_sweep(&s, &tiny_task(), &factory, 1, &mut |_| {}).expect("sweep");
+    assert_eq!(cells.len(), 2);
+    for cell in &cells {
+        let want = match cell.config.recall {
+            Recall::On => 12,
+            Recall::Off => 3,
+        };
+        assert_eq!(cell.setup.bank_steps, Some(want), "{:?}", cell.config);
+        assert_eq!(cell.episodes, 1);
+    }
+    let csv = report::csv(&cells);
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!((rows[0][3], rows[0][6]), ("on", "12"));
+    assert_eq!((rows[1][3], rows[1][6]), ("off", "3"));
+    let meta = ReportMeta {
+        command: "edgevla eval".into(),
+        seed: 7,
+        policy: "tiny memory model".into(),
+        train_length: 16,
+        original_context: Some(256),
+        baseline: s.baseline().expect("baseline"),
+        seconds: 1.0,
+    };
+    let md = report::markdown(&cells, &meta);
+    assert!(md.contains("## Recall of evicted frame-steps"), "{md}");
+    assert!(md.contains("trained / f32 / full / recall off"), "{md}");
+
+    let plain = tiny_model_config().init_seeded::<B>(11, &Default::default());
+    let factory = ModelFactory::new(plain, None, sim::training_preprocess(), &device);
+    let off = EvalConfig {
+        recall: Recall::Off,
+        ..s.baseline().expect("baseline")
+    };
+    assert!(matches!(
+        factory.build(&off, 16).map(|_| ()),
+        Err(Error::Input { what: "recall", .. })
+    ));
 }
 
 fn edge_rope() -> runtime::rope::RopeConfig {
@@ -256,6 +329,7 @@ fn model_sweep_writes_parseable_csv_markdown_and_pngs() {
         methods: vec![RopeMethod::Yarn, RopeMethod::None],
         dtypes: vec![KvDtype::F32, KvDtype::Int8],
         budgets: vec![Budget::Full, Budget::Window(4)],
+        recalls: vec![Recall::On],
         design: Design::Axes,
         train_length: 16,
     };
@@ -298,12 +372,14 @@ fn model_sweep_writes_parseable_csv_markdown_and_pngs() {
     for (row, cell) in rows.iter().zip(&cells) {
         assert_eq!(row.len(), CSV_HEADER.len());
         assert_eq!(row[0], cell.config.method.name());
-        assert_eq!(row[5].parse::<usize>().ok(), Some(cell.length));
-        assert_eq!(row[6].parse::<usize>().ok(), Some(cell.length - 11));
-        let rate: f64 = row[12].parse().expect("rate");
-        let (lo, hi): (f64, f64) = (row[13].parse().expect("lo"), row[14].parse().expect("hi"));
+        assert_eq!(row[3], "on");
+        assert_eq!(row[6], "", "no bank: the tiny model has no memory");
+        assert_eq!(row[7].parse::<usize>().ok(), Some(cell.length));
+        assert_eq!(row[8].parse::<usize>().ok(), Some(cell.length - 11));
+        let rate: f64 = row[14].parse().expect("rate");
+        let (lo, hi): (f64, f64) = (row[15].parse().expect("lo"), row[16].parse().expect("hi"));
         assert!(lo <= rate && rate <= hi);
-        assert!(row[16].parse::<f64>().is_ok(), "cue recall present");
+        assert!(row[18].parse::<f64>().is_ok(), "cue recall present");
     }
 
     let md = std::fs::read_to_string(dir.path().join("results.md")).expect("md");
@@ -345,6 +421,7 @@ fn model_policy_runs_the_streaming_path() {
         method: RopeMethod::Trained,
         dtype: KvDtype::Int8,
         budget: Budget::Window(2),
+        recall: Recall::On,
     };
     let mut policy = factory.build(&config, 16).expect("policy");
     let task = sim::Task::new(&tiny_task()).expect("task");
