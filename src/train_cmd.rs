@@ -12,7 +12,7 @@ use clap::Args;
 use serde::Deserialize;
 use sim::TaskConfig;
 use trainer::data::{Prefetch, StepWeights};
-use trainer::train::{Resume, TrainConfig};
+use trainer::train::{ActionLoss, Resume, TrainConfig};
 
 use node::checkpoint::read_named;
 
@@ -314,6 +314,12 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
     {
         bail!("invalid config key `go_onset_weight`: must be a finite number ≥ 0");
     }
+    if model_config.action_bins.is_some() && optimizer.action_loss != ActionLoss::Mse {
+        bail!(
+            "invalid config key `optimizer.action_loss`: model {} has a classification action head (action_bins), trained by a cross-entropy over its bins; leave action_loss out",
+            file.model
+        );
+    }
 
     if let Some(total) = device_memory {
         let need = trainer::train::memory_estimate(
@@ -350,10 +356,11 @@ fn run<B: AutodiffBackend + runtime::flash::TrainAttention>(
                     let (model, fresh) =
                         runtime::checkpoint::load_init::<B>(dir, &model_config, &device)
                             .with_context(|| format!("--init {}", dir.display()))?;
-                    if fresh {
+                    if !fresh.is_empty() {
                         println!(
-                            "--init {}: a model without a memory; its memory token starts fresh",
-                            dir.display()
+                            "--init {}: starts fresh: {} (the checkpoint has none of this kind)",
+                            dir.display(),
+                            fresh.join(", ")
                         );
                     }
                     model

@@ -36,7 +36,8 @@ pub const ROPE_PRESETS: &[Preset] = presets!("rope":
 );
 
 /// Model configs (`configs/model/`), parsed by `runtime::model::VlaConfig`.
-pub const MODEL_PRESETS: &[Preset] = presets!("model": "edge", "edge-long", "soak", "tiny");
+pub const MODEL_PRESETS: &[Preset] =
+    presets!("model": "edge", "edge-long", "edge-long-bins", "soak", "tiny");
 
 /// Camera rigs (`configs/rigs/`), parsed by `vision::rig`.
 pub const RIG_PRESETS: &[Preset] = presets!("rigs": "edge-3cam", "euroc-stereo", "g1-head");
@@ -62,7 +63,7 @@ pub fn task_preset(name: &str) -> Option<&'static Preset> {
 }
 
 /// Training configs (`configs/training/`), read by `edgevla train`.
-pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short", "edge-memory-stage2", "edge-memory-stage3", "edge-memory-stage4", "edge-long", "edge-long-stage2", "edge-long-target", "edge-long-target-wide", "edge-long-detour", "edge-long-onset", "edge-long-l1");
+pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short", "edge-memory-stage2", "edge-memory-stage3", "edge-memory-stage4", "edge-long", "edge-long-stage2", "edge-long-target", "edge-long-target-wide", "edge-long-detour", "edge-long-onset", "edge-long-l1", "edge-long-bins");
 
 /// Looks up a training config by name.
 pub fn training_preset(name: &str) -> Option<&'static Preset> {

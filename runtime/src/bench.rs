@@ -145,7 +145,7 @@ impl StepCost {
         let per_layer_weights = d * heads * hd * 2.0 + d * kv * hd * 2.0 + 3.0 * d * ffn + 2.0 * d;
         let patch_tokens = (c.n_cameras * c.patches_per_camera) as f64;
         let embed_weights = c.patch_dim as f64 * d + c.proprio_dim as f64 * d;
-        let head_weights = c.n_readout as f64 * d * c.action_values() as f64;
+        let head_weights = c.n_readout as f64 * d * c.action_head_outputs() as f64;
         // Keys seen by the new queries: all cached ones plus the new ones up to each query.
         let seen = tf * cached_tokens as f64 + tf * (tf + 1.0) / 2.0;
         let flops = 2.0 * tf * (per_layer_weights - 2.0 * d) * c.n_layers as f64

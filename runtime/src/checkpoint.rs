@@ -89,9 +89,10 @@ pub fn load<B: Backend>(
 }
 
 /// Loads a checkpoint as the start of a training run of a model of `expected`'s
-/// architecture: as [`load`], and a checkpoint of the same model *without* a memory also loads
-/// into a model with one (its memory token drawn fresh, [`Vla::with_memory`]). Returns the model
-/// and whether the memory token is new.
+/// architecture: as [`load`], and a checkpoint of the same backbone also loads into a model
+/// that adds a memory (its memory token drawn fresh, [`Vla::with_memory`]) or has another kind
+/// of action head (`action_bins`; the head drawn fresh, [`Vla::with_action_head`]). Returns
+/// the model and the parts that start fresh (`"memory token"`, `"action head"`).
 ///
 /// # Errors
 /// As [`load`].
@@ -99,23 +100,29 @@ pub fn load_init<B: Backend>(
     dir: &Path,
     expected: &VlaConfig,
     device: &B::Device,
-) -> Result<(Vla<B>, bool)> {
-    let Some(memory) = &expected.memory else {
-        return Ok((load(dir, Some(expected), device)?, false));
-    };
+) -> Result<(Vla<B>, Vec<&'static str>)> {
     let text = std::fs::read_to_string(dir.join(CONFIG_FILE))
         .map_err(|e| Error::checkpoint(dir, format!("{CONFIG_FILE}: {e}")))?;
     let stored = VlaConfig::from_toml(&text)
         .map_err(|e| Error::checkpoint(dir, format!("{CONFIG_FILE}: {e}")))?;
-    if stored.memory.is_some() {
-        return Ok((load(dir, Some(expected), device)?, false));
+    let mut base = expected.clone();
+    let mut fresh = Vec::new();
+    if stored.memory.is_none() && expected.memory.is_some() {
+        base.memory = None;
+        fresh.push("memory token");
     }
-    let without = VlaConfig {
-        memory: None,
-        ..expected.clone()
-    };
-    let model = load(dir, Some(&without), device)?;
-    Ok((model.with_memory(memory.clone(), device)?, true))
+    if stored.action_bins != expected.action_bins {
+        base.action_bins = stored.action_bins;
+        fresh.push("action head");
+    }
+    let mut model = load(dir, Some(&base), device)?;
+    if let (None, Some(memory)) = (&base.memory, &expected.memory) {
+        model = model.with_memory(memory.clone(), device)?;
+    }
+    if base.action_bins != expected.action_bins {
+        model = model.with_action_head(expected.action_bins.clone(), device)?;
+    }
+    Ok((model, fresh))
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
@@ -318,6 +325,66 @@ mod tests {
             text = text.replace(from, to);
         }
         VlaConfig::from_toml(&text).expect("config")
+    }
+
+    /// `load_init` grafts what a checkpoint lacks: a memory token and another kind of action
+    /// head start fresh (and are named), every other weight is the checkpoint's; a backbone
+    /// of another size is still refused.
+    #[test]
+    fn load_init_grafts_a_memory_and_an_action_head() {
+        let device = Default::default();
+        let c = config(None);
+        let model = c.init::<B>(&device);
+        let dir = tempfile::tempdir().expect("tempdir");
+        save(&model, dir.path()).expect("save");
+        let (same, fresh) = load_init::<B>(dir.path(), &c, &device).expect("same");
+        assert!(fresh.is_empty());
+        assert!(
+            host(same.action_head.weight.val()).expect("a")
+                == host(model.action_head.weight.val()).expect("b")
+        );
+
+        let mut grown = c.clone();
+        grown.memory = Some(crate::model::MemoryConfig {
+            bank_steps: 8,
+            window_steps: 4,
+            bank_log_scale: None,
+        });
+        grown.action_bins = Some(crate::model::ActionBins {
+            bins: 8,
+            low: -1.0,
+            high: 1.0,
+        });
+        let (loaded, fresh) = load_init::<B>(dir.path(), &grown, &device).expect("graft");
+        assert_eq!(fresh, ["memory token", "action head"]);
+        assert_eq!(loaded.config(), &grown);
+        assert!(loaded.memory_token.is_some());
+        assert_eq!(
+            loaded.action_head.weight.val().dims(),
+            [c.n_readout * c.d_model, grown.action_head_outputs()]
+        );
+        assert!(
+            host(loaded.layers[1].mlp.down_proj.weight.val()).expect("a")
+                == host(model.layers[1].mlp.down_proj.weight.val()).expect("b"),
+            "the backbone is the checkpoint's"
+        );
+        // And back: a binned checkpoint into a regression head.
+        let binned = dir.path().join("binned");
+        save(&loaded, &binned).expect("save binned");
+        let (back, fresh) = load_init::<B>(
+            &binned,
+            &VlaConfig {
+                action_bins: None,
+                ..grown.clone()
+            },
+            &device,
+        )
+        .expect("back");
+        assert_eq!(fresh, ["action head"]);
+        assert_eq!(back.config().action_head_outputs(), c.action_values());
+
+        let other = config(Some(("ffn_dim = 704", "ffn_dim = 512")));
+        assert!(load_init::<B>(dir.path(), &other, &device).is_err());
     }
 
     #[test]

@@ -8,13 +8,16 @@
 //! 3. the streaming path driving the simulator (closed loop, the first action of each chunk),
 //!    as `edgevla demo` does: how far the arm drifts from its rest pose before the go step,
 //!    the cue head's answer at the go step and after it (the first wrong answer after the go
-//!    step: when, and where the arm was), and the final distance to the pad.
+//!    step: when, and where the arm was), and the final distance to the pad; at the last step
+//!    also the cue head's probabilities and the arm's distance to every pad (is a miss near
+//!    the cued pad a pose between it and the runner-up, the squared error's answer under doubt?).
 //!
 //! ```sh
 //! cargo run --release -p edgevla-trainer --example memory_diagnosis -- \
 //!     models/edge-long-detour memory-long-train 5000000 8
 //! ```
-//! Arguments: checkpoint folder, task (a shipped name), first seed, episodes.
+//! Arguments: checkpoint folder, task (a shipped name), first seed, episodes, and optionally
+//! `closed` to run the closed loop only (3.; the long task's training forward is slow on a CPU).
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -85,7 +88,7 @@ fn teacher_forced(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     let out = model.forward_train(&batch.model_input(&instructions), &device)?;
     let actions = host(out.actions)?;
     let cue = host(out.cue_logits.ok_or("the model has no cue head")?)?;
-    let (k, av) = (c.cue_classes, c.action_values());
+    let (k, ho) = (c.cue_classes, c.action_head_outputs());
     let mut stream = model.new_stream(&c.kv_cache, &device)?;
     model.start_episode(&episode.instruction, &mut stream)?;
     let (mut cue_diff, mut action_diff) = (0f32, 0f32);
@@ -99,7 +102,7 @@ fn teacher_forced(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
         cue_diff = cue_diff.max(max_abs_diff(&logits, trained));
         action_diff = action_diff.max(max_abs_diff(
             &o.action.values,
-            &actions[t * av..(t + 1) * av],
+            &c.decode_actions(&actions[t * ho..(t + 1) * ho]),
         ));
         if t >= episode.cue_steps.start {
             labeled += 1;
@@ -132,11 +135,15 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     let mut first_wrong: Option<(usize, f64, f64)> = None;
     let (mut right, mut after) = (0, 0);
     let mut patches = Vec::new();
+    let mut last_logits = Vec::new();
+    // The distance to the cued pad over the last 20 steps (is the arm still on its way?).
+    let mut tail: Vec<f64> = Vec::new();
     loop {
         let step = sim.observe();
         let t = sim.t();
         let o = stream_step(model, &mut stream, &mut pre, &mut patches, &step)?;
-        let answer = argmax(&o.cue_logits.ok_or("no cue logits")?);
+        last_logits = o.cue_logits.ok_or("no cue logits")?;
+        let answer = argmax(&last_logits);
         if t >= info.cue_steps.start {
             after += 1;
             right += usize::from(answer == info.target);
@@ -155,15 +162,42 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
             let [x, y] = sim.ee_xy();
             drift = drift.max((f64::from(x) - rest[0]).hypot(f64::from(y) - rest[1]));
         }
+        tail.push(sim.distance_to_pad(info.target));
+        if tail.len() > 20 {
+            tail.remove(0);
+        }
         if sim.is_last() {
             break;
         }
         sim.step(&o.action.values)?;
     }
+    let tail = tail
+        .iter()
+        .step_by(5)
+        .map(|d| format!("{:.1}", d * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let max = last_logits
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = last_logits.iter().map(|z| (z - max).exp()).collect();
+    let total: f32 = exp.iter().sum();
+    let last = (0..exp.len())
+        .map(|k| {
+            format!(
+                "pad {k}{}: p {:.2}, {:.1} cm",
+                if k == info.target { " (cued)" } else { "" },
+                exp[k] / total,
+                sim.distance_to_pad(k) * 100.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
     Ok(format!(
         "closed loop: drift from rest before go {:.1} cm | cue head at go {} | right after the \
          cue {right}/{after} (first wrong after go: {}) | final distance to the pad {:.1} cm | \
-         success {}",
+         success {}\n  cm to the cued pad at the last 20 steps (every 5th): {tail}\n  last step: {last}",
         drift * 100.0,
         cue_at_go.map_or("-".to_string(), |a| {
             if a == info.target { "right" } else { "wrong" }.to_string()
@@ -180,11 +214,16 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: memory_diagnosis CHECKPOINT [TASK] [FIRST_SEED] [EPISODES]";
+    let usage = "usage: memory_diagnosis CHECKPOINT [TASK] [FIRST_SEED] [EPISODES] [closed]";
     let dir = PathBuf::from(args.first().ok_or(usage)?);
     let task_name = args.get(1).map_or("memory-long-train", String::as_str);
     let first: u64 = args.get(2).map_or(Ok(5_000_000), |s| s.parse())?;
     let episodes: u64 = args.get(3).map_or(Ok(4), |s| s.parse())?;
+    let closed_only = match args.get(4).map(String::as_str) {
+        None => false,
+        Some("closed") => true,
+        Some(_) => return Err(usage.into()),
+    };
     let device = Default::default();
     let model = runtime::checkpoint::load::<B>(&dir, None, &device)?;
     let preset =
@@ -196,7 +235,11 @@ fn main() -> Res<()> {
         task.action = TaskConfig::from_toml(&text)?.action;
     }
     for seed in first..first + episodes {
-        println!("seed {seed}: {}", teacher_forced(&model, &task, seed)?);
+        if closed_only {
+            println!("seed {seed}:");
+        } else {
+            println!("seed {seed}: {}", teacher_forced(&model, &task, seed)?);
+        }
         println!("  {}", closed_loop(&model, &task, seed)?);
     }
     Ok(())

@@ -309,7 +309,10 @@ impl SweepSpec {
             method: *self.methods.first().ok_or_else(|| empty("methods"))?,
             dtype: *self.dtypes.first().ok_or_else(|| empty("KV dtypes"))?,
             budget: *self.budgets.first().ok_or_else(|| empty("KV budgets"))?,
-            recall: *self.recalls.first().ok_or_else(|| empty("recall settings"))?,
+            recall: *self
+                .recalls
+                .first()
+                .ok_or_else(|| empty("recall settings"))?,
         })
     }
 

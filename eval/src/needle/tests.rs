@@ -206,7 +206,11 @@ fn recall_off_bounds_the_bank_by_the_window() {
         assert_eq!(cell.episodes, 1);
     }
     let csv = report::csv(&cells);
-    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
     assert_eq!((rows[0][3], rows[0][6]), ("on", "12"));
     assert_eq!((rows[1][3], rows[1][6]), ("off", "3"));
     let meta = ReportMeta {

@@ -456,7 +456,8 @@ impl HostPath {
     }
 
     /// The heads over the final-norm readout rows `[n_readout, d_model]`: the action chunk
-    /// values `[horizon · action_dim]` and, if the model has one, the cue logits.
+    /// values `[horizon · action_dim]` (decoded from their bins' logits with
+    /// `action_bins`) and, if the model has one, the cue logits.
     pub(crate) fn heads(&self, readout: &[f32]) -> (Vec<f32>, Option<Vec<f32>>) {
         let head = |l: &HostLinear| {
             let n = l.bias.len();
@@ -469,7 +470,9 @@ impl HostPath {
             out
         };
         (
-            head(&self.weights.action),
+            self.weights
+                .config
+                .decode_actions(&head(&self.weights.action)),
             self.weights.cue.as_ref().map(head),
         )
     }

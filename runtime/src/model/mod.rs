@@ -29,7 +29,7 @@ use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-pub use config::{BOS_TOKEN, INSTRUCTION_VOCAB, MemoryConfig, VlaConfig};
+pub use config::{ActionBins, BOS_TOKEN, INSTRUCTION_VOCAB, MemoryConfig, VlaConfig};
 pub use layers::{Attention, Block, Mlp};
 pub(crate) use layers::{INIT_STD, causal_bias, linear, param};
 pub use stream::{StepEngine, Stream};
@@ -169,7 +169,13 @@ impl VlaConfig {
             memory_token: self.memory.as_ref().map(|_| param([d], std, device)),
             layers,
             norm: norm(),
-            action_head: linear(self.n_readout * d, self.action_values(), true, std, device),
+            action_head: linear(
+                self.n_readout * d,
+                self.action_head_outputs(),
+                true,
+                std,
+                device,
+            ),
             cue_head: (self.cue_classes > 0)
                 .then(|| linear(self.n_readout * d, self.cue_classes, true, std, device)),
             config: self.clone(),
@@ -337,11 +343,12 @@ impl<B: Backend> Vla<B> {
             .repeat_dim(0, batch)
     }
 
-    /// Readout hidden states → action chunk values.
+    /// Readout hidden states → the action head's outputs (the chunk's values, or their bins'
+    /// logits: [`VlaConfig::action_head_outputs`]).
     ///
     /// # Shapes
     /// - `readout`: `[batch, n_readout, d_model]` (after the final norm)
-    /// - output: `[batch, horizon · action_dim]`
+    /// - output: `[batch, action_head_outputs]`
     pub fn action_head(&self, readout: Tensor<B, 3>) -> Tensor<B, 2> {
         let [batch, r, d] = readout.dims();
         self.action_head.forward(readout.reshape([batch, r * d]))
@@ -370,7 +377,8 @@ impl<B: Backend> Vla<B> {
 
     fn action_chunk(&self, readout: Tensor<B, 3>) -> Result<ActionChunk> {
         let c = &self.config;
-        let values = crate::host::host_values(self.action_head(readout), "action head")?;
+        let outputs = crate::host::host_values(self.action_head(readout), "action head")?;
+        let values = c.decode_actions(&outputs);
         Error::check_finite("model output (action chunk)", &values)?;
         Ok(ActionChunk {
             horizon: c.horizon,
@@ -415,6 +423,36 @@ impl<B: Backend> Vla<B> {
         config.memory = Some(memory);
         config.validate()?;
         self.memory_token = Some(param([config.d_model], INIT_STD, device));
+        self.config = config;
+        Ok(self)
+    }
+
+    /// The same backbone with a fresh action head: a classification head over `bins`, or a
+    /// regression head with `None` (one kind's weights do not carry over to the other).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the model already has that head or the bins are invalid.
+    pub fn with_action_head(
+        mut self,
+        bins: Option<ActionBins>,
+        device: &B::Device,
+    ) -> Result<Self> {
+        if self.config.action_bins == bins {
+            return Err(Error::config(
+                "action_bins",
+                "the model already has this action head",
+            ));
+        }
+        let mut config = self.config.clone();
+        config.action_bins = bins;
+        config.validate()?;
+        self.action_head = linear(
+            config.n_readout * config.d_model,
+            config.action_head_outputs(),
+            true,
+            INIT_STD,
+            device,
+        );
         self.config = config;
         Ok(self)
     }

@@ -535,13 +535,24 @@ fn shipped_edge_config_is_valid() {
 /// The training forward (all steps at once, per-step readouts masked from later tokens)
 /// predicts at every step what incremental inference predicts, ≤ 1e-4 relative, for a batch
 /// of two episodes with different observations and instructions of different lengths (the
-/// shorter one padded and masked); with a cue-recall head, its logits match too.
+/// shorter one padded and masked); with a cue-recall head, its logits match too, and with a
+/// classification action head its logits and the decoded values.
 #[test]
 fn training_forward_matches_incremental_steps() {
     let device = Default::default();
-    for (rope, cue_classes) in [(DEFAULT_ROPE, 0), (YARN_ROPE, 3)] {
+    let bins = ActionBins {
+        bins: 16,
+        low: -0.05,
+        high: 0.05,
+    };
+    for (rope, cue_classes, bins) in [
+        (DEFAULT_ROPE, 0, None),
+        (YARN_ROPE, 3, None),
+        (YARN_ROPE, 3, Some(bins)),
+    ] {
         let mut c = tiny_config(1, rope, "f32", 1 << 30);
         c.cue_classes = cue_classes;
+        c.action_bins = bins;
         let m = model(&c, 8);
         let steps_n = 5;
         let episodes = [Steps::new(&c, steps_n, 100), Steps::new(&c, steps_n, 200)];
@@ -549,7 +560,7 @@ fn training_forward_matches_incremental_steps() {
         let flat_steps = FlatSteps::of(&episodes, steps_n);
         let batch = flat_steps.batch(&instructions);
         let out = m.forward_train(&batch, &device).expect("train forward");
-        assert_eq!(out.actions.dims(), [2, steps_n, c.action_values()]);
+        assert_eq!(out.actions.dims(), [2, steps_n, c.action_head_outputs()]);
         let host = |t: Tensor<B, 3>| t.into_data().convert::<f32>().into_vec::<f32>();
         let trained = host(out.actions).expect("data");
         let cue = out.cue_logits.map(|t| host(t).expect("cue data"));
@@ -559,9 +570,17 @@ fn training_forward_matches_incremental_steps() {
             m.start_episode(instructions[e], &mut s).expect("start");
             for k in 0..steps_n {
                 let step = m.forward_step(&episode.get(k), &mut s).expect("step");
-                let at = (e * steps_n + k) * c.action_values();
-                let err = rel_err(&trained[at..at + c.action_values()], &step.action.values);
+                let outputs = c.action_head_outputs();
+                let at = (e * steps_n + k) * outputs;
+                let raw = &trained[at..at + outputs];
+                // The head's raw outputs (bins' logits with a classification head) from the
+                // step's readouts, then the decoded values.
+                let step_raw = flat(m.action_head(step.readout.clone()).unsqueeze_dim(0));
+                let err = rel_err(raw, &step_raw);
+                assert!(err <= 1e-4, "episode {e} step {k}: head outputs {err:e}");
+                let err = rel_err(&c.decode_actions(raw), &step.action.values);
                 assert!(err <= 1e-4, "episode {e} step {k}: {err:e}");
+                assert_eq!(step.action.values.len(), c.action_values());
                 assert_eq!(step.cue_logits.is_some(), cue_classes > 0);
                 if let (Some(cue), Some(inc)) = (&cue, &step.cue_logits) {
                     let at = (e * steps_n + k) * cue_classes;
@@ -833,5 +852,67 @@ fn architecture_is_every_key_but_the_run_time_ones() {
     assert_eq!(
         c.architecture_difference(&memory).map(|d| d.0).as_deref(),
         Some("memory")
+    );
+}
+
+/// A classification action head decodes a value as the local softmax mean around its most
+/// likely bin: a unimodal Gaussian bump over the bins gives back its centre (within 1e-3 of
+/// a bin width, off-centre between bins too), a bimodal one the larger mode's centre (the mean
+/// of the modes would be far from both), a non-finite logit a NaN; bad bins are config errors.
+#[test]
+fn action_bins_decode_the_likeliest_mode() {
+    let b = ActionBins {
+        bins: 64,
+        low: -2.0,
+        high: 2.0,
+    };
+    let w = f64::from(b.width());
+    // Logits of a normal density (σ = 0.75 bins) centred on `mu`, times `mass`, plus others.
+    let bump = |mu: f64, mass: f64| -> Vec<f64> {
+        (0..b.bins)
+            .map(|i| {
+                let x = f64::from(b.centre(i));
+                mass * (-(x - mu).powi(2) / (2.0 * (0.75 * w).powi(2))).exp()
+            })
+            .collect()
+    };
+    let logits = |density: Vec<f64>| -> Vec<f32> {
+        density.iter().map(|p| (p + 1e-12).ln() as f32).collect()
+    };
+    for mu in [-1.3, 0.0, 0.031, 0.7777] {
+        let got = f64::from(b.decode(&logits(bump(mu, 1.0))));
+        assert!(
+            (got - mu).abs() < 2e-2 * w,
+            "unimodal at {mu}: decoded {got}"
+        );
+    }
+    let (a, c) = (-0.9, 0.6);
+    let mix: Vec<f64> = bump(a, 0.6)
+        .iter()
+        .zip(bump(c, 0.4))
+        .map(|(x, y)| x + y)
+        .collect();
+    let got = f64::from(b.decode(&logits(mix)));
+    assert!(
+        (got - a).abs() < 2e-2 * w,
+        "bimodal: decoded {got}, modes {a} and {c}"
+    );
+    let mut bad = logits(bump(0.0, 1.0));
+    bad[3] = f32::NAN;
+    assert!(b.decode(&bad).is_nan());
+    let mut c = tiny_config(1, DEFAULT_ROPE, "f32", 1 << 30);
+    for (bins, low, high) in [(1, -1.0, 1.0), (8, 1.0, 1.0), (8, f32::NAN, 1.0)] {
+        c.action_bins = Some(ActionBins { bins, low, high });
+        assert!(
+            matches!(c.validate(), Err(Error::Config { .. })),
+            "{bins} {low} {high}"
+        );
+    }
+    c.action_bins = Some(b.clone());
+    assert_eq!(c.action_head_outputs(), c.action_values() * 64);
+    let plain = tiny_config(1, DEFAULT_ROPE, "f32", 1 << 30);
+    assert_eq!(
+        plain.architecture_difference(&c).map(|d| d.0).as_deref(),
+        Some("action_bins")
     );
 }

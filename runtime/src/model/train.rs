@@ -30,7 +30,9 @@ pub struct TrainBatch<'a> {
 /// What the training forward pass predicts at every step of every episode.
 #[derive(Clone, Debug)]
 pub struct TrainOutput<B: Backend> {
-    /// Action chunks `[batch, steps, horizon · action_dim]`.
+    /// The action head's outputs `[batch, steps, action_head_outputs]`: the action chunks'
+    /// values, or with `action_bins` their bins' logits (decode with
+    /// [`VlaConfig::decode_actions`](super::VlaConfig::decode_actions) per step).
     pub actions: Tensor<B, 3>,
     /// Cue-class logits `[batch, steps, cue_classes]`, if the model has a cue-recall head.
     pub cue_logits: Option<Tensor<B, 3>>,
@@ -351,10 +353,11 @@ impl<B: Backend> Vla<B> {
             .reshape([rows, chunk, d])
             .slice([0..rows, chunk - r..chunk, 0..d])
             .reshape([rows, r * d]);
-        let actions =
-            self.action_head
-                .forward(readouts.clone())
-                .reshape([n_batch, steps, c.action_values()]);
+        let actions = self.action_head.forward(readouts.clone()).reshape([
+            n_batch,
+            steps,
+            c.action_head_outputs(),
+        ]);
         let cue_logits = self.cue_head.as_ref().map(|head| {
             head.forward(readouts)
                 .reshape([n_batch, steps, c.cue_classes])
