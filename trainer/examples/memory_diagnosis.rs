@@ -135,7 +135,7 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     let mut first_wrong: Option<(usize, f64, f64)> = None;
     let (mut right, mut after) = (0, 0);
     let mut patches = Vec::new();
-    let mut last_logits = Vec::new();
+    let mut last_logits: Vec<f32>;
     // The distance to the cued pad over the last 20 steps (is the arm still on its way?).
     let mut tail: Vec<f64> = Vec::new();
     loop {
