@@ -90,13 +90,22 @@ fn quick_sweep_over_a_tiny_checkpoint_writes_every_output() {
 
     let csv = std::fs::read_to_string(out_dir.join("cells.csv")).expect("cells.csv");
     let lines: Vec<&str> = csv.lines().collect();
-    assert!(lines[0].starts_with("method,kv_dtype,budget,budget_bytes,cache_frames,length"));
+    let header: Vec<&str> = lines[0].split(',').collect();
+    assert_eq!(header, eval::needle::report::CSV_HEADER);
+    let column = |name: &str| header.iter().position(|h| *h == name).expect(name);
     assert_eq!(lines.len(), 1 + 4 * 2 * 3);
     for line in &lines[1..] {
         let fields: Vec<&str> = line.split(',').collect();
-        assert_eq!(fields.len(), 17, "{line}");
-        assert_eq!(fields[10], "2", "2 episodes per cell: {line}");
-        let rate: f64 = fields[12].parse().expect("success rate");
+        assert_eq!(fields.len(), header.len(), "{line}");
+        assert_eq!(
+            fields[column("episodes")],
+            "2",
+            "2 episodes per cell: {line}"
+        );
+        assert_eq!(fields[column("recall")], "on", "{line}");
+        let rate: f64 = fields[column("success_rate")]
+            .parse()
+            .expect("success rate");
         assert!((0.0..=1.0).contains(&rate));
     }
     let md = std::fs::read_to_string(out_dir.join("results.md")).expect("results.md");
@@ -138,10 +147,14 @@ fn oracle_scores_every_episode_through_the_cli() {
         String::from_utf8_lossy(&run.stderr)
     );
     let csv = std::fs::read_to_string(out_dir.join("cells.csv")).expect("cells.csv");
+    let successes = eval::needle::report::CSV_HEADER
+        .iter()
+        .position(|h| *h == "successes")
+        .expect("successes column");
     for line in csv.lines().skip(1) {
         let fields: Vec<&str> = line.split(',').collect();
         assert_eq!(
-            fields[11], "10",
+            fields[successes], "10",
             "oracle must succeed every episode: {line}"
         );
     }
