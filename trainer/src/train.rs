@@ -712,6 +712,19 @@ mod tests {
         }
     }
 
+    /// The schedule of the overfitting tests: 150 AdamW steps on one batch.
+    fn overfit_config() -> TrainConfig {
+        TrainConfig {
+            iterations: 150,
+            learning_rate: 3e-3,
+            warmup: 10,
+            weight_decay: 0.0,
+            grad_clip_norm: Some(1.0),
+            cue_loss_weight: 0.0,
+            action_loss: ActionLoss::Mse,
+        }
+    }
+
     /// Backpropagation through the whole model works: on one fixed batch the loss falls by
     /// more than 10x within 150 AdamW steps.
     #[test]
@@ -720,15 +733,7 @@ mod tests {
         let c = tiny_model_config();
         let model = c.init_seeded::<B>(3, &Default::default());
         let batch = fixed_batch(&c);
-        let config = TrainConfig {
-            iterations: 150,
-            learning_rate: 3e-3,
-            warmup: 10,
-            weight_decay: 0.0,
-            grad_clip_norm: Some(1.0),
-            cue_loss_weight: 0.0,
-            action_loss: ActionLoss::Mse,
-        };
+        let config = overfit_config();
         let (_, report) =
             train(model, &config, |_| Ok(batch.clone()), |_, _| {}, &[device]).expect("train");
         let (first, last) = (report.losses[0], report.losses[report.losses.len() - 1]);
@@ -828,15 +833,7 @@ mod tests {
 
         let model = c.init_seeded::<B>(5, &Default::default());
         batch.actions[0] = 0.3;
-        let config = TrainConfig {
-            iterations: 150,
-            learning_rate: 3e-3,
-            warmup: 10,
-            weight_decay: 0.0,
-            grad_clip_norm: Some(1.0),
-            cue_loss_weight: 0.0,
-            action_loss: ActionLoss::Mse,
-        };
+        let config = overfit_config();
         let (model, _) =
             train(model, &config, |_| Ok(batch.clone()), |_, _| {}, &[device]).expect("train");
         let model = burn::module::AutodiffModule::valid(&model);

@@ -220,6 +220,26 @@ fn length_header(lengths: &[usize], train_length: usize) -> String {
 
 /// One table: a row per configuration of `rows` (label, config), a column per length,
 /// cells aggregated over depths with `show`.
+/// The success table of `rows`, then (when the policy names the cue) their cue-recall table.
+fn success_and_cue_tables(
+    out: &mut String,
+    first: &str,
+    rows: &[(String, EvalConfig)],
+    cells: &[Cell],
+    lengths: &[usize],
+    meta: &ReportMeta,
+    has_cue: bool,
+) {
+    table(out, first, rows, cells, lengths, meta, Tally::show);
+    if has_cue {
+        let _ = writeln!(
+            out,
+            "Cue recall (the cue head's argmax at the last step):\n"
+        );
+        table(out, first, rows, cells, lengths, meta, Tally::show_cue);
+    }
+}
+
 fn table(
     out: &mut String,
     first: &str,
@@ -298,30 +318,7 @@ pub fn markdown(cells: &[Cell], meta: &ReportMeta) -> String {
         "## Success by length x RoPE method (KV {} / budget {})\n",
         base.dtype, base.budget
     );
-    table(
-        &mut out,
-        "method",
-        &methods,
-        cells,
-        &lengths,
-        meta,
-        Tally::show,
-    );
-    if has_cue {
-        let _ = writeln!(
-            out,
-            "Cue recall (the cue head's argmax at the last step):\n"
-        );
-        table(
-            &mut out,
-            "method",
-            &methods,
-            cells,
-            &lengths,
-            meta,
-            Tally::show_cue,
-        );
-    }
+    success_and_cue_tables(&mut out, "method", &methods, cells, &lengths, meta, has_cue);
 
     let dtypes =
         slice(&|c| c.method == base.method && c.budget == base.budget && c.recall == base.recall);
@@ -406,30 +403,7 @@ pub fn markdown(cells: &[Cell], meta: &ReportMeta) -> String {
             "## Recall of evicted frame-steps: memory bank on vs off (off: the bank no longer than the KV window; RoPE {} / KV {} / budget {})\n",
             base.method, base.dtype, base.budget
         );
-        table(
-            &mut out,
-            "recall",
-            &recalls,
-            cells,
-            &lengths,
-            meta,
-            Tally::show,
-        );
-        if has_cue {
-            let _ = writeln!(
-                out,
-                "Cue recall (the cue head's argmax at the last step):\n"
-            );
-            table(
-                &mut out,
-                "recall",
-                &recalls,
-                cells,
-                &lengths,
-                meta,
-                Tally::show_cue,
-            );
-        }
+        success_and_cue_tables(&mut out, "recall", &recalls, cells, &lengths, meta, has_cue);
     }
 
     // Depth x length for the best method at the baseline dtype and budget.
