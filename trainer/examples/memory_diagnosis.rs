@@ -14,7 +14,7 @@
 //!
 //! ```sh
 //! cargo run --release -p edgevla-trainer --example memory_diagnosis -- \
-//!     models/edge-long-detour memory-long-train 5000000 8
+//!     models/edge-long-bins memory-long-train 5000000 8
 //! ```
 //! Arguments: checkpoint folder, task (a shipped name), first seed, episodes, and optionally
 //! `closed` to run the closed loop only (3.; the long task's training forward is slow on a CPU).
