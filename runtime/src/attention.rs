@@ -119,6 +119,10 @@ struct TaskScratch {
     l: Vec<f32>,
     /// Unnormalized weighted values `[rows, head_dim]`.
     acc: Vec<f32>,
+    /// A top-k bank read's first pass: every key's score `[rows, keys]` (−∞ where a row does
+    /// not see the key), then per row the k-th highest score, below which keys are masked.
+    all: Vec<f32>,
+    threshold: Vec<f32>,
 }
 
 /// Working memory of [`attend`], reused from step to step.
@@ -566,93 +570,143 @@ fn task_attention(job: TaskJob<'_, '_>) -> Result<()> {
             input.bank.map(|b| input.past + b.new),
         ),
     };
-    let mut runs = cached.iter().peekable();
-    let mut start = keys.start;
-    while start < keys.end {
-        let n = KEY_BLOCK.min(keys.end - start);
-        for j in 0..n {
-            let t = start + j;
-            let (k_out, v_out) = (
-                &mut s.k[j * hd..(j + 1) * hd],
-                &mut s.v[j * hd..(j + 1) * hd],
-            );
-            if t < past {
-                // The run holding slot t (slots only grow within a task).
-                while runs.peek().is_some_and(|r| r.start + r.len <= t) {
-                    runs.next();
-                }
-                let Some(run) = runs.peek() else {
-                    return Err(Error::shape(
-                        "host attention",
-                        format!("slot {t} not cached"),
-                    ));
-                };
-                decode_row(run.keys, t - run.start, g, kv, &mut s.row);
-                decode_row(run.values, t - run.start, g, kv, v_out);
-            } else {
-                // The bank's one new key is the step's memory token.
-                let new = bank.map_or(t - past, |b| b.new);
-                let at = new * row + g * hd;
-                s.row.copy_from_slice(&input.k_new[at..at + hd]);
-                v_out.copy_from_slice(&input.v_new[at..at + hd]);
-            }
-            match rope {
-                Some(rope) => rope.rotate(t, &s.row, 1.0, k_out),
-                None => k_out.copy_from_slice(&s.row),
-            }
+    // A top-k bank read (`MemoryConfig::bank_top_k`) over more keys than k: a first pass
+    // records every score, then each row's k-th highest becomes its threshold.
+    let top_k = bank
+        .and_then(|b| b.config.bank_top_k)
+        .filter(|&k| keys.len() > k);
+    let width = keys.len();
+    s.threshold.clear();
+    s.threshold.resize(rows, f32::NEG_INFINITY);
+    if top_k.is_some() {
+        s.all.clear();
+        s.all.resize(rows * width, f32::NEG_INFINITY);
+    }
+    // Keys of the block at `start` that query row `r` sees.
+    let visible_of = |r: usize, start: usize, n: usize| {
+        // Query i sees the cached keys and the new keys up to its own token (in the bank:
+        // the step's memory token from that token on).
+        let i = r % tq;
+        let own = match bank {
+            Some(b) => usize::from(input.q_first + i >= b.new),
+            None => input.q_first + i + 1,
+        };
+        (past + own).saturating_sub(start).min(n)
+    };
+    for select in [true, false] {
+        if select && top_k.is_none() {
+            continue;
         }
-        // Scores [rows, n] = q · kᵀ.
-        matmul(
-            MatMut::rows(&mut s.s, rows, n, KEY_BLOCK),
-            Mat::rows(q, rows, hd, hd),
-            Mat::transposed(&s.k, hd, n, hd),
-            Write::Overwrite,
-            Threads::One,
-        )?;
-        for r in 0..rows {
-            // Query i sees the cached keys and the new keys up to its own token (in the bank:
-            // the step's memory token from that token on).
-            let i = r % tq;
-            let own = match bank {
-                Some(b) => usize::from(input.q_first + i >= b.new),
-                None => input.q_first + i + 1,
-            };
-            let visible = (past + own).saturating_sub(start).min(n);
-            let scores = &mut s.s[r * KEY_BLOCK..r * KEY_BLOCK + n];
-            if let Some(h) = hidden.filter(|h| (start..start + visible).contains(h)) {
-                scores[h - start] = f32::NEG_INFINITY;
+        let mut runs = cached.iter().peekable();
+        let mut start = keys.start;
+        while start < keys.end {
+            let n = KEY_BLOCK.min(keys.end - start);
+            for j in 0..n {
+                let t = start + j;
+                let (k_out, v_out) = (
+                    &mut s.k[j * hd..(j + 1) * hd],
+                    &mut s.v[j * hd..(j + 1) * hd],
+                );
+                if t < past {
+                    // The run holding slot t (slots only grow within a task).
+                    while runs.peek().is_some_and(|r| r.start + r.len <= t) {
+                        runs.next();
+                    }
+                    let Some(run) = runs.peek() else {
+                        return Err(Error::shape(
+                            "host attention",
+                            format!("slot {t} not cached"),
+                        ));
+                    };
+                    decode_row(run.keys, t - run.start, g, kv, &mut s.row);
+                    decode_row(run.values, t - run.start, g, kv, v_out);
+                } else {
+                    // The bank's one new key is the step's memory token.
+                    let new = bank.map_or(t - past, |b| b.new);
+                    let at = new * row + g * hd;
+                    s.row.copy_from_slice(&input.k_new[at..at + hd]);
+                    v_out.copy_from_slice(&input.v_new[at..at + hd]);
+                }
+                match rope {
+                    Some(rope) => rope.rotate(t, &s.row, 1.0, k_out),
+                    None => k_out.copy_from_slice(&s.row),
+                }
             }
-            let block_max = if visible == 0 {
-                f32::NEG_INFINITY
-            } else {
-                max_lanes(&scores[..visible])
-            };
-            if block_max == f32::NEG_INFINITY {
-                scores.fill(0.0);
+            // Scores [rows, n] = q · kᵀ.
+            matmul(
+                MatMut::rows(&mut s.s, rows, n, KEY_BLOCK),
+                Mat::rows(q, rows, hd, hd),
+                Mat::transposed(&s.k, hd, n, hd),
+                Write::Overwrite,
+                Threads::One,
+            )?;
+            if select {
+                for r in 0..rows {
+                    let visible = visible_of(r, start, n);
+                    let at = r * width + start - keys.start;
+                    s.all[at..at + visible]
+                        .copy_from_slice(&s.s[r * KEY_BLOCK..r * KEY_BLOCK + visible]);
+                }
+                start += n;
                 continue;
             }
-            let m_new = s.m[r].max(block_max);
-            let correction = fast_exp(s.m[r] - m_new);
-            for v in &mut scores[..visible] {
-                *v = fast_exp(*v - m_new);
+            for r in 0..rows {
+                let visible = visible_of(r, start, n);
+                let scores = &mut s.s[r * KEY_BLOCK..r * KEY_BLOCK + n];
+                if let Some(h) = hidden.filter(|h| (start..start + visible).contains(h)) {
+                    scores[h - start] = f32::NEG_INFINITY;
+                }
+                let threshold = s.threshold[r];
+                if threshold > f32::NEG_INFINITY {
+                    for v in &mut scores[..visible] {
+                        if *v < threshold {
+                            *v = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let block_max = if visible == 0 {
+                    f32::NEG_INFINITY
+                } else {
+                    max_lanes(&scores[..visible])
+                };
+                if block_max == f32::NEG_INFINITY {
+                    scores.fill(0.0);
+                    continue;
+                }
+                let m_new = s.m[r].max(block_max);
+                let correction = fast_exp(s.m[r] - m_new);
+                for v in &mut scores[..visible] {
+                    *v = fast_exp(*v - m_new);
+                }
+                let sum = sum_lanes(&scores[..visible]);
+                scores[visible..].fill(0.0);
+                s.l[r] = s.l[r] * correction + sum;
+                s.m[r] = m_new;
+                for a in &mut s.acc[r * hd..(r + 1) * hd] {
+                    *a *= correction;
+                }
             }
-            let sum = sum_lanes(&scores[..visible]);
-            scores[visible..].fill(0.0);
-            s.l[r] = s.l[r] * correction + sum;
-            s.m[r] = m_new;
-            for a in &mut s.acc[r * hd..(r + 1) * hd] {
-                *a *= correction;
+            // acc += p · v.
+            matmul(
+                MatMut::rows(&mut s.acc, rows, hd, hd),
+                Mat::rows(&s.s, rows, n, KEY_BLOCK),
+                Mat::rows(&s.v, n, hd, hd),
+                Write::Accumulate,
+                Threads::One,
+            )?;
+            start += n;
+        }
+        if let (true, Some(k)) = (select, top_k) {
+            // The k-th highest score of each row that sees more than k keys (masked keys
+            // are −∞, the lowest); rows that see k or fewer keep every key.
+            for (row_scores, threshold) in s.all.chunks_exact_mut(width).zip(&mut s.threshold) {
+                if row_scores.iter().filter(|v| **v > f32::NEG_INFINITY).count() > k {
+                    let (_, kth, _) =
+                        row_scores.select_nth_unstable_by(width - k, |a, b| a.total_cmp(b));
+                    *threshold = *kth;
+                }
             }
         }
-        // acc += p · v.
-        matmul(
-            MatMut::rows(&mut s.acc, rows, hd, hd),
-            Mat::rows(&s.s, rows, n, KEY_BLOCK),
-            Mat::rows(&s.v, n, hd, hd),
-            Write::Accumulate,
-            Threads::One,
-        )?;
-        start += n;
     }
     Ok(())
 }

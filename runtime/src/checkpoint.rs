@@ -349,6 +349,7 @@ mod tests {
             bank_steps: 8,
             window_steps: 4,
             bank_log_scale: None,
+            bank_top_k: None,
         });
         grown.action_bins = Some(crate::model::ActionBins {
             bins: 8,

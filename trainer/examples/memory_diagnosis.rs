@@ -134,6 +134,8 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
     // from the cued pad and from the pad it names.
     let mut first_wrong: Option<(usize, f64, f64)> = None;
     let (mut right, mut after) = (0, 0);
+    // The cue head's answer whenever it changes from the cue on, as (step, pad).
+    let mut changes: Vec<(usize, usize)> = Vec::new();
     let mut patches = Vec::new();
     let mut last_logits: Vec<f32>;
     // The distance to the cued pad over the last 20 steps (is the arm still on its way?).
@@ -147,6 +149,9 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
         if t >= info.cue_steps.start {
             after += 1;
             right += usize::from(answer == info.target);
+            if changes.last().is_none_or(|&(_, pad)| pad != answer) {
+                changes.push((t, answer));
+            }
         }
         if t == info.go_step {
             cue_at_go = Some(answer);
@@ -194,10 +199,29 @@ fn closed_loop(model: &Vla<B>, task: &TaskConfig, seed: u64) -> Res<String> {
         })
         .collect::<Vec<_>>()
         .join("; ");
+    // Steps counted from the cue's last step, as the cue age is.
+    let since = |t: usize| t as i64 - info.cue_steps.end as i64 + 1;
+    let timeline = format!(
+        "cue at steps {:?} on pad {}, go at +{}; the cue head's answer (step: pad): {}; decoys \
+         (step: pad): {}",
+        info.cue_steps,
+        info.target,
+        since(info.go_step),
+        changes
+            .iter()
+            .map(|&(t, pad)| format!("+{}: {pad}", since(t)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        info.decoys
+            .iter()
+            .map(|d| format!("{:+}: {}", since(d.steps.start), d.pad))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(format!(
         "closed loop: drift from rest before go {:.1} cm | cue head at go {} | right after the \
          cue {right}/{after} (first wrong after go: {}) | final distance to the pad {:.1} cm | \
-         success {}\n  cm to the cued pad at the last 20 steps (every 5th): {tail}\n  last step: {last}",
+         success {}\n  cm to the cued pad at the last 20 steps (every 5th): {tail}\n  last step: {last}\n  {timeline}",
         drift * 100.0,
         cue_at_go.map_or("-".to_string(), |a| {
             if a == info.target { "right" } else { "wrong" }.to_string()

@@ -274,3 +274,197 @@ fn mismatched_inputs_are_shape_errors() {
     let err = attend(&input, &short, &mut AttentionScratch::default(), &mut out);
     assert!(matches!(err, Err(Error::Shape { .. })), "{err:?}");
 }
+
+/// f64 reference of a step with a memory bank: one softmax over the rotary keys the query
+/// sees (the step's memory token, new token `memory`, hidden from them) and the bank's keys
+/// (unrotated: the stored ones, and the memory token from its own query on); with `top_k`, a
+/// query that sees more than k bank keys keeps only those scoring at least its k-th highest.
+#[allow(clippy::too_many_arguments)]
+fn bank_reference(
+    (heads, kv, hd): (usize, usize, usize),
+    (past, tk, memory, banked): (usize, usize, usize, usize),
+    freqs: &RopeFrequencies,
+    q: &[f32],
+    (k, v): (&[f64], &[f64]),
+    (bank_k, bank_v): (&[f64], &[f64]),
+    top_k: Option<usize>,
+) -> Vec<f64> {
+    let rotate = |x: &[f64], p: usize| -> Vec<f64> {
+        let half = freqs.inv_freq.len();
+        let mut out = x.to_vec();
+        for (c, f) in freqs.inv_freq.iter().enumerate() {
+            let (sin, cos) = (p as f64 * f).sin_cos();
+            let (a, b) = (x[c], x[c + half]);
+            out[c] = (a * cos - b * sin) * freqs.attention_factor;
+            out[c + half] = (b * cos + a * sin) * freqs.attention_factor;
+        }
+        out
+    };
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    let scale = 1.0 / (hd as f64).sqrt();
+    let row = kv * hd;
+    let mut out = vec![0.0; tk * heads * hd];
+    for h in 0..heads {
+        let g = h / (heads / kv);
+        for i in 0..tk {
+            let qi: Vec<f64> = q[(i * heads + h) * hd..(i * heads + h + 1) * hd]
+                .iter()
+                .map(|x| f64::from(*x))
+                .collect();
+            let qr = rotate(&qi, past + i);
+            // (score, value) of every key the query attends to.
+            let mut keys: Vec<(f64, &[f64])> = (0..=past + i)
+                .filter(|&t| t != past + memory)
+                .map(|t| {
+                    let kt = rotate(&k[t * row + g * hd..t * row + (g + 1) * hd], t);
+                    (dot(&qr, &kt) * scale, &v[t * row + g * hd..t * row + (g + 1) * hd])
+                })
+                .collect();
+            let mut bank: Vec<(f64, &[f64])> = (0..banked)
+                .map(|t| {
+                    let at = t * row + g * hd;
+                    (dot(&qi, &bank_k[at..at + hd]) * scale, &bank_v[at..at + hd])
+                })
+                .collect();
+            if i >= memory {
+                let at = (past + memory) * row + g * hd;
+                bank.push((dot(&qi, &k[at..at + hd]) * scale, &v[at..at + hd]));
+            }
+            if let Some(top) = top_k.filter(|&top| bank.len() > top) {
+                let mut sorted: Vec<f64> = bank.iter().map(|b| b.0).collect();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                bank.retain(|b| b.0 >= sorted[top - 1]);
+            }
+            keys.extend(bank);
+            let max = keys.iter().fold(f64::NEG_INFINITY, |m, s| m.max(s.0));
+            let sum: f64 = keys.iter().map(|s| (s.0 - max).exp()).sum();
+            for (score, value) in keys {
+                let w = (score - max).exp() / sum;
+                for d in 0..hd {
+                    out[(i * heads + h) * hd + d] += w * value[d];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The memory bank's part of `attend` against [`bank_reference`]: banks of one and two key
+/// blocks, f32 and int8 storage, every read (`bank_top_k` None, 1, 3, and more than the bank
+/// holds): ≤ 2e-6 relative (max-abs), a NaN fails. A top-1 read changes the output (the
+/// setting is in effect) and a k above the bank's size equals the full read.
+#[test]
+fn bank_read_matches_f64_reference_with_and_without_top_k() {
+    let (heads, kv, hd) = (4, 2, 32);
+    let (past, tk, memory) = (6, 5, 3);
+    let row = kv * hd;
+    let freqs = RopeFrequencies {
+        inv_freq: (0..hd / 2)
+            .map(|i| 10000f64.powf(-(2.0 * i as f64) / hd as f64))
+            .collect(),
+        attention_factor: 1.0,
+        head_dim: hd,
+    };
+    let rope = HostRope::new(freqs.clone(), past + tk);
+    let mut seed = 900;
+    for dtype in [KvDtype::F32, KvDtype::Int8] {
+        for banked in [40, 300] {
+            seed += 10;
+            let layout = KvLayout {
+                layers: 1,
+                kv_heads: kv,
+                head_dim: hd,
+                dtype,
+            };
+            let mut cache = KvCache::new(layout, 1 << 30, 1 << 20, 0, past).expect("cache");
+            cache.reserve(Segment::Frame, past).expect("reserve");
+            cache
+                .write(
+                    0,
+                    &uniform_f32(seed, past * row),
+                    &uniform_f32(seed + 1, past * row),
+                )
+                .expect("write");
+            cache.commit().expect("commit");
+            let mut bank = KvCache::new(layout, 1 << 30, 1 << 20, 0, banked).expect("bank");
+            bank.reserve(Segment::Frame, banked).expect("reserve");
+            bank.write(
+                0,
+                &uniform_f32(seed + 2, banked * row),
+                &uniform_f32(seed + 3, banked * row),
+            )
+            .expect("write");
+            bank.commit().expect("commit");
+            let (mut k_dec, mut v_dec, mut bk, mut bv) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            cache.read(0, &mut k_dec, &mut v_dec).expect("read");
+            bank.read(0, &mut bk, &mut bv).expect("read bank");
+            let new_k = uniform_f32(seed + 4, tk * row);
+            let new_v = uniform_f32(seed + 5, tk * row);
+            let wide = |x: &[f32]| x.iter().map(|v| f64::from(*v)).collect::<Vec<f64>>();
+            let k_all = wide(&[k_dec, new_k.clone()].concat());
+            let v_all = wide(&[v_dec, new_v.clone()].concat());
+            let (bk, bv) = (wide(&bk), wide(&bv));
+            let q: Vec<f32> = uniform_f32(seed + 6, heads * tk * hd)
+                .iter()
+                .map(|x| x * 4.0)
+                .collect();
+            let mut outputs = Vec::new();
+            for top_k in [None, Some(1), Some(3), Some(banked + 5)] {
+                let config = crate::model::MemoryConfig {
+                    bank_steps: banked + 1,
+                    window_steps: 1,
+                    bank_log_scale: None,
+                    bank_top_k: top_k,
+                };
+                let input = AttendInput {
+                    q: &q,
+                    k_new: &new_k,
+                    v_new: &new_v,
+                    cached: cache.view(0).expect("view"),
+                    past,
+                    tk_new: tk,
+                    q_first: 0,
+                    n_heads: heads,
+                    n_kv_heads: kv,
+                    head_dim: hd,
+                    bank: Some(BankInput {
+                        cached: bank.view(0).expect("bank view"),
+                        new: memory,
+                        config: &config,
+                    }),
+                };
+                let mut out = Vec::new();
+                attend(&input, &rope, &mut AttentionScratch::default(), &mut out)
+                    .expect("attend");
+                let want = bank_reference(
+                    (heads, kv, hd),
+                    (past, tk, memory, banked),
+                    &freqs,
+                    &q,
+                    (&k_all, &v_all),
+                    (&bk, &bv),
+                    top_k,
+                );
+                let scale = want.iter().fold(0.0f64, |m, b| m.max(b.abs()));
+                let err = out
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (f64::from(*a) - b).abs() / scale)
+                    .fold(0.0f64, |m, e| if e.is_nan() || m.is_nan() { f64::NAN } else { m.max(e) });
+                assert!(
+                    err <= 2e-6,
+                    "{dtype} bank {banked} top-k {top_k:?}: {err:e}"
+                );
+                outputs.push(out);
+            }
+            let diff = |a: &[f32], b: &[f32]| {
+                a.iter()
+                    .zip(b)
+                    .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+            };
+            assert!(diff(&outputs[0], &outputs[1]) > 1e-3, "top-1 in effect");
+            assert_eq!(diff(&outputs[0], &outputs[3]), 0.0, "k above the bank");
+        }
+    }
+}

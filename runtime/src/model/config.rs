@@ -179,6 +179,14 @@ pub struct MemoryConfig {
     /// the training episodes; `None` (the default): no scaling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bank_log_scale: Option<usize>,
+    /// A sparse bank read at run time: each query keeps only its `k` highest-scoring memory
+    /// tokens (ties at the k-th score kept) in the one softmax, the rest count as masked (the
+    /// top-k memory read of Wu et al. 2022, Memorizing Transformers), so that a bank longer
+    /// than any trained adds no mass of low-scoring entries to the softmax. A setting of the
+    /// streaming host path: the training forward reads the whole bank and refuses it. `None`
+    /// (the default): every memory token is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_top_k: Option<usize>,
 }
 
 impl MemoryConfig {
@@ -373,6 +381,9 @@ impl VlaConfig {
             }
             if m.bank_log_scale.is_some_and(|from| from < 2) {
                 return Err(Error::config("memory.bank_log_scale", "must be ≥ 2"));
+            }
+            if m.bank_top_k == Some(0) {
+                return Err(Error::config("memory.bank_top_k", "must be ≥ 1"));
             }
             let span = self.max_sink_tokens() + m.window_steps * self.tokens_per_step() + 1;
             if span + self.n_readout > self.context_length() {

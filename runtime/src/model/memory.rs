@@ -70,6 +70,12 @@ impl<B: Backend> Vla<B> {
         let Some(memory) = &c.memory else {
             return Err(Error::config("memory", "the model has no memory"));
         };
+        if memory.bank_top_k.is_some() {
+            return Err(Error::config(
+                "memory.bank_top_k",
+                "a run-time read of the streaming path: the training forward reads the whole bank (remove it from the training model's config)",
+            ));
+        }
         let seq = self.train_sequence(batch, device)?;
         let n_batch = seq.layouts.len();
         let len = seq.layouts[0].positions.len();

@@ -722,6 +722,7 @@ fn memory_training_forward_matches_streaming_steps() {
             bank_steps: 3,
             window_steps: 2,
             bank_log_scale: log_scale,
+            bank_top_k: None,
         });
         c.validate().expect("memory config");
         let m = model(&c, 11);
@@ -738,6 +739,7 @@ fn memory_training_forward_matches_streaming_steps() {
             let mut plain = c.clone();
             plain.memory = plain.memory.map(|m| MemoryConfig {
                 bank_log_scale: None,
+                bank_top_k: None,
                 ..m
             });
             let unscaled = model(&plain, 11)
@@ -792,6 +794,7 @@ fn memory_model_errors() {
         bank_steps: 4,
         window_steps: 3,
         bank_log_scale: None,
+        bank_top_k: None,
     });
     let m = model(&c, 12);
     let tensor = m.new_stream_with(&c.kv_cache, StepEngine::Tensor, &Default::default());
@@ -813,17 +816,46 @@ fn memory_model_errors() {
         bank_steps: 0,
         window_steps: 3,
         bank_log_scale: None,
+        bank_top_k: None,
     });
     assert!(bad.validate().is_err());
     bad.memory = Some(MemoryConfig {
         bank_steps: 4,
         window_steps: 3,
         bank_log_scale: Some(1),
+        bank_top_k: None,
     });
     assert!(matches!(
         bad.validate(),
         Err(Error::Config { key, .. }) if key == "memory.bank_log_scale"
     ));
+    bad.memory = Some(MemoryConfig {
+        bank_steps: 4,
+        window_steps: 3,
+        bank_log_scale: None,
+        bank_top_k: Some(0),
+    });
+    assert!(matches!(
+        bad.validate(),
+        Err(Error::Config { key, .. }) if key == "memory.bank_top_k"
+    ));
+    // A top-k read is a setting of the streaming path: the training forward refuses it.
+    let mut sparse = c.clone();
+    sparse.memory = Some(MemoryConfig {
+        bank_steps: 4,
+        window_steps: 3,
+        bank_log_scale: None,
+        bank_top_k: Some(2),
+    });
+    sparse.validate().expect("top-k config");
+    let episodes = [Steps::new(&sparse, 3, 500)];
+    let flat_steps = FlatSteps::of(&episodes, 3);
+    let trained = model(&sparse, 12).forward_train(&flat_steps.batch(&["go"]), &Default::default());
+    assert!(
+        matches!(&trained, Err(Error::Config { key, .. }) if key == "memory.bank_top_k"),
+        "{:?}",
+        trained.as_ref().err()
+    );
 }
 
 /// `VlaConfig::same_architecture` (what a stream checks at every step) ignores exactly the
@@ -848,6 +880,7 @@ fn architecture_is_every_key_but_the_run_time_ones() {
         bank_steps: 4,
         window_steps: 3,
         bank_log_scale: None,
+        bank_top_k: None,
     });
     assert_eq!(
         c.architecture_difference(&memory).map(|d| d.0).as_deref(),
