@@ -188,6 +188,7 @@ fn recall_off_bounds_the_bank_by_the_window() {
         bank_steps: 12,
         window_steps: 3,
         bank_log_scale: None,
+        bank_top_k: None,
     });
     let model = c.init_seeded::<B>(11, &Default::default());
     let factory = ModelFactory::new(model, None, sim::training_preprocess(), &device);
