@@ -700,7 +700,12 @@ fn task_attention(job: TaskJob<'_, '_>) -> Result<()> {
             // The k-th highest score of each row that sees more than k keys (masked keys
             // are −∞, the lowest); rows that see k or fewer keep every key.
             for (row_scores, threshold) in s.all.chunks_exact_mut(width).zip(&mut s.threshold) {
-                if row_scores.iter().filter(|v| **v > f32::NEG_INFINITY).count() > k {
+                if row_scores
+                    .iter()
+                    .filter(|v| **v > f32::NEG_INFINITY)
+                    .count()
+                    > k
+                {
                     let (_, kth, _) =
                         row_scores.select_nth_unstable_by(width - k, |a, b| a.total_cmp(b));
                     *threshold = *kth;

@@ -317,7 +317,10 @@ fn bank_reference(
                 .filter(|&t| t != past + memory)
                 .map(|t| {
                     let kt = rotate(&k[t * row + g * hd..t * row + (g + 1) * hd], t);
-                    (dot(&qr, &kt) * scale, &v[t * row + g * hd..t * row + (g + 1) * hd])
+                    (
+                        dot(&qr, &kt) * scale,
+                        &v[t * row + g * hd..t * row + (g + 1) * hd],
+                    )
                 })
                 .collect();
             let mut bank: Vec<(f64, &[f64])> = (0..banked)
@@ -435,8 +438,7 @@ fn bank_read_matches_f64_reference_with_and_without_top_k() {
                     }),
                 };
                 let mut out = Vec::new();
-                attend(&input, &rope, &mut AttentionScratch::default(), &mut out)
-                    .expect("attend");
+                attend(&input, &rope, &mut AttentionScratch::default(), &mut out).expect("attend");
                 let want = bank_reference(
                     (heads, kv, hd),
                     (past, tk, memory, banked),
@@ -451,7 +453,13 @@ fn bank_read_matches_f64_reference_with_and_without_top_k() {
                     .iter()
                     .zip(&want)
                     .map(|(a, b)| (f64::from(*a) - b).abs() / scale)
-                    .fold(0.0f64, |m, e| if e.is_nan() || m.is_nan() { f64::NAN } else { m.max(e) });
+                    .fold(0.0f64, |m, e| {
+                        if e.is_nan() || m.is_nan() {
+                            f64::NAN
+                        } else {
+                            m.max(e)
+                        }
+                    });
                 assert!(
                     err <= 2e-6,
                     "{dtype} bank {banked} top-k {top_k:?}: {err:e}"
