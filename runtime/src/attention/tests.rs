@@ -58,6 +58,20 @@ struct Case {
     rot_pairs: usize,
 }
 
+/// `x` rotated to position `p` in f64 (HuggingFace: x·cos + rotate_half(x)·sin, rotate_half =
+/// [−x2, x1], times the attention factor; dimensions past the rotated pairs unchanged).
+fn rotate_f64(freqs: &RopeFrequencies, x: &[f64], p: usize) -> Vec<f64> {
+    let half = freqs.inv_freq.len();
+    let mut out = x.to_vec();
+    for (c, f) in freqs.inv_freq.iter().enumerate() {
+        let (sin, cos) = (p as f64 * f).sin_cos();
+        let (a, b) = (x[c], x[c + half]);
+        out[c] = (a * cos - b * sin) * freqs.attention_factor;
+        out[c + half] = (b * cos + a * sin) * freqs.attention_factor;
+    }
+    out
+}
+
 /// f64 reference: softmax(q·kᵀ/√d)·v with keys rotated at their positions.
 fn reference(case: &Case, freqs: &RopeFrequencies, q: &[f32], k: &[f64], v: &[f64]) -> Vec<f64> {
     let Case {
@@ -70,18 +84,7 @@ fn reference(case: &Case, freqs: &RopeFrequencies, q: &[f32], k: &[f64], v: &[f6
         ..
     } = *case;
     let total = past + case.tk;
-    let rotate = |x: &[f64], p: usize| -> Vec<f64> {
-        let half = freqs.inv_freq.len();
-        let mut out = x.to_vec();
-        for (c, f) in freqs.inv_freq.iter().enumerate() {
-            let (sin, cos) = (p as f64 * f).sin_cos();
-            let (a, b) = (x[c], x[c + half]);
-            // HF: x·cos + rotate_half(x)·sin, rotate_half = [−x2, x1], times the factor.
-            out[c] = (a * cos - b * sin) * freqs.attention_factor;
-            out[c + half] = (b * cos + a * sin) * freqs.attention_factor;
-        }
-        out
-    };
+    let rotate = |x: &[f64], p: usize| rotate_f64(freqs, x, p);
     let mut out = vec![0.0; tq * heads * hd];
     for h in 0..heads {
         let g = h / (heads / kv);
@@ -289,17 +292,7 @@ fn bank_reference(
     (bank_k, bank_v): (&[f64], &[f64]),
     top_k: Option<usize>,
 ) -> Vec<f64> {
-    let rotate = |x: &[f64], p: usize| -> Vec<f64> {
-        let half = freqs.inv_freq.len();
-        let mut out = x.to_vec();
-        for (c, f) in freqs.inv_freq.iter().enumerate() {
-            let (sin, cos) = (p as f64 * f).sin_cos();
-            let (a, b) = (x[c], x[c + half]);
-            out[c] = (a * cos - b * sin) * freqs.attention_factor;
-            out[c + half] = (b * cos + a * sin) * freqs.attention_factor;
-        }
-        out
-    };
+    let rotate = |x: &[f64], p: usize| rotate_f64(freqs, x, p);
     let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
     let scale = 1.0 / (hd as f64).sqrt();
     let row = kv * hd;
