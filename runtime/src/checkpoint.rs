@@ -359,6 +359,11 @@ mod tests {
         let (loaded, fresh) = load_init::<B>(dir.path(), &grown, &device).expect("graft");
         assert_eq!(fresh, ["memory token", "action head"]);
         assert_eq!(loaded.config(), &grown);
+        assert!(
+            host(loaded.clone().action_head.weight.val()).expect("a")
+                == host(loaded.action_head.weight.val()).expect("b"),
+            "the fresh head's weights are drawn once: a clone has the same"
+        );
         assert!(loaded.memory_token.is_some());
         assert_eq!(
             loaded.action_head.weight.val().dims(),

@@ -169,13 +169,7 @@ impl VlaConfig {
             memory_token: self.memory.as_ref().map(|_| param([d], std, device)),
             layers,
             norm: norm(),
-            action_head: linear(
-                self.n_readout * d,
-                self.action_head_outputs(),
-                true,
-                std,
-                device,
-            ),
+            action_head: self.action_head_layer(std, device),
             cue_head: (self.cue_classes > 0)
                 .then(|| linear(self.n_readout * d, self.cue_classes, true, std, device)),
             config: self.clone(),
@@ -185,6 +179,20 @@ impl VlaConfig {
         // exporting) see the same weights as the model.
         let skeleton = model.clone();
         skeleton.load_record(model.into_record())
+    }
+}
+
+impl VlaConfig {
+    /// A fresh action head (`[n_readout · d_model] → action_head_outputs`, with bias, weights
+    /// N(0, std)), not yet materialized (burn draws a Linear's weights lazily).
+    fn action_head_layer<B: Backend>(&self, std: f64, device: &B::Device) -> Linear<B> {
+        linear(
+            self.n_readout * self.d_model,
+            self.action_head_outputs(),
+            true,
+            std,
+            device,
+        )
     }
 }
 
@@ -446,13 +454,9 @@ impl<B: Backend> Vla<B> {
         let mut config = self.config.clone();
         config.action_bins = bins;
         config.validate()?;
-        self.action_head = linear(
-            config.n_readout * config.d_model,
-            config.action_head_outputs(),
-            true,
-            INIT_STD,
-            device,
-        );
+        // Materialized (see `VlaConfig::init`): a clone of the model keeps the same head.
+        let head = config.action_head_layer(INIT_STD, device);
+        self.action_head = head.clone().load_record(head.into_record());
         self.config = config;
         Ok(self)
     }
