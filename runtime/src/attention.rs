@@ -619,13 +619,18 @@ fn task_attention(job: TaskJob<'_, '_>) -> Result<()> {
                         ));
                     };
                     decode_row(run.keys, t - run.start, g, kv, &mut s.row);
-                    decode_row(run.values, t - run.start, g, kv, v_out);
+                    // The selecting pass needs scores only.
+                    if !select {
+                        decode_row(run.values, t - run.start, g, kv, v_out);
+                    }
                 } else {
                     // The bank's one new key is the step's memory token.
                     let new = bank.map_or(t - past, |b| b.new);
                     let at = new * row + g * hd;
                     s.row.copy_from_slice(&input.k_new[at..at + hd]);
-                    v_out.copy_from_slice(&input.v_new[at..at + hd]);
+                    if !select {
+                        v_out.copy_from_slice(&input.v_new[at..at + hd]);
+                    }
                 }
                 match rope {
                     Some(rope) => rope.rotate(t, &s.row, 1.0, k_out),

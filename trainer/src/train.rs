@@ -654,6 +654,7 @@ mod tests {
     use burn::backend::{Autodiff, NdArray};
     use burn::tensor::ElementConversion;
     use burn::tensor::backend::Backend;
+    use runtime::host::host_values;
     use runtime::model::VlaConfig;
 
     use super::*;
@@ -768,11 +769,7 @@ mod tests {
         let out = model
             .forward_train(&batch.model_input(&instructions), &device)
             .expect("forward");
-        let logits: Vec<f64> = out
-            .actions
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
+        let logits: Vec<f64> = host_values(out.actions, "logits")
             .expect("data")
             .into_iter()
             .map(f64::from)
@@ -840,12 +837,7 @@ mod tests {
         let out = model
             .forward_train(&batch.model_input(&instructions), &device)
             .expect("forward");
-        let raw = out
-            .actions
-            .into_data()
-            .convert::<f32>()
-            .into_vec::<f32>()
-            .expect("data");
+        let raw = host_values(out.actions, "logits").expect("data");
         let decoded: Vec<f32> = raw
             .chunks(c.action_head_outputs())
             .flat_map(|step| c.decode_actions(step))

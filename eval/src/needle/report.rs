@@ -218,8 +218,6 @@ fn length_header(lengths: &[usize], train_length: usize) -> String {
         .join(" | ")
 }
 
-/// One table: a row per configuration of `rows` (label, config), a column per length,
-/// cells aggregated over depths with `show`.
 /// The success table of `rows`, then (when the policy names the cue) their cue-recall table.
 fn success_and_cue_tables(
     out: &mut String,
@@ -240,6 +238,8 @@ fn success_and_cue_tables(
     }
 }
 
+/// One table: a row per configuration of `rows` (label, config), a column per length,
+/// cells aggregated over depths with `show`.
 fn table(
     out: &mut String,
     first: &str,
