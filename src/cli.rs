@@ -96,10 +96,11 @@ pub enum Command {
     /// heatmap_*.png (length x depth) to --out, and prints the exact command and seed.
     /// --policy oracle / blind check the harness itself (100% / chance).
     #[command(after_help = "Examples:
-  edgevla eval --quick --out out/eval-quick   (models/edge-memory, task memory-short-needle)
+  edgevla eval --quick --out out/eval-quick   (models/edge-long-xl, task memory-long-train-xl)
   edgevla eval --policy oracle --quick --out out/eval-oracle
-  edgevla eval --methods yarn,pi,none --kv-dtypes f32 --budgets full --lengths 64,128,256
-  edgevla eval --kv-dtypes f32,int8,fp8 --methods yarn --budgets full,window:38 --episodes 50
+  edgevla eval --methods trained --kv-dtypes int8 --budgets model --lengths 640,2560 --recall on,off
+  edgevla eval --kv-dtypes f32,int8,fp8 --methods trained --budgets model --lengths 640 --episodes 48
+  edgevla eval --model models/edge-memory --task memory-short-needle --methods yarn,pi,none --budgets full
   edgevla eval --device cuda:0 --jobs 8 --out out/eval-h200")]
     Eval(crate::eval_cmd::EvalArgs),
 
@@ -166,7 +167,7 @@ pub enum Command {
     /// out. The config (configs/node/) names the rig, the model, the clock and the KV cache.
     #[command(after_help = "Examples:
   edgevla node                                        # shipped config `edge`, CPU
-  edgevla node --model models/edge-memory --listen tcp/127.0.0.1:7447
+  edgevla node --model models/edge-long-xl --listen tcp/127.0.0.1:7447
   edgevla node --config configs/node/edge.toml --clock joints --connect tcp/127.0.0.1:7447
   edgevla node --device cuda:0 --mode client --connect tcp/10.0.0.2:7447")]
     Node(crate::node_cmd::NodeArgs),
@@ -185,14 +186,15 @@ pub enum Command {
     /// Simulator + node in one process over loopback zenoh: live progress, then a summary
     /// table (success rate, latency per stage, KV cache vs budget, drops, memory).
     ///
-    /// Uses models/edge-memory (found below the working directory, in $EDGEVLA_HOME, beside the
+    /// Uses models/edge-long-xl (found below the working directory, in $EDGEVLA_HOME, beside the
     /// executable or in the source tree; an error when it is nowhere: --untrained asks for a
-    /// random init).
+    /// random init) on the long-memory task (650-step episodes, the cue 5-60 s before go).
     /// --record writes the run to MCAP; --replay FILE drives a recording through the node
     /// instead (stepped: deterministic) and prints a digest of the action messages.
     #[command(after_help = "Examples:
   edgevla demo
-  edgevla demo --episodes 20 --json
+  edgevla demo --episodes 16 --json
+  edgevla demo --model models/edge-memory --task memory-short   (the short task)
   edgevla demo --mode real-time --episodes 2
   edgevla demo --episodes 2 --record run.mcap && edgevla demo --replay run.mcap
   edgevla demo --replay real.mcap --rate 1.0 --config my-rig-node.toml")]

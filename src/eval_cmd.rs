@@ -23,7 +23,7 @@ use node::checkpoint::read_named;
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Checkpoint folder (config.toml + weights.mpk), as `edgevla train` writes it.
-    #[arg(long, default_value = "models/edge-memory")]
+    #[arg(long, default_value = "models/edge-long-xl")]
     pub model: PathBuf,
     /// What drives the simulator: `model` (the checkpoint), or a reference policy that checks
     /// the harness: `oracle` (told the cue; must score 100%) or `blind` (no memory; scores at
@@ -31,8 +31,9 @@ pub struct EvalArgs {
     #[arg(long, default_value = "model", value_parser = ["model", "oracle", "blind"])]
     pub policy: String,
     /// Task config (configs/task/*.toml, or a shipped name such as `memory`); the default is
-    /// the shipped model's task with the go phase of its longest training episodes.
-    #[arg(long, default_value = "memory-short-needle")]
+    /// the shipped model's training task (640-step episodes; `memory-short-needle` goes with
+    /// `models/edge-memory`).
+    #[arg(long, default_value = "memory-long-train-xl")]
     pub task: String,
     /// Output folder: cells.csv, results.md, heatmap_*.png.
     #[arg(long, default_value = "out/eval")]

@@ -73,9 +73,9 @@ pub struct SimArgs {
     /// Key prefix.
     #[arg(long, default_value = transport::keys::DEFAULT_PREFIX)]
     pub prefix: String,
-    /// Task config: a shipped name (configs/task/) or a path; the default is the task the
-    /// shipped model was trained on.
-    #[arg(long, default_value = "memory-short")]
+    /// Task config: a shipped name (configs/task/) or a path; the default is the long-memory
+    /// task the shipped model is evaluated on (`memory-short`: the short task of `edge-memory`).
+    #[arg(long, default_value = "memory-long")]
     pub task: String,
     /// Episodes to run.
     #[arg(long, default_value_t = 10)]
@@ -129,15 +129,15 @@ pub struct DemoArgs {
     /// Model, config, device.
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Episodes (32 steps each with the default task).
+    /// Episodes (650 steps each with the default task).
     #[arg(long, default_value_t = 8)]
     pub episodes: u64,
     /// Seed of the first episode.
     #[arg(long, default_value_t = 1_000_000)]
     pub seed: u64,
-    /// Task config: a shipped name (configs/task/) or a path; the default is the task the
-    /// shipped model was trained on.
-    #[arg(long, default_value = "memory-short")]
+    /// Task config: a shipped name (configs/task/) or a path; the default is the long-memory
+    /// task the shipped model is evaluated on (`memory-short`: the short task of `edge-memory`).
+    #[arg(long, default_value = "memory-long")]
     pub task: String,
     /// lock-step (deterministic, as fast as the model) or real-time (10 Hz, chunked actions).
     #[arg(long, default_value = "lock-step")]

@@ -551,7 +551,7 @@ fn link_or_copy(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
-/// An installed binary (`<prefix>/bin/edgevla` with `<prefix>/models/edge-memory`) run from an
+/// An installed binary (`<prefix>/bin/edgevla` with `<prefix>/models/edge-long-xl`) run from an
 /// unrelated directory, without `EDGEVLA_HOME`, runs the shipped checkpoint found beside it, and
 /// its report says so.
 #[test]
@@ -559,17 +559,26 @@ fn installed_demo_finds_the_shipped_model_from_any_directory() {
     let prefix = tempfile::tempdir().expect("tempdir");
     let cwd = tempfile::tempdir().expect("tempdir");
     let bin = prefix.path().join("bin");
-    let models = prefix.path().join("models/edge-memory");
+    let models = prefix.path().join("models/edge-long-xl");
     std::fs::create_dir_all(&bin).expect("mkdir bin");
     std::fs::create_dir_all(&models).expect("mkdir models");
     let exe = bin.join("edgevla");
     link_or_copy(std::path::Path::new(env!("CARGO_BIN_EXE_edgevla")), &exe);
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/edge-memory");
-    for file in ["config.toml", "weights.mpk"] {
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/edge-long-xl");
+    for file in ["config.toml", "weights.mpk", "task.toml", "preprocess.toml"] {
         link_or_copy(&shipped.join(file), &models.join(file));
     }
     let out = Command::new(&exe)
-        .args(["demo", "--episodes", "1", "--json", "--quiet"])
+        // The 128-step task of its training family keeps this short (the default is 650 steps).
+        .args([
+            "demo",
+            "--task",
+            "memory-long-train",
+            "--episodes",
+            "1",
+            "--json",
+            "--quiet",
+        ])
         .current_dir(cwd.path())
         .env_remove("EDGEVLA_HOME")
         .output()
@@ -601,6 +610,8 @@ fn a_missing_configured_checkpoint_is_an_error_unless_untrained_is_asked() {
             "demo",
             "--config",
             config,
+            "--task",
+            "memory-short",
             "--episodes",
             "1",
             "--json",

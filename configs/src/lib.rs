@@ -64,7 +64,7 @@ pub fn task_preset(name: &str) -> Option<&'static Preset> {
 }
 
 /// Training configs (`configs/training/`), read by `edgevla train`.
-pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short", "edge-memory-stage2", "edge-memory-stage3", "edge-memory-stage4", "edge-long", "edge-long-stage2", "edge-long-target", "edge-long-target-wide", "edge-long-detour", "edge-long-onset", "edge-long-l1", "edge-long-bins", "edge-long-bins-wide", "edge-long-bins-xl");
+pub const TRAINING_PRESETS: &[Preset] = presets!("training": "edge-memory", "edge-memory-short", "edge-memory-stage2", "edge-memory-stage3", "edge-memory-stage4", "edge-long", "edge-long-stage2", "edge-long-target", "edge-long-target-wide", "edge-long-detour", "edge-long-onset", "edge-long-l1", "edge-long-bins", "edge-long-bins-wide", "edge-long-bins-xl", "edge-long-xl-more");
 
 /// Looks up a training config by name.
 pub fn training_preset(name: &str) -> Option<&'static Preset> {

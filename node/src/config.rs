@@ -167,7 +167,7 @@ fn default_rig() -> String {
     "edge-3cam".to_owned()
 }
 fn default_model() -> String {
-    "edge".to_owned()
+    "edge-long-bins".to_owned()
 }
 fn default_proprio() -> Vec<String> {
     sim::PROPRIO_NAMES.map(str::to_owned).to_vec()
