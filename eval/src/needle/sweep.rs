@@ -763,6 +763,10 @@ pub fn run_sweep(
     for config in &configs {
         for &length in &spec.lengths {
             let setup = factory.setup(config, length)?;
+            // Every (configuration, length) is built once before any episode runs, so one the
+            // model rejects (a byte budget that cannot hold its memory window in a wider
+            // format, say) fails now rather than after the other configurations' episodes.
+            drop(factory.build(config, length)?);
             for &depth in &spec.depths {
                 cells.push(Cell {
                     config: *config,

@@ -239,6 +239,45 @@ fn recall_off_bounds_the_bank_by_the_window() {
     ));
 }
 
+/// A configuration the model rejects fails the sweep before any episode runs: a byte budget
+/// that holds a memory model's window at int8 (the baseline) but not at f32 (the second
+/// configuration) is a clear error naming the budget, and the progress never counts an episode.
+#[test]
+fn a_rejected_configuration_fails_before_any_episode() {
+    let device = Default::default();
+    let mut c = tiny_model_config();
+    c.memory = Some(runtime::model::MemoryConfig {
+        bank_steps: 12,
+        window_steps: 3,
+        bank_log_scale: None,
+        bank_top_k: None,
+    });
+    let model = c.init_seeded::<B>(12, &Default::default());
+    let factory = ModelFactory::new(model, None, sim::training_preprocess(), &device);
+    let mut s = spec(vec![16], vec![0.0, 1.0], 2);
+    s.train_length = 16;
+    s.methods = vec![RopeMethod::Trained];
+    s.dtypes = vec![KvDtype::Int8, KvDtype::F32];
+    let window = Budget::Window(3);
+    let (config, _) = factory
+        .config_for(RopeMethod::Trained, Recall::On, 16)
+        .expect("config");
+    let int8 = window.bytes(&config, KvDtype::Int8, 0);
+    assert!(int8 < window.bytes(&config, KvDtype::F32, 0));
+    s.budgets = vec![Budget::Bytes(int8)];
+    let mut most = 0;
+    let err = run_sweep(&s, &tiny_task(), &factory, 1, &mut |p| {
+        most = most.max(p.episodes_done);
+    })
+    .expect_err("f32 cannot hold the window in the int8 budget");
+    assert!(format!("{err}").contains("budget_bytes"), "{err}");
+    assert_eq!(most, 0, "episodes ran before the error");
+    // The int8 configuration alone runs.
+    s.dtypes = vec![KvDtype::Int8];
+    let cells = run_sweep(&s, &tiny_task(), &factory, 1, &mut |_| {}).expect("int8 sweep");
+    assert_eq!(cells.iter().map(|c| c.episodes).sum::<usize>(), 4);
+}
+
 fn edge_rope() -> runtime::rope::RopeConfig {
     VlaConfig::from_toml(configs::model_preset("edge").expect("edge").text)
         .expect("edge config")
