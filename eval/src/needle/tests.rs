@@ -183,15 +183,7 @@ fn axes_design_varies_one_factor_at_a_time_around_the_baseline() {
 #[test]
 fn recall_off_bounds_the_bank_by_the_window() {
     let device = Default::default();
-    let mut c = tiny_model_config();
-    c.memory = Some(runtime::model::MemoryConfig {
-        bank_steps: 12,
-        window_steps: 3,
-        bank_log_scale: None,
-        bank_top_k: None,
-    });
-    let model = c.init_seeded::<B>(11, &Default::default());
-    let factory = ModelFactory::new(model, None, sim::training_preprocess(), &device);
+    let factory = tiny_memory_factory(11);
     let mut s = spec(vec![16], vec![0.0], 1);
     s.train_length = 16;
     s.methods = vec![RopeMethod::Trained];
@@ -244,16 +236,7 @@ fn recall_off_bounds_the_bank_by_the_window() {
 /// configuration) is a clear error naming the budget, and the progress never counts an episode.
 #[test]
 fn a_rejected_configuration_fails_before_any_episode() {
-    let device = Default::default();
-    let mut c = tiny_model_config();
-    c.memory = Some(runtime::model::MemoryConfig {
-        bank_steps: 12,
-        window_steps: 3,
-        bank_log_scale: None,
-        bank_top_k: None,
-    });
-    let model = c.init_seeded::<B>(12, &Default::default());
-    let factory = ModelFactory::new(model, None, sim::training_preprocess(), &device);
+    let factory = tiny_memory_factory(12);
     let mut s = spec(vec![16], vec![0.0, 1.0], 2);
     s.train_length = 16;
     s.methods = vec![RopeMethod::Trained];
@@ -342,6 +325,19 @@ fn wilson_interval_matches_known_values() {
     let (lo, hi) = wilson(10, 10, Z95);
     assert!((lo - 0.722_467).abs() < 1e-5 && (hi - 1.0).abs() < 1e-12);
     assert_eq!(wilson(0, 0, Z95), (0.0, 1.0));
+}
+
+/// A seeded tiny random model with a memory (a 12-step bank, a 3-step window).
+fn tiny_memory_factory(seed: u64) -> ModelFactory<B> {
+    let mut c = tiny_model_config();
+    c.memory = Some(runtime::model::MemoryConfig {
+        bank_steps: 12,
+        window_steps: 3,
+        bank_log_scale: None,
+        bank_top_k: None,
+    });
+    let model = c.init_seeded::<B>(seed, &Default::default());
+    ModelFactory::new(model, None, sim::training_preprocess(), &Default::default())
 }
 
 fn tiny_model_config() -> VlaConfig {
