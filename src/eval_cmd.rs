@@ -75,6 +75,10 @@ pub struct EvalArgs {
     /// the ablation of the recall mechanism) [default: on].
     #[arg(long, value_delimiter = ',')]
     pub recall: Option<Vec<Recall>>,
+    /// Memory tokens the memory bank keeps, instead of the checkpoint's `memory.bank_steps`
+    /// (models with a memory): a run-time bound, for lengths past the trained bank.
+    #[arg(long, value_name = "N")]
+    pub bank_steps: Option<usize>,
     /// axes: vary one of method / dtype / budget / recall at a time around the baseline;
     /// grid: every combination.
     #[arg(long, default_value = "axes")]
@@ -180,6 +184,9 @@ fn command_line(args: &EvalArgs, spec: &SweepSpec, original: Option<usize>) -> S
     if let Some(o) = original {
         cmd.push_str(&format!(" --original-context {o}"));
     }
+    if let Some(steps) = args.bank_steps {
+        cmd.push_str(&format!(" --bank-steps {steps}"));
+    }
     cmd.push_str(&format!(" --device {} --jobs {}", args.device, args.jobs));
     cmd
 }
@@ -254,7 +261,10 @@ where
             node::checkpoint::fit_task_to_model(c, trained_task.as_ref(), &mut task)
                 .with_context(|| format!("--task {}", args.task))?;
             let preprocess = node::checkpoint::model_preprocess(Some(&dir), c)?;
-            let f = ModelFactory::new(model, args.original_context, preprocess, &device);
+            let mut f = ModelFactory::new(model, args.original_context, preprocess, &device);
+            if let Some(steps) = args.bank_steps {
+                f = f.with_bank_steps(steps).context("--bank-steps")?;
+            }
             let original = f.original();
             factory = Box::new(f);
             (description, Some(original))

@@ -596,6 +596,24 @@ impl<B: Backend> ModelFactory<B> {
         self.original
     }
 
+    /// The same factory with a memory bank of `steps` memory tokens in every policy instead of
+    /// the checkpoint's `memory.bank_steps`: the bank is run-time state, not weights, so a
+    /// model trained on one length can be read over a longer one (recall `off` still cuts it
+    /// to the KV window).
+    ///
+    /// # Errors
+    /// [`Error::Input`] for a model without a memory; [`Error::Runtime`] if the model config
+    /// rejects the length (0).
+    pub fn with_bank_steps(mut self, steps: usize) -> Result<Self> {
+        let memory = self.trained.memory.as_mut().ok_or_else(|| Error::Input {
+            what: "bank steps",
+            reason: "this model has no memory bank".into(),
+        })?;
+        memory.bank_steps = steps;
+        self.trained.validate()?;
+        Ok(self)
+    }
+
     /// The model config of a (method, recall, length), and the RoPE factor.
     ///
     /// # Errors

@@ -219,6 +219,18 @@ fn recall_off_bounds_the_bank_by_the_window() {
     assert!(md.contains("## Recall of evicted frame-steps"), "{md}");
     assert!(md.contains("trained / f32 / full / recall off"), "{md}");
 
+    // A longer bank at run time: every cell runs with it, recall off still cuts it.
+    let longer = tiny_memory_factory(11)
+        .with_bank_steps(40)
+        .expect("bank of 40");
+    let cells = run_sweep(&s, &tiny_task(), &longer, 1, &mut |_| {}).expect("sweep");
+    let banks: Vec<_> = cells.iter().map(|c| c.setup.bank_steps).collect();
+    assert_eq!(banks, vec![Some(40), Some(3)]);
+    assert!(matches!(
+        tiny_memory_factory(11).with_bank_steps(0),
+        Err(Error::Runtime(_))
+    ));
+
     let plain = tiny_model_config().init_seeded::<B>(11, &Default::default());
     let factory = ModelFactory::new(plain, None, sim::training_preprocess(), &device);
     let off = EvalConfig {
@@ -228,6 +240,14 @@ fn recall_off_bounds_the_bank_by_the_window() {
     assert!(matches!(
         factory.build(&off, 16).map(|_| ()),
         Err(Error::Input { what: "recall", .. })
+    ));
+    let plain = tiny_model_config().init_seeded::<B>(11, &Default::default());
+    assert!(matches!(
+        ModelFactory::new(plain, None, sim::training_preprocess(), &device).with_bank_steps(40),
+        Err(Error::Input {
+            what: "bank steps",
+            ..
+        })
     ));
 }
 
