@@ -241,9 +241,8 @@ fn recall_off_bounds_the_bank_by_the_window() {
         factory.build(&off, 16).map(|_| ()),
         Err(Error::Input { what: "recall", .. })
     ));
-    let plain = tiny_model_config().init_seeded::<B>(11, &Default::default());
     assert!(matches!(
-        ModelFactory::new(plain, None, sim::training_preprocess(), &device).with_bank_steps(40),
+        factory.with_bank_steps(40),
         Err(Error::Input {
             what: "bank steps",
             ..
