@@ -79,6 +79,15 @@ pub struct EvalArgs {
     /// (models with a memory): a run-time bound, for lengths past the trained bank.
     #[arg(long, value_name = "N")]
     pub bank_steps: Option<usize>,
+    /// Which memory token a full bank evicts, instead of the checkpoint's
+    /// `memory.bank_eviction`: oldest (a FIFO) or read (the least read by the readouts, all
+    /// but the newest --bank-recent-steps).
+    #[arg(long, value_enum)]
+    pub bank_eviction: Option<BankEvictionArg>,
+    /// With --bank-eviction read: the newest memory tokens always kept [default: the
+    /// checkpoint's `memory.bank_recent_steps`, else a tenth of the bank].
+    #[arg(long, value_name = "N", requires = "bank_eviction")]
+    pub bank_recent_steps: Option<usize>,
     /// axes: vary one of method / dtype / budget / recall at a time around the baseline;
     /// grid: every combination.
     #[arg(long, default_value = "axes")]
@@ -187,6 +196,12 @@ fn command_line(args: &EvalArgs, spec: &SweepSpec, original: Option<usize>) -> S
     if let Some(steps) = args.bank_steps {
         cmd.push_str(&format!(" --bank-steps {steps}"));
     }
+    if let Some(eviction) = args.bank_eviction {
+        cmd.push_str(&format!(" --bank-eviction {}", eviction.name()));
+    }
+    if let Some(recent) = args.bank_recent_steps {
+        cmd.push_str(&format!(" --bank-recent-steps {recent}"));
+    }
     cmd.push_str(&format!(" --device {} --jobs {}", args.device, args.jobs));
     cmd
 }
@@ -262,8 +277,15 @@ where
                 .with_context(|| format!("--task {}", args.task))?;
             let preprocess = node::checkpoint::model_preprocess(Some(&dir), c)?;
             let mut f = ModelFactory::new(model, args.original_context, preprocess, &device);
-            if let Some(steps) = args.bank_steps {
-                f = f.with_bank_steps(steps).context("--bank-steps")?;
+            let bank = runtime::model::MemoryOverride {
+                bank_steps: args.bank_steps,
+                bank_eviction: args.bank_eviction.map(Into::into),
+                bank_recent_steps: args.bank_recent_steps,
+            };
+            if bank != runtime::model::MemoryOverride::default() {
+                f = f
+                    .with_memory_settings(&bank)
+                    .context("--bank-steps / --bank-eviction / --bank-recent-steps")?;
             }
             let original = f.original();
             factory = Box::new(f);
@@ -345,4 +367,31 @@ where
         writeln!(out, "  {}", path.display())?;
     }
     Ok(())
+}
+
+/// `--bank-eviction`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BankEvictionArg {
+    /// The oldest memory token (a FIFO).
+    Oldest,
+    /// The least-read memory token, all but the newest kept.
+    Read,
+}
+
+impl BankEvictionArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Oldest => "oldest",
+            Self::Read => "read",
+        }
+    }
+}
+
+impl From<BankEvictionArg> for runtime::model::BankEviction {
+    fn from(a: BankEvictionArg) -> Self {
+        match a {
+            BankEvictionArg::Oldest => Self::Oldest,
+            BankEvictionArg::Read => Self::Read,
+        }
+    }
 }

@@ -64,6 +64,10 @@ pub struct NodeConfig {
     /// KV cache format and budget (default: the model's own `kv_cache`).
     #[serde(default)]
     pub kv_cache: Option<KvCacheConfig>,
+    /// The memory bank's run-time settings (models with a memory; default: the model's own
+    /// `[memory]`): its length in memory tokens, which one leaves when it is full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<runtime::model::MemoryOverride>,
     /// Subscriber ring.
     #[serde(default)]
     pub subscriber: SubscriberConfig,

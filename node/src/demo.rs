@@ -530,10 +530,11 @@ pub fn summary_table(o: &DemoOutcome) -> String {
     if c.memory_budget > 0 {
         let _ = writeln!(
             out,
-            "memory bank: {} of a {} bound ({} memory tokens at the end)",
+            "memory bank: {} of a {} bound ({} memory tokens at the end, the oldest {} frame-steps old)",
             mib(c.memory_bytes),
             mib(c.memory_budget),
-            c.memory_tokens
+            c.memory_tokens,
+            c.memory_oldest_age
         );
     }
     let i = &n.input;

@@ -167,6 +167,11 @@ pub fn setup<B: Backend>(
         checkpoint::apply_rope_preset(&mut c, &config.rope)?;
         model = model.with_rope(c.rope)?;
     }
+    if let Some(memory) = &config.memory {
+        model = model
+            .with_memory_settings(memory)
+            .map_err(|e| Error::config("memory", e.to_string()))?;
+    }
     let mc = model.config();
     if mc.n_cameras != rig.n_cams() {
         return Err(Error::Mismatch(format!(
@@ -623,6 +628,13 @@ impl<B: Backend> Inference<'_, B> {
             c.memory_bytes = bank.bytes();
             c.memory_budget = bank.budget();
             c.memory_tokens = bank.len();
+            let now = self.stream.steps();
+            c.memory_oldest_age = self
+                .stream
+                .memory_entries()
+                .map(|e| now.saturating_sub(e.step + 1))
+                .max()
+                .unwrap_or(0);
         }
         if c.bytes > c.budget || c.memory_bytes > c.memory_budget {
             c.over_budget_steps += 1;

@@ -174,6 +174,9 @@ pub struct CacheReport {
     pub memory_budget: u64,
     /// Memory tokens (frame-steps) the bank holds now.
     pub memory_tokens: usize,
+    /// Age in frame-steps of the oldest memory token held now (0 without one): up to the
+    /// bank's length under a FIFO bank, older under eviction by reads.
+    pub memory_oldest_age: u64,
 }
 
 /// Per-camera input counters (sync and decode).

@@ -369,6 +369,77 @@ pub fn attend(
     Ok(())
 }
 
+/// The attention a step's queries give each stored memory token, for the bank's
+/// [`crate::model::BankEviction::Read`]: for every query row of `q` (`[rows, n_heads ·
+/// head_dim]`, pre-scale) and head, the softmax over the bank (`keys`, the stored tokens
+/// `[n, n_kv_heads · head_dim]`, then the step's own memory token `own` `[n_kv_heads ·
+/// head_dim]`), with the bank read's scale `factor / √head_dim`; each stored token's
+/// probability times `weight` is added to `out[j]` (`n` long). The own token's share is
+/// dropped (it has no entry yet). `scores` is scratch.
+///
+/// # Errors
+/// [`Error::Shape`] for slices that do not match the sizes.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bank_reads(
+    q: &[f32],
+    keys: &[f32],
+    own: &[f32],
+    (n_heads, n_kv_heads, head_dim): (usize, usize, usize),
+    factor: f32,
+    weight: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) -> Result<()> {
+    let (width, row) = (n_heads * head_dim, n_kv_heads * head_dim);
+    let n = out.len();
+    if n_kv_heads == 0
+        || n_heads % n_kv_heads != 0
+        || !q.len().is_multiple_of(width.max(1))
+        || keys.len() != n * row
+        || own.len() != row
+    {
+        return Err(Error::shape(
+            "bank reads",
+            format!(
+                "{} query values, {} keys of {n} tokens, own key {} for {n_heads} heads over {n_kv_heads} of {head_dim}",
+                q.len(),
+                keys.len(),
+                own.len()
+            ),
+        ));
+    }
+    let rep = n_heads / n_kv_heads;
+    let scale = factor / (head_dim as f32).sqrt();
+    scores.resize(n + 1, 0.0);
+    for query in q.chunks_exact(width) {
+        for head in 0..n_heads {
+            let g = head / rep;
+            let qh = &query[head * head_dim..(head + 1) * head_dim];
+            let dot = |k: &[f32]| qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            for (s, k) in scores.iter_mut().zip(keys.chunks_exact(row)) {
+                *s = dot(&k[g * head_dim..(g + 1) * head_dim]);
+            }
+            scores[n] = dot(&own[g * head_dim..(g + 1) * head_dim]);
+            if scores.iter().any(|s| s.is_nan()) {
+                // A NaN read stays one (`fast_exp` would flush it to a finite value).
+                out.fill(f32::NAN);
+                return Ok(());
+            }
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = fast_exp(*s - max);
+                sum += *s;
+            }
+            let w = weight / sum;
+            for (o, s) in out.iter_mut().zip(scores.iter()) {
+                *o += s * w;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One task: KV head `g`'s query rows over the keys `keys` (logical indices: cached tokens
 /// `0..past`, then the new ones; or with `rope: None`, the bank's tokens, then the step's
 /// memory token).

@@ -350,6 +350,8 @@ mod tests {
             window_steps: 4,
             bank_log_scale: None,
             bank_top_k: None,
+            bank_eviction: Default::default(),
+            bank_recent_steps: None,
         });
         grown.action_bins = Some(crate::model::ActionBins {
             bins: 8,

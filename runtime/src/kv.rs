@@ -265,6 +265,16 @@ impl Storage {
         }
     }
 
+    /// Copies the `unit` element units at `from` to `to`.
+    fn copy_row(&mut self, from: usize, to: usize, unit: usize) {
+        match self {
+            Self::F32(d) => d.copy_within(from..from + unit, to),
+            Self::F16(d) => d.copy_within(from..from + unit, to),
+            Self::Bf16(d) => d.copy_within(from..from + unit, to),
+            Self::Blocks(d) => d.copy_within(from..from + unit, to),
+        }
+    }
+
     /// Encodes `src` into the element units starting at `first` (`src.len()` values).
     fn encode(&mut self, dtype: KvDtype, first: usize, src: &[f32]) {
         match self {
@@ -631,6 +641,67 @@ impl KvCache {
         if self.frames.is_empty() {
             self.head = 0;
         }
+    }
+
+    /// Evicts frame-step `index` (0 = the oldest held) whatever its age: the older frame-steps
+    /// move up by its tokens, so the slots stay in age order and the ring's head advances as
+    /// for an eviction of the oldest. For a cache read without positions (a memory bank) that
+    /// keeps the entries a caller scores highest.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] while a block is reserved, or for an index past the frame-steps held.
+    pub fn remove_frame(&mut self, index: usize) -> Result<()> {
+        if self.pending.is_some() {
+            return Err(Error::shape(
+                "kv remove",
+                "a reserved block was not committed or aborted",
+            ));
+        }
+        let Some(&n) = self.frames.get(index) else {
+            return Err(Error::shape(
+                "kv remove",
+                format!("frame-step {index} of {}", self.frames.len()),
+            ));
+        };
+        let ring = self.capacity - self.sinks;
+        let older: usize = self.frames.iter().take(index).sum();
+        let unit = self.unit;
+        for t in (0..older).rev() {
+            let from = (self.sinks + (self.head + t) % ring) * unit;
+            let to = (self.sinks + (self.head + t + n) % ring) * unit;
+            for storage in self.keys.iter_mut().chain(self.values.iter_mut()) {
+                storage.copy_row(from, to, unit);
+            }
+        }
+        self.head = (self.head + n) % ring;
+        self.frames.remove(index);
+        self.len -= n;
+        self.stats.frames_evicted += 1;
+        if self.frames.is_empty() {
+            self.head = 0;
+        }
+        Ok(())
+    }
+
+    /// Decodes layer `layer`'s cached keys (slots `0..len`, pre-RoPE) into `keys`, resized to
+    /// `len · kv_heads · head_dim`, token-major, in slot order.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a layer index out of range.
+    pub fn read_keys(&self, layer: usize, keys: &mut Vec<f32>) -> Result<()> {
+        let (k, _) = self.layer(layer)?;
+        let row = self.layout.row_values();
+        keys.resize(self.len * row, 0.0);
+        let mut at = 0;
+        for (first, count) in self.pieces() {
+            k.decode(
+                self.layout.dtype,
+                first * self.unit,
+                &mut keys[at * row..(at + count) * row],
+            );
+            at += count;
+        }
+        Ok(())
     }
 
     /// The storage runs (first slot, token count) holding `count` tokens from logical slot

@@ -30,7 +30,7 @@ use std::sync::{Mutex, mpsc};
 use burn::module::Module;
 use burn::tensor::backend::Backend;
 use runtime::kv::{KvCacheConfig, KvDtype};
-use runtime::model::{Vla, VlaConfig};
+use runtime::model::{BankEviction, MemoryOverride, Vla, VlaConfig};
 use runtime::rope::{RopeConfig, RopeScaling, YarnScaling};
 
 use super::{HistoryBlind, ModelPolicy, Oracle, Outcome, Policy, run_episode};
@@ -604,12 +604,25 @@ impl<B: Backend> ModelFactory<B> {
     /// # Errors
     /// [`Error::Input`] for a model without a memory; [`Error::Runtime`] if the model config
     /// rejects the length (0).
-    pub fn with_bank_steps(mut self, steps: usize) -> Result<Self> {
+    pub fn with_bank_steps(self, steps: usize) -> Result<Self> {
+        self.with_memory_settings(&MemoryOverride {
+            bank_steps: Some(steps),
+            ..MemoryOverride::default()
+        })
+    }
+
+    /// The same factory with the memory bank's run-time settings (length, eviction) replaced
+    /// in every policy: the bank is run-time state, not weights.
+    ///
+    /// # Errors
+    /// [`Error::Input`] for a model without a memory; [`Error::Runtime`] if the model config
+    /// rejects the settings.
+    pub fn with_memory_settings(mut self, settings: &MemoryOverride) -> Result<Self> {
         let memory = self.trained.memory.as_mut().ok_or_else(|| Error::Input {
-            what: "bank steps",
+            what: "memory bank settings",
             reason: "this model has no memory bank".into(),
         })?;
-        memory.bank_steps = steps;
+        settings.apply(memory);
         self.trained.validate()?;
         Ok(self)
     }
@@ -635,7 +648,10 @@ impl<B: Backend> ModelFactory<B> {
                 what: "recall",
                 reason: "off ablates a memory bank, and this model has none".into(),
             })?;
+            // A FIFO as long as the window: nothing outside the window is kept.
             memory.bank_steps = memory.bank_steps.min(memory.window_steps);
+            memory.bank_eviction = BankEviction::Oldest;
+            memory.bank_recent_steps = None;
         }
         config.validate()?;
         Ok((config, factor))

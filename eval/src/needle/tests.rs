@@ -1,6 +1,6 @@
 use burn::backend::NdArray;
 use runtime::kv::KvDtype;
-use runtime::model::VlaConfig;
+use runtime::model::{BankEviction, MemoryOverride, VlaConfig};
 use runtime::rope::RopeScaling;
 
 use super::heatmap;
@@ -230,6 +230,31 @@ fn recall_off_bounds_the_bank_by_the_window() {
         tiny_memory_factory(11).with_bank_steps(0),
         Err(Error::Runtime(_))
     ));
+    // Eviction by reads: in every recall-on policy; recall off stays a FIFO of the window.
+    let read = tiny_memory_factory(11)
+        .with_memory_settings(&MemoryOverride {
+            bank_eviction: Some(BankEviction::Read),
+            bank_recent_steps: Some(2),
+            ..MemoryOverride::default()
+        })
+        .expect("read eviction");
+    for (recall, want) in [
+        (Recall::On, (BankEviction::Read, Some(2))),
+        (Recall::Off, (BankEviction::Oldest, None)),
+    ] {
+        let (config, _) = read
+            .config_for(RopeMethod::Trained, recall, 16)
+            .expect("config");
+        let m = config.memory.expect("memory");
+        assert_eq!((m.bank_eviction, m.bank_recent_steps), want, "{recall:?}");
+    }
+    assert!(matches!(
+        tiny_memory_factory(11).with_memory_settings(&MemoryOverride {
+            bank_recent_steps: Some(12),
+            ..MemoryOverride::default()
+        }),
+        Err(Error::Runtime(_))
+    ));
 
     let plain = tiny_model_config().init_seeded::<B>(11, &Default::default());
     let factory = ModelFactory::new(plain, None, sim::training_preprocess(), &device);
@@ -244,7 +269,7 @@ fn recall_off_bounds_the_bank_by_the_window() {
     assert!(matches!(
         factory.with_bank_steps(40),
         Err(Error::Input {
-            what: "bank steps",
+            what: "memory bank settings",
             ..
         })
     ));
@@ -354,6 +379,8 @@ fn tiny_memory_factory(seed: u64) -> ModelFactory<B> {
         window_steps: 3,
         bank_log_scale: None,
         bank_top_k: None,
+        bank_eviction: Default::default(),
+        bank_recent_steps: None,
     });
     let model = c.init_seeded::<B>(seed, &Default::default());
     ModelFactory::new(model, None, sim::training_preprocess(), &Default::default())

@@ -412,6 +412,8 @@ fn bank_read_matches_f64_reference_with_and_without_top_k() {
                     window_steps: 1,
                     bank_log_scale: None,
                     bank_top_k: top_k,
+                    bank_eviction: Default::default(),
+                    bank_recent_steps: None,
                 };
                 let input = AttendInput {
                     q: &q,
@@ -468,4 +470,101 @@ fn bank_read_matches_f64_reference_with_and_without_top_k() {
             assert_eq!(diff(&outputs[0], &outputs[3]), 0.0, "k above the bank");
         }
     }
+}
+
+/// `bank_reads` against an f64 softmax per query and head (grouped heads share a KV head):
+/// the stored tokens' probabilities times the weight, added to what `out` held; the own
+/// token's share is what the stored ones miss of 1. Wrong sizes are shape errors, and a NaN
+/// query gives NaN reads (never a finite-looking score).
+#[test]
+fn bank_reads_match_f64_softmax() {
+    let (h, kv, hd, n, rows) = (4, 2, 8, 5, 3);
+    let q = uniform_f32(31, rows * h * hd);
+    let keys = uniform_f32(32, n * kv * hd);
+    let own = uniform_f32(33, kv * hd);
+    let (factor, weight) = (1.7f32, 0.25f32);
+    let mut out = vec![0.5f32; n];
+    let mut scratch = Vec::new();
+    bank_reads(
+        &q,
+        &keys,
+        &own,
+        (h, kv, hd),
+        factor,
+        weight,
+        &mut scratch,
+        &mut out,
+    )
+    .expect("reads");
+    let mut want = vec![0.5f64; n];
+    let mut own_share = 0.0;
+    let scale = f64::from(factor) / (hd as f64).sqrt();
+    for r in 0..rows {
+        for head in 0..h {
+            let g = head / (h / kv);
+            let qh = &q[(r * h + head) * hd..(r * h + head + 1) * hd];
+            let dot = |k: &[f32]| -> f64 {
+                qh.iter()
+                    .zip(&k[g * hd..(g + 1) * hd])
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum::<f64>()
+                    * scale
+            };
+            let mut s: Vec<f64> = keys.chunks(kv * hd).map(dot).collect();
+            s.push(dot(&own));
+            let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|x| (x - max).exp()).sum();
+            for (w, x) in want.iter_mut().zip(&s) {
+                *w += f64::from(weight) * (x - max).exp() / z;
+            }
+            own_share += f64::from(weight) * (s[n] - max).exp() / z;
+        }
+    }
+    for (got, w) in out.iter().zip(&want) {
+        let err = (f64::from(*got) - w).abs();
+        assert!(err <= 1e-5, "{got} vs {w}");
+    }
+    let total: f64 = out.iter().map(|x| f64::from(*x) - 0.5).sum::<f64>() + own_share;
+    assert!((total - f64::from(weight) * (rows * h) as f64).abs() < 1e-4);
+    assert!(
+        bank_reads(
+            &q,
+            &keys[1..],
+            &own,
+            (h, kv, hd),
+            1.0,
+            1.0,
+            &mut scratch,
+            &mut out
+        )
+        .is_err()
+    );
+    assert!(
+        bank_reads(
+            &q,
+            &keys,
+            &own[1..],
+            (h, kv, hd),
+            1.0,
+            1.0,
+            &mut scratch,
+            &mut out
+        )
+        .is_err()
+    );
+    let mut nan_q = q.clone();
+    nan_q[0] = f32::NAN;
+    let mut nan_out = vec![0.0; n];
+    bank_reads(
+        &nan_q,
+        &keys,
+        &own,
+        (h, kv, hd),
+        1.0,
+        1.0,
+        &mut scratch,
+        &mut nan_out,
+    )
+    .expect("reads");
+    assert!(nan_out.iter().any(|x| x.is_nan()));
 }

@@ -195,6 +195,61 @@ fn max_frames_caps_the_frame_steps() {
     assert!(cache.bytes() <= budget);
 }
 
+/// `remove_frame` against a model of the cache as a list of frames of token ids: any frame
+/// leaves, the rest keep their age order across the ring's wrap, in every format (ids up to
+/// rows decode to the same value in each row at int8 and fp8, near the id); `read_keys`
+/// equals `read`'s keys.
+#[test]
+fn remove_frame_keeps_age_order() {
+    for dtype in KvDtype::ALL {
+        let l = layout(2, 1, 32, dtype);
+        let mut cache = KvCache::new(l, l.total_bytes(11), usize::MAX, 1, 3).expect("cache");
+        append(&mut cache, Segment::Sinks, 1, 1);
+        let mut model: VecDeque<Vec<usize>> = Default::default();
+        let mut next = 2;
+        let mut rng = crate::test_util::uniform(17, 400).into_iter();
+        let mut draw = |n: usize| ((rng.next().expect("draw") + 1.0) / 2.0 * n as f64) as usize;
+        for _ in 0..60 {
+            let tokens = 1 + draw(3).min(2);
+            append(&mut cache, Segment::Frame, next, tokens);
+            model.push_back((next..next + tokens).collect());
+            next = if next + tokens > 14 { 2 } else { next + tokens };
+            while model.iter().map(Vec::len).sum::<usize>() + 1 > cache.capacity() {
+                model.pop_front();
+            }
+            if model.len() > 1 && draw(2) == 1 {
+                let index = draw(model.len()).min(model.len() - 1);
+                cache.remove_frame(index).expect("remove");
+                model.remove(index);
+            }
+            let want: Vec<usize> = std::iter::once(1)
+                .chain(model.iter().flatten().copied())
+                .collect();
+            let lens: Vec<usize> = model.iter().map(Vec::len).collect();
+            assert_eq!(cache.frame_lens().collect::<Vec<_>>(), lens, "{dtype}");
+            for layer in 0..2 {
+                let (mut k, mut v, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+                cache.read(layer, &mut k, &mut v).expect("read");
+                let ids: Vec<usize> = k
+                    .chunks(32)
+                    .zip(v.chunks(32))
+                    .map(|(kr, vr)| {
+                        assert!(kr.iter().zip(vr).all(|(a, b)| *a == kr[0] && *b == -a));
+                        assert!((kr[0] - kr[0].round()).abs() < 0.05, "{dtype}: {}", kr[0]);
+                        kr[0].round() as usize
+                    })
+                    .collect();
+                assert_eq!(ids, want, "{dtype}");
+                cache.read_keys(layer, &mut keys).expect("read keys");
+                assert_eq!(keys, k);
+            }
+        }
+        assert!(cache.remove_frame(cache.frames()).is_err());
+        cache.reserve(Segment::Frame, 1).expect("reserve");
+        assert!(cache.remove_frame(0).is_err(), "while a block is reserved");
+    }
+}
+
 #[test]
 fn context_limit_bounds_positions() {
     let l = layout(1, 1, 32, KvDtype::F16);

@@ -187,9 +187,79 @@ pub struct MemoryConfig {
     /// (the default): every memory token is read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bank_top_k: Option<usize>,
+    /// Which memory token leaves a full bank at run time (see [`BankEviction`]). Training
+    /// episodes no longer than the bank never evict, so the training forward is the same
+    /// under either.
+    #[serde(default, skip_serializing_if = "BankEviction::is_oldest")]
+    pub bank_eviction: BankEviction,
+    /// With [`BankEviction::Read`]: the newest memory tokens kept whatever their reads (they
+    /// have had few steps to be read); `None`: a tenth of the bank (at least 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_recent_steps: Option<usize>,
+}
+
+/// Run-time settings of a memory bank that replace a model's own (a node config's
+/// `[memory]`): they shape no weight, so a checkpoint runs under any of them. Absent keys keep
+/// the model's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryOverride {
+    /// [`MemoryConfig::bank_steps`]: memory tokens kept (the bank's bytes scale with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_steps: Option<usize>,
+    /// [`MemoryConfig::bank_eviction`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_eviction: Option<BankEviction>,
+    /// [`MemoryConfig::bank_recent_steps`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bank_recent_steps: Option<usize>,
+}
+
+impl MemoryOverride {
+    /// `memory` with these settings.
+    pub fn apply(&self, memory: &mut MemoryConfig) {
+        if let Some(steps) = self.bank_steps {
+            memory.bank_steps = steps;
+        }
+        if let Some(eviction) = self.bank_eviction {
+            memory.bank_eviction = eviction;
+        }
+        if self.bank_recent_steps.is_some() {
+            memory.bank_recent_steps = self.bank_recent_steps;
+        }
+    }
+}
+
+/// Which memory token a full bank evicts to make room for the step's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BankEviction {
+    /// The oldest (a FIFO of the last `bank_steps` frame-steps).
+    #[default]
+    Oldest,
+    /// The least read: the one, among all but the newest `bank_recent_steps`, with the lowest
+    /// mean attention the step's readout queries gave it (softmax over the bank, averaged
+    /// over layers, heads and readouts) since it was stored. What the model reads is learned,
+    /// so what the bank keeps is too (the heavy-hitter eviction of H2O, Zhang et al. 2023,
+    /// and Scissorhands, Liu et al. 2023, here on the memory bank); an old memory the policy
+    /// keeps reading outlives the bank's length in frame-steps.
+    Read,
+}
+
+impl BankEviction {
+    fn is_oldest(&self) -> bool {
+        *self == Self::Oldest
+    }
 }
 
 impl MemoryConfig {
+    /// The newest memory tokens that [`BankEviction::Read`] never evicts.
+    pub fn recent_steps(&self) -> usize {
+        self.bank_recent_steps
+            .unwrap_or(self.bank_steps / 10)
+            .clamp(1, self.bank_steps)
+    }
+
     /// The factor on the bank scores of a token that sees `visible` memory tokens.
     pub fn bank_score_factor(&self, visible: usize) -> f32 {
         match self.bank_log_scale {
@@ -208,7 +278,9 @@ pub const RUN_TIME_KEYS: [&str; 3] = ["rope", "kv_cache", "context_length"];
 
 impl VlaConfig {
     /// Whether a model of `other` has the weights of a model of `self`: every key equal but
-    /// the [`RUN_TIME_KEYS`] (RoPE, context length, default cache). No copies: a stream checks
+    /// the [`RUN_TIME_KEYS`] (RoPE, context length, default cache) and the memory bank's
+    /// run-time settings (all of `[memory]` but `window_steps`: the bank's length and how it
+    /// is read and evicted). No copies: a stream checks
     /// it at every step.
     pub fn same_architecture(&self, other: &Self) -> bool {
         // Destructured without `..`: a new key must be sorted into architecture or run time.
@@ -249,7 +321,8 @@ impl VlaConfig {
             && *horizon == other.horizon
             && *action_dim == other.action_dim
             && *cue_classes == other.cue_classes
-            && *memory == other.memory
+            && memory.as_ref().map(|m| m.window_steps)
+                == other.memory.as_ref().map(|m| m.window_steps)
             && *action_bins == other.action_bins
     }
 
@@ -384,6 +457,14 @@ impl VlaConfig {
             }
             if m.bank_top_k == Some(0) {
                 return Err(Error::config("memory.bank_top_k", "must be ≥ 1"));
+            }
+            if m.bank_recent_steps
+                .is_some_and(|r| r == 0 || r >= m.bank_steps)
+            {
+                return Err(Error::config(
+                    "memory.bank_recent_steps",
+                    format!("must be in 1..{} (below memory.bank_steps)", m.bank_steps),
+                ));
             }
             let span = self.max_sink_tokens() + m.window_steps * self.tokens_per_step() + 1;
             if span + self.n_readout > self.context_length() {

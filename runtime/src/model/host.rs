@@ -186,6 +186,18 @@ struct Buffers {
     /// Gate and up `[rows, 2 · ffn_dim]`, then SwiGLU `[rows, ffn_dim]`.
     gate_up: Vec<f32>,
     act: Vec<f32>,
+    /// A layer's stored bank keys and the bank-read scores (`BankEviction::Read`).
+    bank_keys: Vec<f32>,
+    bank_scores: Vec<f32>,
+}
+
+/// A frame-step's memory token in [`HostPath::run`]: row `row` of the step goes to `bank`'s
+/// reservation; with `reads`, the attention the readouts give each stored token is added
+/// there (one value per stored token).
+pub(crate) struct BankStep<'a> {
+    pub bank: &'a mut KvCache,
+    pub row: usize,
+    pub reads: Option<&'a mut [f32]>,
 }
 
 /// Working state of the host path, kept by a [`super::Stream`] from step to step.
@@ -278,11 +290,14 @@ impl HostPath {
 
     /// Runs the `tokens` rows of the residual stream through the backbone on top of `cache`
     /// (a block of `store` tokens reserved at slot `past`); the first `store` rows' keys and
-    /// values are written into the reservation. With `memory = Some(m)`, row `m` is the
-    /// step's memory token: its keys and values go to `bank`'s reservation, and every row
+    /// values are written into the reservation. With a [`BankStep`], its row `m` is the
+    /// step's memory token: its keys and values go to the bank's reservation, and every row
     /// attends to the bank's tokens without RoPE (row `m` itself only from row `m` on)
-    /// instead of to it as a cached token. Returns the final-norm hidden states of the rows that are
-    /// not stored and not the memory token (all rows when all are stored), `[rows, d_model]`.
+    /// instead of to it as a cached token. With its `reads`, the attention the readouts (the
+    /// rows after the memory token) give each stored bank token, averaged over layers, heads
+    /// and readouts ([`crate::attention::bank_reads`]), is added to `reads`.
+    /// Returns the final-norm hidden states of the rows that are not stored and not the memory
+    /// token (all rows when all are stored), `[rows, d_model]`.
     ///
     /// # Errors
     /// [`Error::Shape`] for inconsistent sizes (cache, rope table, a memory token without a
@@ -291,22 +306,21 @@ impl HostPath {
         &mut self,
         config: &VlaConfig,
         cache: &mut KvCache,
-        bank: Option<&mut KvCache>,
         tokens: usize,
         store: usize,
-        memory: Option<usize>,
+        bank: Option<BankStep<'_>>,
     ) -> Result<&[f32]> {
-        if memory.is_some() != bank.is_some() || memory.is_some_and(|m| m < store || m >= tokens) {
+        if bank.as_ref().is_some_and(|b| {
+            b.row < store
+                || b.row >= tokens
+                || b.reads.as_ref().is_some_and(|r| r.len() != b.bank.len())
+        }) {
             return Err(Error::shape(
                 "host step",
-                "a memory token needs a bank and a row after the stored ones",
+                "a memory token needs a row after the stored ones; bank reads one value per stored token",
             ));
         }
-        // The whole step runs on a thread of the rayon pool (a scope entered from outside the
-        // pool moves there): its dozens of parallel regions then fork from a pool thread
-        // instead of each waking the pool from outside (measured: ~15% of a short step was
-        // spent in the scheduler before).
-        rayon::scope(|_| self.layers(config, cache, bank, tokens, store, memory))?;
+        rayon::scope(|_| self.layers(config, cache, tokens, store, bank))?;
         Ok(&self.buf.h)
     }
 
@@ -314,11 +328,15 @@ impl HostPath {
         &mut self,
         config: &VlaConfig,
         cache: &mut KvCache,
-        mut bank: Option<&mut KvCache>,
         tokens: usize,
         store: usize,
-        memory: Option<usize>,
+        bank: Option<BankStep<'_>>,
     ) -> Result<()> {
+        let memory = bank.as_ref().map(|b| b.row);
+        let (mut bank, mut reads) = match bank {
+            Some(b) => (Some(b.bank), b.reads),
+            None => (None, None),
+        };
         let past = cache.len();
         let c = &self.weights.config;
         let (d, heads, kv, hd, ffn) = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim(), c.ffn_dim);
@@ -377,6 +395,28 @@ impl HostPath {
             if let (Some(bank), Some(m)) = (bank.as_deref_mut(), memory) {
                 let row = m * kvw..(m + 1) * kvw;
                 bank.write(layer, &b.k[row.clone()], &b.v[row])?;
+            }
+            if let (Some(out), Some(bank), Some(m), Some(settings)) = (
+                reads.as_deref_mut(),
+                bank.as_deref(),
+                memory,
+                &config.memory,
+            ) {
+                // The readouts' queries (rows after the memory token) over the stored tokens
+                // and the step's own memory token.
+                let readouts = tokens - m - 1;
+                let weight = 1.0 / (self.weights.blocks.len() * heads * readouts.max(1)) as f32;
+                bank.read_keys(layer, &mut b.bank_keys)?;
+                crate::attention::bank_reads(
+                    &b.q[(m + 1 - first) * qw..],
+                    &b.bank_keys,
+                    &b.k[m * kvw..(m + 1) * kvw],
+                    (heads, kv, hd),
+                    settings.bank_score_factor(bank.len() + 1),
+                    weight,
+                    &mut b.bank_scores,
+                    out,
+                )?;
             }
             let bank_input = match (bank.as_deref(), memory, &config.memory) {
                 (Some(bank), Some(m), Some(settings)) => Some(BankInput {

@@ -20,7 +20,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{Block, TrainBatch, TrainOutput, Vla, group_ids};
+use super::{BankEviction, Block, TrainBatch, TrainOutput, Vla, group_ids};
 use crate::error::{Error, Result};
 use crate::flash::{AttentionMask, TrainAttention, flash_attention};
 use crate::ring::merge;
@@ -77,6 +77,15 @@ impl<B: Backend> Vla<B> {
             ));
         }
         let seq = self.train_sequence(batch, device)?;
+        if memory.bank_eviction == BankEviction::Read && seq.steps > memory.bank_steps {
+            return Err(Error::config(
+                "memory.bank_eviction",
+                format!(
+                    "\"read\" evicts by what later steps read, which the training forward (a FIFO bank) does not model: episodes of {} frame-steps need memory.bank_steps ≥ {} or \"oldest\"",
+                    seq.steps, seq.steps
+                ),
+            ));
+        }
         let n_batch = seq.layouts.len();
         let len = seq.layouts[0].positions.len();
         let geometry = Geometry {

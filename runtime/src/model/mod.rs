@@ -29,10 +29,12 @@ use burn::nn::{Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-pub use config::{ActionBins, BOS_TOKEN, INSTRUCTION_VOCAB, MemoryConfig, VlaConfig};
+pub use config::{
+    ActionBins, BOS_TOKEN, BankEviction, INSTRUCTION_VOCAB, MemoryConfig, MemoryOverride, VlaConfig,
+};
 pub use layers::{Attention, Block, Mlp};
 pub(crate) use layers::{INIT_STD, causal_bias, linear, param};
-pub use stream::{StepEngine, Stream};
+pub use stream::{MemoryEntry, StepEngine, Stream};
 pub(crate) use train::{PAD_GROUP, group_ids};
 pub use train::{TrainBatch, TrainOutput};
 
@@ -469,6 +471,24 @@ impl<B: Backend> Vla<B> {
     pub fn with_rope(mut self, rope: crate::rope::RopeConfig) -> Result<Self> {
         let mut config = self.config.clone();
         config.rope = rope;
+        config.validate()?;
+        self.config = config;
+        Ok(self)
+    }
+
+    /// The same weights with the memory bank's run-time settings replaced by `settings`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a model without a memory, or settings the config rejects.
+    pub fn with_memory_settings(mut self, settings: &MemoryOverride) -> Result<Self> {
+        let mut config = self.config.clone();
+        let Some(memory) = config.memory.as_mut() else {
+            return Err(Error::config(
+                "memory",
+                "memory bank settings for a model without a memory bank",
+            ));
+        };
+        settings.apply(memory);
         config.validate()?;
         self.config = config;
         Ok(self)

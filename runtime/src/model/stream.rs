@@ -6,10 +6,38 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{ActionChunk, StepInput, StepOutput, Vla, VlaConfig, causal_bias, host, mirror};
+use std::collections::VecDeque;
+
+use super::{
+    ActionChunk, BankEviction, StepInput, StepOutput, Vla, VlaConfig, causal_bias, host, mirror,
+};
 use crate::error::{Error, Result};
 use crate::host::float_tensor;
 use crate::kv::{KvCache, KvCacheConfig, KvLayout, Segment};
+
+/// One memory token held in a stream's bank.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MemoryEntry {
+    /// The frame-step it was stored at (0 = the episode's first).
+    pub step: u64,
+    /// The attention the readouts of later steps gave it, summed over those steps (each
+    /// step's share averaged over layers, heads and readouts); counted only under
+    /// [`BankEviction::Read`].
+    pub read: f64,
+    /// Steps whose reads are counted in `read`.
+    pub reads: u64,
+}
+
+impl MemoryEntry {
+    /// Mean attention per step since it was stored (0 before its first read).
+    pub fn mean_read(&self) -> f64 {
+        if self.reads == 0 {
+            0.0
+        } else {
+            self.read / self.reads as f64
+        }
+    }
+}
 
 /// A step's tokens: in the host path's residual stream (the row count), or a tensor
 /// `[1, t, d_model]` for the tensor path.
@@ -62,8 +90,13 @@ enum Path<B: Backend> {
 #[derive(Debug)]
 pub struct Stream<B: Backend> {
     cache: KvCache,
-    /// The memory bank (models with a memory): one token per frame-step, oldest evicted first.
+    /// The memory bank (models with a memory): one token per frame-step, evicted as
+    /// `memory.bank_eviction` says.
     bank: Option<KvCache>,
+    /// The bank's tokens in its slot order: their frame-steps and reads.
+    entries: VecDeque<MemoryEntry>,
+    /// Frame-steps appended since the episode started.
+    steps: u64,
     /// The config of the model that made the stream; a step of a model of another
     /// architecture is refused ([`VlaConfig::same_architecture`]).
     arch: VlaConfig,
@@ -89,6 +122,17 @@ impl<B: Backend> Stream<B> {
     /// `bytes()` their bytes (bounded by `budget()`).
     pub fn memory(&self) -> Option<&KvCache> {
         self.bank.as_ref()
+    }
+
+    /// The bank's memory tokens (models with a memory; empty otherwise), in the bank's order:
+    /// the frame-step each was stored at and its reads.
+    pub fn memory_entries(&self) -> impl ExactSizeIterator<Item = &MemoryEntry> + '_ {
+        self.entries.iter()
+    }
+
+    /// Frame-steps appended since the episode started.
+    pub fn steps(&self) -> u64 {
+        self.steps
     }
 
     /// The cache, mutable (benchmarks fill it with synthetic frame-steps). The device copy is
@@ -197,6 +241,8 @@ impl<B: Backend> Vla<B> {
         Ok(Stream {
             cache: kv,
             bank,
+            entries: VecDeque::new(),
+            steps: 0,
             arch: c.clone(),
             path,
             device: device.clone(),
@@ -213,6 +259,8 @@ impl<B: Backend> Vla<B> {
         if let Some(bank) = stream.bank.as_mut() {
             bank.reset();
         }
+        stream.entries.clear();
+        stream.steps = 0;
         stream.check_model(&self.config)?;
         let x = match &mut stream.path {
             Path::Host(host) => Tokens::Host(host.embed_instruction(&ids)?),
@@ -283,6 +331,20 @@ impl<B: Backend> Vla<B> {
         segment: Segment,
         stream: &mut Stream<B>,
     ) -> Result<Hidden<B>> {
+        // A full bank that keeps what is read evicts its least-read token before the step's
+        // reservation (which would evict the oldest).
+        let by_reads = self
+            .config
+            .memory
+            .as_ref()
+            .filter(|m| m.bank_eviction == BankEviction::Read);
+        if let (Segment::Frame, Some(m), Some(bank)) = (segment, by_reads, stream.bank.as_mut())
+            && bank.len() >= m.bank_steps
+        {
+            let victim = least_read(&stream.entries, m.recent_steps());
+            bank.remove_frame(victim)?;
+            stream.entries.remove(victim);
+        }
         let before = stream.cache.len();
         let past = stream.cache.reserve(segment, store)?;
         // A frame-step's memory token (the token after its frame tokens) goes to the bank.
@@ -296,23 +358,30 @@ impl<B: Backend> Vla<B> {
             },
             _ => None,
         };
+        let mut reads = match (memory, by_reads, stream.bank.as_ref()) {
+            (Some(_), Some(_), Some(bank)) => Some(vec![0.0f32; bank.len()]),
+            _ => None,
+        };
         let Stream {
             cache,
             bank,
+            entries,
+            steps,
             path,
             device,
             ..
         } = stream;
         let result = (|| match (x, &mut *path) {
             (Tokens::Host(t), Path::Host(host)) => {
-                let hidden = host.run(
-                    &self.config,
-                    cache,
-                    bank.as_mut().filter(|_| memory.is_some()),
-                    t,
-                    store,
-                    memory,
-                )?;
+                let bank = match (bank.as_mut(), memory) {
+                    (Some(bank), Some(row)) => Some(host::BankStep {
+                        bank,
+                        row,
+                        reads: reads.as_deref_mut(),
+                    }),
+                    _ => None,
+                };
+                let hidden = host.run(&self.config, cache, t, store, bank)?;
                 Ok(Hidden::Host(hidden.to_vec()))
             }
             (Tokens::Tensor(x), Path::Tensor(tensor)) => {
@@ -346,6 +415,24 @@ impl<B: Backend> Vla<B> {
                 cache.commit()?;
                 if let (Some(bank), Some(_)) = (bank.as_mut(), memory) {
                     bank.commit()?;
+                    if let Some(reads) = &reads {
+                        for (entry, r) in entries.iter_mut().zip(reads) {
+                            entry.read += f64::from(*r);
+                            entry.reads += 1;
+                        }
+                    }
+                    // The reservation evicted the oldest tokens to make room, if any.
+                    while entries.len() >= bank.len() {
+                        entries.pop_front();
+                    }
+                    entries.push_back(MemoryEntry {
+                        step: *steps,
+                        read: 0.0,
+                        reads: 0,
+                    });
+                }
+                if segment == Segment::Frame {
+                    *steps += 1;
                 }
                 Ok(hidden)
             }
@@ -362,4 +449,18 @@ impl<B: Backend> Vla<B> {
             }
         }
     }
+}
+
+/// The bank entry [`BankEviction::Read`] evicts: the lowest mean read among all but the
+/// newest `recent` (the oldest of equals); the oldest when every entry is recent.
+fn least_read(entries: &VecDeque<MemoryEntry>, recent: usize) -> usize {
+    let candidates = entries.len().saturating_sub(recent);
+    (0..candidates)
+        .min_by(|&a, &b| {
+            entries[a]
+                .mean_read()
+                .total_cmp(&entries[b].mean_read())
+                .then(a.cmp(&b))
+        })
+        .unwrap_or(0)
 }

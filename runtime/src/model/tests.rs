@@ -723,6 +723,8 @@ fn memory_training_forward_matches_streaming_steps() {
             window_steps: 2,
             bank_log_scale: log_scale,
             bank_top_k: None,
+            bank_eviction: Default::default(),
+            bank_recent_steps: None,
         });
         c.validate().expect("memory config");
         let m = model(&c, 11);
@@ -740,6 +742,8 @@ fn memory_training_forward_matches_streaming_steps() {
             plain.memory = plain.memory.map(|m| MemoryConfig {
                 bank_log_scale: None,
                 bank_top_k: None,
+                bank_eviction: Default::default(),
+                bank_recent_steps: None,
                 ..m
             });
             let unscaled = model(&plain, 11)
@@ -784,6 +788,125 @@ fn memory_training_forward_matches_streaming_steps() {
     }
 }
 
+/// `BankEviction::Read`: until the bank is full nothing is evicted and the steps equal the
+/// FIFO bank's; past it, every eviction takes the candidate (all but the newest
+/// `bank_recent_steps`) with the lowest mean read as the stream reported it before the step,
+/// the newest stay, each step's reads are a share of the bank softmax (in (0, 1]), and the
+/// same inputs give the same bank (replay).
+#[test]
+fn read_eviction_evicts_the_least_read_memory() {
+    let mut c = tiny_config(1, DEFAULT_ROPE, "f32", 1 << 30);
+    c.cue_classes = 3;
+    let memory = MemoryConfig {
+        bank_steps: 4,
+        window_steps: 2,
+        bank_log_scale: None,
+        bank_top_k: None,
+        bank_eviction: BankEviction::Read,
+        bank_recent_steps: Some(2),
+    };
+    c.memory = Some(memory.clone());
+    c.validate().expect("memory config");
+    let fifo_config = VlaConfig {
+        memory: Some(MemoryConfig {
+            bank_eviction: BankEviction::Oldest,
+            bank_recent_steps: None,
+            ..memory
+        }),
+        ..c.clone()
+    };
+    let m = model(&c, 13);
+    let fifo = fifo_config
+        .init::<B>(&Default::default())
+        .load_record(m.clone().into_record());
+    let n = 14;
+    let episode = Steps::new(&c, n, 700);
+    let run = |m: &Vla<B>, check: bool| {
+        let mut s = stream(m);
+        m.start_episode("keep", &mut s).expect("start");
+        let mut actions = Vec::new();
+        let mut evicted_kept = 0;
+        for k in 0..n {
+            let before: Vec<MemoryEntry> = s.memory_entries().copied().collect();
+            let step = m.forward_step(&episode.get(k), &mut s).expect("step");
+            actions.push(step.action.values);
+            let after: Vec<MemoryEntry> = s.memory_entries().copied().collect();
+            assert_eq!(after.len(), (k + 1).min(4));
+            assert_eq!(s.memory().expect("bank").len(), after.len());
+            assert_eq!(after.last().map(|e| e.step), Some(k as u64));
+            if !check {
+                continue;
+            }
+            // Reads added this step: a share of one softmax, summed over stored tokens.
+            let gained: f64 = after
+                .iter()
+                .filter_map(|a| {
+                    before
+                        .iter()
+                        .find(|b| b.step == a.step)
+                        .map(|b| a.read - b.read)
+                })
+                .sum();
+            if !before.is_empty() {
+                assert!(gained > 0.0 && gained <= 1.0 + 1e-6, "step {k}: {gained}");
+            }
+            let gone: Vec<&MemoryEntry> = before
+                .iter()
+                .filter(|b| !after.iter().any(|a| a.step == b.step))
+                .collect();
+            if k < 4 {
+                assert!(gone.is_empty());
+                continue;
+            }
+            assert_eq!(gone.len(), 1, "step {k}");
+            let candidates = &before[..before.len() - 2];
+            let lowest = candidates
+                .iter()
+                .map(MemoryEntry::mean_read)
+                .fold(f64::INFINITY, f64::min);
+            assert_eq!(gone[0].mean_read(), lowest, "step {k}");
+            assert!(candidates.iter().any(|e| e.step == gone[0].step));
+            evicted_kept += usize::from(gone[0].step != before[0].step);
+            // Age order is kept.
+            assert!(after.windows(2).all(|w| w[0].step < w[1].step));
+        }
+        (
+            actions,
+            s.memory_entries().copied().collect::<Vec<_>>(),
+            evicted_kept,
+        )
+    };
+    let (actions, entries, not_oldest) = run(&m, true);
+    let (fifo_actions, _, _) = run(&fifo, false);
+    for k in 0..4 {
+        assert_eq!(
+            actions[k], fifo_actions[k],
+            "step {k} before the bank is full"
+        );
+    }
+    // The training forward's bank is a FIFO: it refuses episodes that would evict by reads.
+    let long = Steps::new(&c, 5, 800);
+    let trained = m.forward_train(
+        &FlatSteps::of(&[long], 5).batch(&["keep"]),
+        &Default::default(),
+    );
+    assert!(
+        matches!(&trained, Err(Error::Config { key, .. }) if key == "memory.bank_eviction"),
+        "{:?}",
+        trained.as_ref().err()
+    );
+    let short = Steps::new(&c, 4, 800);
+    m.forward_train(
+        &FlatSteps::of(&[short], 4).batch(&["keep"]),
+        &Default::default(),
+    )
+    .expect("episodes within the bank train");
+    let (again, entries_again, _) = run(&m, false);
+    assert_eq!((actions, entries), (again, entries_again), "replay");
+    // Not a FIFO in disguise: some eviction kept an older token.
+    assert!(not_oldest > 0, "every eviction took the oldest");
+}
+
 /// Memory models: the tensor engine (at stream creation) and the naive/full forwards refuse
 /// them with a clear error; a KV budget that cannot hold the trained window is an error naming
 /// the bytes.
@@ -795,6 +918,8 @@ fn memory_model_errors() {
         window_steps: 3,
         bank_log_scale: None,
         bank_top_k: None,
+        bank_eviction: Default::default(),
+        bank_recent_steps: None,
     });
     let m = model(&c, 12);
     let tensor = m.new_stream_with(&c.kv_cache, StepEngine::Tensor, &Default::default());
@@ -817,6 +942,8 @@ fn memory_model_errors() {
         window_steps: 3,
         bank_log_scale: None,
         bank_top_k: None,
+        bank_eviction: Default::default(),
+        bank_recent_steps: None,
     });
     assert!(bad.validate().is_err());
     bad.memory = Some(MemoryConfig {
@@ -824,6 +951,8 @@ fn memory_model_errors() {
         window_steps: 3,
         bank_log_scale: Some(1),
         bank_top_k: None,
+        bank_eviction: Default::default(),
+        bank_recent_steps: None,
     });
     assert!(matches!(
         bad.validate(),
@@ -834,6 +963,8 @@ fn memory_model_errors() {
         window_steps: 3,
         bank_log_scale: None,
         bank_top_k: Some(0),
+        bank_eviction: Default::default(),
+        bank_recent_steps: None,
     });
     assert!(matches!(
         bad.validate(),
@@ -846,6 +977,8 @@ fn memory_model_errors() {
         window_steps: 3,
         bank_log_scale: None,
         bank_top_k: Some(2),
+        bank_eviction: Default::default(),
+        bank_recent_steps: None,
     });
     sparse.validate().expect("top-k config");
     let episodes = [Steps::new(&sparse, 3, 500)];
@@ -881,9 +1014,30 @@ fn architecture_is_every_key_but_the_run_time_ones() {
         window_steps: 3,
         bank_log_scale: None,
         bank_top_k: None,
+        bank_eviction: Default::default(),
+        bank_recent_steps: None,
     });
     assert_eq!(
         c.architecture_difference(&memory).map(|d| d.0).as_deref(),
+        Some("memory")
+    );
+    // The bank's run-time settings are not architecture; its window is.
+    let mut bank = memory.clone();
+    bank.memory = bank.memory.map(|m| MemoryConfig {
+        bank_steps: 40,
+        bank_top_k: Some(2),
+        bank_log_scale: Some(8),
+        bank_eviction: BankEviction::Read,
+        bank_recent_steps: Some(4),
+        ..m
+    });
+    assert!(memory.same_architecture(&bank));
+    bank.memory = bank.memory.map(|m| MemoryConfig {
+        window_steps: 2,
+        ..m
+    });
+    assert_eq!(
+        memory.architecture_difference(&bank).map(|d| d.0).as_deref(),
         Some("memory")
     );
 }
