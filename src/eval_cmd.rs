@@ -263,7 +263,7 @@ where
                     task.rig
                 );
             }
-            let description = format!(
+            let mut description = format!(
                 "checkpoint {} ({} layers, d_model {}, RoPE {} x{}, cue head {})",
                 args.model.display(),
                 c.n_layers,
@@ -286,6 +286,22 @@ where
                 f = f
                     .with_memory_settings(&bank)
                     .context("--bank-steps / --bank-eviction / --bank-recent-steps")?;
+            }
+            if let Some(m) = &f.trained_config().memory {
+                description.push_str(&format!(
+                    "; memory bank of {} memory tokens, evicting the {}{}",
+                    m.bank_steps,
+                    match m.bank_eviction {
+                        runtime::model::BankEviction::Oldest => "oldest",
+                        runtime::model::BankEviction::Read => "least read",
+                    },
+                    match m.bank_eviction {
+                        runtime::model::BankEviction::Read => {
+                            format!(" (the newest {} kept)", m.recent_steps())
+                        }
+                        runtime::model::BankEviction::Oldest => String::new(),
+                    }
+                ));
             }
             let original = f.original();
             factory = Box::new(f);

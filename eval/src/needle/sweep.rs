@@ -596,6 +596,12 @@ impl<B: Backend> ModelFactory<B> {
         self.original
     }
 
+    /// The model config every policy starts from (the checkpoint's, with its run-time
+    /// settings as given).
+    pub fn trained_config(&self) -> &VlaConfig {
+        &self.trained
+    }
+
     /// The same factory with a memory bank of `steps` memory tokens in every policy instead of
     /// the checkpoint's `memory.bank_steps`: the bank is run-time state, not weights, so a
     /// model trained on one length can be read over a longer one (recall `off` still cuts it

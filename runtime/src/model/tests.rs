@@ -1037,7 +1037,10 @@ fn architecture_is_every_key_but_the_run_time_ones() {
         ..m
     });
     assert_eq!(
-        memory.architecture_difference(&bank).map(|d| d.0).as_deref(),
+        memory
+            .architecture_difference(&bank)
+            .map(|d| d.0)
+            .as_deref(),
         Some("memory")
     );
 }
