@@ -84,9 +84,9 @@ pub struct EvalArgs {
     /// but the newest --bank-recent-steps).
     #[arg(long, value_enum)]
     pub bank_eviction: Option<BankEvictionArg>,
-    /// With --bank-eviction read: the newest memory tokens always kept [default: the
+    /// With eviction by reads (the flag's or the checkpoint's): the newest memory tokens always kept [default: the
     /// checkpoint's `memory.bank_recent_steps`, else a tenth of the bank].
-    #[arg(long, value_name = "N", requires = "bank_eviction")]
+    #[arg(long, value_name = "N")]
     pub bank_recent_steps: Option<usize>,
     /// axes: vary one of method / dtype / budget / recall at a time around the baseline;
     /// grid: every combination.

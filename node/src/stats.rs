@@ -174,8 +174,8 @@ pub struct CacheReport {
     pub memory_budget: u64,
     /// Memory tokens (frame-steps) the bank holds now.
     pub memory_tokens: usize,
-    /// Age in frame-steps of the oldest memory token held now (0 without one): up to the
-    /// bank's length under a FIFO bank, older under eviction by reads.
+    /// Age in frame-steps of the oldest memory token held now (0 without one): at most the
+    /// bank's length − 1 under a FIFO bank, more under eviction by reads.
     pub memory_oldest_age: u64,
 }
 

@@ -375,7 +375,9 @@ pub fn attend(
 /// `[n, n_kv_heads · head_dim]`, then the step's own memory token `own` `[n_kv_heads ·
 /// head_dim]`), with the bank read's scale `factor / √head_dim`; each stored token's
 /// probability times `weight` is added to `out[j]` (`n` long). The own token's share is
-/// dropped (it has no entry yet). `scores` is scratch.
+/// dropped (it has no entry yet). The softmax is the full one, also for a model with
+/// `bank_top_k` (its read masks low scores, which count here as small shares). A token whose
+/// score is NaN gets a NaN read. `scores` is scratch.
 ///
 /// # Errors
 /// [`Error::Shape`] for slices that do not match the sizes.
@@ -393,6 +395,7 @@ pub(crate) fn bank_reads(
     let (width, row) = (n_heads * head_dim, n_kv_heads * head_dim);
     let n = out.len();
     if n_kv_heads == 0
+        || width == 0
         || n_heads % n_kv_heads != 0
         || !q.len().is_multiple_of(width.max(1))
         || keys.len() != n * row
@@ -421,9 +424,14 @@ pub(crate) fn bank_reads(
             }
             scores[n] = dot(&own[g * head_dim..(g + 1) * head_dim]);
             if scores.iter().any(|s| s.is_nan()) {
-                // A NaN read stays one (`fast_exp` would flush it to a finite value).
-                out.fill(f32::NAN);
-                return Ok(());
+                // A NaN score stays a NaN read of that token (`fast_exp` would flush it to a
+                // finite value); this query-head's softmax adds nothing to the others.
+                for (o, s) in out.iter_mut().zip(scores.iter()) {
+                    if s.is_nan() {
+                        *o = f32::NAN;
+                    }
+                }
+                continue;
             }
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let mut sum = 0.0;

@@ -48,7 +48,8 @@ pub fn save<B: Backend>(model: &Vla<B>, dir: &Path) -> Result<()> {
 }
 
 /// Reads the model stored in `dir`. With `expected`, the stored architecture (every key but
-/// `rope`, `kv_cache` and `context_length`) must equal it, and the model runs with
+/// `rope`, `kv_cache`, `context_length` and the memory bank's run-time settings:
+/// [`VlaConfig::same_architecture`]) must equal it, and the model runs with
 /// `expected`'s run-time settings.
 ///
 /// # Errors

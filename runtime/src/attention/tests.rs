@@ -530,6 +530,7 @@ fn bank_reads_match_f64_softmax() {
         let bad = bank_reads(&q, k, o, (h, kv, hd), 1.0, 1.0, &mut scratch, &mut out);
         assert!(bad.is_err(), "{} keys, own {}", k.len(), o.len());
     }
+    let args = (h, kv, hd);
     let mut nan_q = q.clone();
     nan_q[0] = f32::NAN;
     let mut nan_out = vec![0.0; n];
@@ -537,12 +538,30 @@ fn bank_reads_match_f64_softmax() {
         &nan_q,
         &keys,
         &own,
-        (h, kv, hd),
+        args,
         1.0,
         1.0,
         &mut scratch,
         &mut nan_out,
     )
     .expect("reads");
-    assert!(nan_out.iter().any(|x| x.is_nan()));
+    assert!(nan_out.iter().all(|x| x.is_nan()), "a NaN query reads NaN");
+    // A NaN key: that token's read is NaN, the others stay finite.
+    let mut nan_keys = keys.clone();
+    nan_keys[2 * kv * hd] = f32::NAN;
+    let mut one = vec![0.0; n];
+    bank_reads(&q, &nan_keys, &own, args, 1.0, 1.0, &mut scratch, &mut one).expect("reads");
+    assert!(one[2].is_nan(), "{one:?}");
+    assert!(one.iter().enumerate().all(|(j, x)| j == 2 || x.is_finite()));
+    let empty = bank_reads(
+        &q,
+        &keys,
+        &own,
+        (h, kv, 0),
+        1.0,
+        1.0,
+        &mut scratch,
+        &mut out,
+    );
+    assert!(empty.is_err());
 }

@@ -155,8 +155,9 @@ impl ActionBins {
 }
 
 /// The model's bounded long-term memory: every frame-step ends with one learned *memory
-/// token*; its keys and values go to a memory bank (not to the KV cache), a FIFO of the last
-/// `bank_steps` steps' memory tokens, which every later token attends to *without* RoPE
+/// token*; its keys and values go to a memory bank (not to the KV cache) of `bank_steps`
+/// memory tokens (the last ones, or those read most: [`BankEviction`]), which every later
+/// token attends to *without* RoPE
 /// (content only, so a memory reads the same at any age). The KV cache keeps at most
 /// `window_steps` frame-steps (fewer if its byte budget says so), and the model is trained
 /// with exactly that window, positions included: what it sees in training is what the
@@ -167,7 +168,7 @@ impl ActionBins {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MemoryConfig {
-    /// Memory tokens kept (one per frame-step); the oldest leaves first.
+    /// Memory tokens kept (one per frame-step); which leaves a full bank: `bank_eviction`.
     pub bank_steps: usize,
     /// Frame-steps of local context (the KV cache's window, in training and at run time).
     pub window_steps: usize,
@@ -332,7 +333,15 @@ impl VlaConfig {
         if self.same_architecture(other) {
             return None;
         }
-        let (a, b) = (serde_json::to_value(self), serde_json::to_value(other));
+        // The bank's run-time settings are not architecture: compare `other` with ours.
+        let mut other = other.clone();
+        if let (Some(ours), Some(theirs)) = (&self.memory, &mut other.memory) {
+            *theirs = MemoryConfig {
+                window_steps: theirs.window_steps,
+                ..ours.clone()
+            };
+        }
+        let (a, b) = (serde_json::to_value(self), serde_json::to_value(&other));
         let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) = (a, b) else {
             return Some(("config".into(), "?".into(), "?".into()));
         };

@@ -20,8 +20,9 @@ use crate::kv::{KvCache, KvCacheConfig, KvLayout, Segment};
 pub struct MemoryEntry {
     /// The frame-step it was stored at (0 = the episode's first).
     pub step: u64,
-    /// The attention the readouts of later steps gave it, summed over those steps (each
-    /// step's share averaged over layers, heads and readouts); counted only under
+    /// The attention the readouts of later steps gave it, summed over those steps: each step's
+    /// share (averaged over layers, heads and readouts) times the number of tokens it was
+    /// read among, so 1 is an even spread whatever the bank's fill; counted only under
     /// [`BankEviction::Read`].
     pub read: f64,
     /// Steps whose reads are counted in `read`.
@@ -339,7 +340,7 @@ impl<B: Backend> Vla<B> {
             .as_ref()
             .filter(|m| m.bank_eviction == BankEviction::Read);
         if let (Segment::Frame, Some(m), Some(bank)) = (segment, by_reads, stream.bank.as_mut())
-            && bank.len() >= m.bank_steps
+            && bank.len() >= bank.capacity()
         {
             let victim = least_read(&stream.entries, m.recent_steps());
             bank.remove_frame(victim)?;
@@ -350,7 +351,13 @@ impl<B: Backend> Vla<B> {
         // A frame-step's memory token (the token after its frame tokens) goes to the bank.
         let memory = match (segment, stream.bank.as_mut()) {
             (Segment::Frame, Some(bank)) => match bank.reserve(Segment::Frame, 1) {
-                Ok(_) => Some(store),
+                Ok(_) => {
+                    // The tokens the reservation evicted (the oldest) leave the entries too.
+                    while stream.entries.len() > bank.len() {
+                        stream.entries.pop_front();
+                    }
+                    Some(store)
+                }
                 Err(e) => {
                     stream.cache.abort();
                     return Err(e);
@@ -416,14 +423,14 @@ impl<B: Backend> Vla<B> {
                 if let (Some(bank), Some(_)) = (bank.as_mut(), memory) {
                     bank.commit()?;
                     if let Some(reads) = &reads {
+                        // Each share relative to an even spread over the tokens read (the
+                        // stored ones and the step's own), so that a token read while the bank
+                        // was filling counts no more than one read from a full bank.
+                        let even = (reads.len() + 1) as f64;
                         for (entry, r) in entries.iter_mut().zip(reads) {
-                            entry.read += f64::from(*r);
+                            entry.read += f64::from(*r) * even;
                             entry.reads += 1;
                         }
-                    }
-                    // The reservation evicted the oldest tokens to make room, if any.
-                    while entries.len() >= bank.len() {
-                        entries.pop_front();
                     }
                     entries.push_back(MemoryEntry {
                         step: *steps,
@@ -452,15 +459,15 @@ impl<B: Backend> Vla<B> {
 }
 
 /// The bank entry [`BankEviction::Read`] evicts: the lowest mean read among all but the
-/// newest `recent` (the oldest of equals); the oldest when every entry is recent.
+/// newest `recent` (the oldest of equals; a NaN read lowest of all); the oldest when every
+/// entry is recent.
 fn least_read(entries: &VecDeque<MemoryEntry>, recent: usize) -> usize {
     let candidates = entries.len().saturating_sub(recent);
+    let score = |i: usize| {
+        let m = entries[i].mean_read();
+        if m.is_nan() { f64::NEG_INFINITY } else { m }
+    };
     (0..candidates)
-        .min_by(|&a, &b| {
-            entries[a]
-                .mean_read()
-                .total_cmp(&entries[b].mean_read())
-                .then(a.cmp(&b))
-        })
+        .min_by(|&a, &b| score(a).total_cmp(&score(b)).then(a.cmp(&b)))
         .unwrap_or(0)
 }
