@@ -26,7 +26,7 @@ pub struct ModelArgs {
     #[arg(long, default_value = "edge")]
     pub config: String,
     /// Checkpoint folder (config.toml + weights.mpk). Default: the config's `checkpoint`
-    /// (models/edge-memory; a relative path is also looked for in $EDGEVLA_HOME, beside the
+    /// (models/edge-long-xl; a relative path is also looked for in $EDGEVLA_HOME, beside the
     /// executable and in the source tree), an error when it is found nowhere.
     #[arg(long, value_name = "DIR", conflicts_with = "untrained")]
     pub model: Option<PathBuf>,
