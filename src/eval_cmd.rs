@@ -288,19 +288,15 @@ where
                     .context("--bank-steps / --bank-eviction / --bank-recent-steps")?;
             }
             if let Some(m) = &f.trained_config().memory {
-                description.push_str(&format!(
-                    "; memory bank of {} memory tokens, evicting the {}{}",
-                    m.bank_steps,
-                    match m.bank_eviction {
-                        runtime::model::BankEviction::Oldest => "oldest",
-                        runtime::model::BankEviction::Read => "least read",
-                    },
-                    match m.bank_eviction {
-                        runtime::model::BankEviction::Read => {
-                            format!(" (the newest {} kept)", m.recent_steps())
-                        }
-                        runtime::model::BankEviction::Oldest => String::new(),
+                let eviction = match m.bank_eviction {
+                    runtime::model::BankEviction::Oldest => "the oldest".to_string(),
+                    runtime::model::BankEviction::Read => {
+                        format!("the least read (the newest {} kept)", m.recent_steps())
                     }
+                };
+                description.push_str(&format!(
+                    "; memory bank of {} memory tokens, evicting {eviction}",
+                    m.bank_steps
                 ));
             }
             let original = f.original();

@@ -628,13 +628,12 @@ impl<B: Backend> Inference<'_, B> {
             c.memory_bytes = bank.bytes();
             c.memory_budget = bank.budget();
             c.memory_tokens = bank.len();
-            let now = self.stream.steps();
+            // The bank's entries are in age order: the first is the oldest.
             c.memory_oldest_age = self
                 .stream
                 .memory_entries()
-                .map(|e| now.saturating_sub(e.step + 1))
-                .max()
-                .unwrap_or(0);
+                .next()
+                .map_or(0, |e| self.stream.steps().saturating_sub(e.step + 1));
         }
         if c.bytes > c.budget || c.memory_bytes > c.memory_budget {
             c.over_budget_steps += 1;

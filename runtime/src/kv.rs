@@ -690,17 +690,8 @@ impl KvCache {
     /// [`Error::Shape`] for a layer index out of range.
     pub fn read_keys(&self, layer: usize, keys: &mut Vec<f32>) -> Result<()> {
         let (k, _) = self.layer(layer)?;
-        let row = self.layout.row_values();
-        keys.resize(self.len * row, 0.0);
-        let mut at = 0;
-        for (first, count) in self.pieces() {
-            k.decode(
-                self.layout.dtype,
-                first * self.unit,
-                &mut keys[at * row..(at + count) * row],
-            );
-            at += count;
-        }
+        keys.resize(self.len * self.layout.row_values(), 0.0);
+        self.decode_storage(k, self.pieces(), keys);
         Ok(())
     }
 
@@ -733,24 +724,38 @@ impl KvCache {
     fn decode_runs(
         &self,
         layer: usize,
-        runs: impl IntoIterator<Item = (usize, usize)>,
+        runs: impl IntoIterator<Item = (usize, usize)> + Clone,
         keys: &mut [f32],
         values: &mut [f32],
     ) -> Result<()> {
         let (k, v) = self.layer(layer)?;
-        let row = self.layout.row_values();
-        let mut at = 0;
-        for (first, count) in runs {
-            let dst = at * row..(at + count) * row;
-            k.decode(self.layout.dtype, first * self.unit, &mut keys[dst.clone()]);
-            v.decode(self.layout.dtype, first * self.unit, &mut values[dst]);
-            at += count;
-        }
+        self.decode_storage(k, runs.clone(), keys);
+        self.decode_storage(v, runs, values);
         Ok(())
     }
 
+    /// Decodes `storage`'s runs `(first slot, tokens)`, in turn, into `out` (token-major, as
+    /// long as the runs together).
+    fn decode_storage(
+        &self,
+        storage: &Storage,
+        runs: impl IntoIterator<Item = (usize, usize)>,
+        out: &mut [f32],
+    ) {
+        let row = self.layout.row_values();
+        let mut at = 0;
+        for (first, count) in runs {
+            storage.decode(
+                self.layout.dtype,
+                first * self.unit,
+                &mut out[at * row..(at + count) * row],
+            );
+            at += count;
+        }
+    }
+
     /// The storage runs of the whole context in slot order: the sinks, then the frame-steps.
-    fn pieces(&self) -> impl Iterator<Item = (usize, usize)> {
+    fn pieces(&self) -> impl Iterator<Item = (usize, usize)> + Clone {
         let sinks = (0, self.sinks);
         let [a, b] = self.runs(self.sinks, self.len - self.sinks);
         [sinks, a, b].into_iter().filter(|(_, n)| *n > 0)

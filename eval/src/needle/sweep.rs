@@ -624,12 +624,13 @@ impl<B: Backend> ModelFactory<B> {
     /// [`Error::Input`] for a model without a memory; [`Error::Runtime`] if the model config
     /// rejects the settings.
     pub fn with_memory_settings(mut self, settings: &MemoryOverride) -> Result<Self> {
-        let memory = self.trained.memory.as_mut().ok_or_else(|| Error::Input {
-            what: "memory bank settings",
-            reason: "this model has no memory bank".into(),
-        })?;
-        settings.apply(memory);
-        self.trained.validate()?;
+        if self.trained.memory.is_none() {
+            return Err(Error::Input {
+                what: "memory bank settings",
+                reason: "this model has no memory bank".into(),
+            });
+        }
+        self.trained = self.trained.with_memory_settings(settings)?;
         Ok(self)
     }
 

@@ -327,6 +327,23 @@ impl VlaConfig {
             && *action_bins == other.action_bins
     }
 
+    /// This config with the memory bank's run-time settings replaced by `settings`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a config without a memory, or settings it rejects.
+    pub fn with_memory_settings(&self, settings: &MemoryOverride) -> Result<Self> {
+        let mut config = self.clone();
+        let Some(memory) = config.memory.as_mut() else {
+            return Err(Error::config(
+                "memory",
+                "memory bank settings for a model without a memory bank",
+            ));
+        };
+        settings.apply(memory);
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Names the first architecture key whose value differs (as `key: a vs b`), or `None`
     /// when [`same_architecture`](Self::same_architecture) holds.
     pub fn architecture_difference(&self, other: &Self) -> Option<(String, String, String)> {

@@ -481,16 +481,7 @@ impl<B: Backend> Vla<B> {
     /// # Errors
     /// [`Error::Config`] for a model without a memory, or settings the config rejects.
     pub fn with_memory_settings(mut self, settings: &MemoryOverride) -> Result<Self> {
-        let mut config = self.config.clone();
-        let Some(memory) = config.memory.as_mut() else {
-            return Err(Error::config(
-                "memory",
-                "memory bank settings for a model without a memory bank",
-            ));
-        };
-        settings.apply(memory);
-        config.validate()?;
-        self.config = config;
+        self.config = self.config.with_memory_settings(settings)?;
         Ok(self)
     }
 
